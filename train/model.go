@@ -1,17 +1,29 @@
 package train
 
-// CONTRACT (skeleton): these are the entry points the training loop, the CLI
-// and later the federated worker call. The model helper implements the bodies
-// (and may add unexported fields and more methods); callers code against the
-// signatures below. Keep the signatures stable.
+// CONTRACT: these are the entry points the training loop, the CLI and later
+// the federated worker call. Keep the signatures stable.
 
 import (
 	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
 
+	"github.com/opencluster/opencluster/quant"
 	"github.com/opencluster/opencluster/train/backend"
 )
 
-var errTODO = errors.New("not implemented yet")
+// Linear module indices, in LinearNames order.
+const (
+	modQ = iota
+	modK
+	modV
+	modO
+	modGate
+	modUp
+	modDown
+	numLinear
+)
 
 // Model is a Llama-style decoder: token embedding, per layer RMSNorm ->
 // attention (RoPE, causal, grouped-query) -> residual -> RMSNorm -> SwiGLU MLP
@@ -19,81 +31,642 @@ var errTODO = errors.New("not implemented yet")
 //
 // Two modes: full training (every weight fp32 and trainable) and QLoRA (the
 // linear weights frozen in packed NF4/FP4, LoRA A/B trainable on the targets).
+//
+// Parameters live in one contiguous backend buffer and their gradients in
+// another (llm.c); every tensor is a view. A Model is not safe for
+// concurrent use.
 type Model struct {
 	Config ModelConfig
+
+	be backend.Backend
+
+	// params holds every fp32 base tensor (all of them in full training;
+	// embedding, norms and lm_head once the linears are quantized).
+	params backend.Buf
+	specs  []paramSpec
+	grads  backend.Buf // gradients of params; nil until full training needs them
+
+	wte, lmHead, normF    backend.Buf // lmHead == wte when tied
+	dwte, dlmHead, dnormF backend.Buf
+	layers                []layer
+
+	quant *QuantConfig // non-nil when the linears are held in 4-bit
+	lora  *loraState   // non-nil in LoRA mode (the base is then frozen)
+
+	// AdamW moments for the trainable vector, allocated on the first step.
+	m, v backend.Buf
+
+	ropeCos, ropeSin backend.Buf
+	acts             [2]*activations // small cache: training shape and inference shape
+}
+
+// paramSpec places one named fp32 tensor in the params buffer.
+type paramSpec struct {
+	name  string
+	shape []int
+	off   int
+	n     int
+}
+
+// layer holds views of one decoder block's weights.
+type layer struct {
+	ln1, ln2   backend.Buf
+	dln1, dln2 backend.Buf
+	lin        [numLinear]backend.Buf // fp32 [out,in]; nil when quantized
+	dlin       [numLinear]backend.Buf
+	q4         [numLinear]backend.QBuf // frozen 4-bit weights when quantized
+	q4host     [numLinear]*quant.Tensor4
+	ad         [numLinear]*adapter // LoRA adapters on the target modules
+}
+
+// linShape returns (in, out) of linear module j.
+func (c ModelConfig) linShape(j int) (in, out int) {
+	kv := c.KVHeads * c.HeadDim()
+	switch j {
+	case modQ, modO:
+		return c.Dim, c.Dim
+	case modK, modV:
+		return c.Dim, kv
+	case modGate, modUp:
+		return c.Dim, c.HiddenDim
+	default: // modDown
+		return c.HiddenDim, c.Dim
+	}
+}
+
+func layerName(l int, what string) string { return fmt.Sprintf("model.layers.%d.%s", l, what) }
+
+func linearName(l, j int) string {
+	group := "self_attn"
+	if j >= modGate {
+		group = "mlp"
+	}
+	return layerName(l, group+"."+LinearNames[j]+".weight")
+}
+
+// baseSpecs lists the fp32 base tensors with Hugging Face names, in buffer
+// order; withLinear false leaves the decoder linears out (quantized base).
+func baseSpecs(c ModelConfig, withLinear bool) ([]paramSpec, int) {
+	var specs []paramSpec
+	off := 0
+	add := func(name string, shape ...int) {
+		n := 1
+		for _, d := range shape {
+			n *= d
+		}
+		specs = append(specs, paramSpec{name: name, shape: shape, off: off, n: n})
+		off += n
+	}
+	add("model.embed_tokens.weight", c.VocabSize, c.Dim)
+	for l := 0; l < c.Layers; l++ {
+		add(layerName(l, "input_layernorm.weight"), c.Dim)
+		for j := modQ; j <= modO && withLinear; j++ {
+			in, out := c.linShape(j)
+			add(linearName(l, j), out, in)
+		}
+		add(layerName(l, "post_attention_layernorm.weight"), c.Dim)
+		for j := modGate; j <= modDown && withLinear; j++ {
+			in, out := c.linShape(j)
+			add(linearName(l, j), out, in)
+		}
+	}
+	add("model.norm.weight", c.Dim)
+	if !c.TiedEmbeddings {
+		add("lm_head.weight", c.VocabSize, c.Dim)
+	}
+	return specs, off
+}
+
+// newEmpty allocates a model with zeroed fp32 weights laid out for cfg.
+// withLinear false leaves the decoder linears out (a 4-bit base follows).
+func newEmpty(cfg ModelConfig, be backend.Backend, withLinear bool) (*Model, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if be == nil {
+		return nil, errors.New("train: nil backend")
+	}
+	m := &Model{Config: cfg, be: be, layers: make([]layer, cfg.Layers)}
+	specs, total := baseSpecs(cfg, withLinear)
+	m.specs = specs
+	m.params = be.Alloc(total)
+	m.bindParams()
+	cos, sin := backend.RoPETables(cfg.MaxSeqLen, cfg.HeadDim(), cfg.RopeTheta)
+	m.ropeCos, m.ropeSin = be.Alloc(len(cos)), be.Alloc(len(sin))
+	be.Upload(m.ropeCos, toF32(cos))
+	be.Upload(m.ropeSin, toF32(sin))
+	return m, nil
+}
+
+func toF32(x []float64) []float32 {
+	out := make([]float32, len(x))
+	for i, v := range x {
+		out[i] = float32(v)
+	}
+	return out
+}
+
+// bindParams points the named views at m.params (and m.grads when present).
+func (m *Model) bindParams() {
+	view := func(buf backend.Buf, sp paramSpec) backend.Buf {
+		if buf == nil {
+			return nil
+		}
+		return m.be.View(buf, sp.off, sp.n)
+	}
+	m.wte, m.dwte, m.normF, m.dnormF, m.lmHead, m.dlmHead = nil, nil, nil, nil, nil, nil
+	for l := range m.layers {
+		L := &m.layers[l]
+		L.ln1, L.dln1, L.ln2, L.dln2 = nil, nil, nil, nil
+		L.lin, L.dlin = [numLinear]backend.Buf{}, [numLinear]backend.Buf{}
+	}
+	for _, sp := range m.specs {
+		p, g := view(m.params, sp), view(m.grads, sp)
+		var l, j int
+		var what string
+		switch {
+		case sp.name == "model.embed_tokens.weight":
+			m.wte, m.dwte = p, g
+		case sp.name == "model.norm.weight":
+			m.normF, m.dnormF = p, g
+		case sp.name == "lm_head.weight":
+			m.lmHead, m.dlmHead = p, g
+		default:
+			if _, err := fmt.Sscanf(sp.name, "model.layers.%d.%s", &l, &what); err != nil {
+				panic("train: bad internal tensor name " + sp.name)
+			}
+			L := &m.layers[l]
+			switch what {
+			case "input_layernorm.weight":
+				L.ln1, L.dln1 = p, g
+			case "post_attention_layernorm.weight":
+				L.ln2, L.dln2 = p, g
+			default:
+				for j = 0; j < numLinear; j++ {
+					if sp.name == linearName(l, j) {
+						L.lin[j], L.dlin[j] = p, g
+					}
+				}
+			}
+		}
+	}
+	if m.Config.TiedEmbeddings {
+		m.lmHead, m.dlmHead = m.wte, m.dwte
+	}
 }
 
 // NewModel builds a randomly initialised fp32 model (every weight trainable).
-// The same seed gives the same weights bit for bit.
+// The same seed gives the same weights bit for bit. Linear and embedding
+// weights are N(0, 0.02) (Hugging Face's initializer_range), with the
+// residual projections o_proj and down_proj scaled by 1/sqrt(2*n_layers)
+// as in GPT-2; norms start at 1.
 func NewModel(cfg ModelConfig, be backend.Backend, seed uint64) (*Model, error) {
-	return nil, errTODO
+	m, err := newEmpty(cfg, be, true)
+	if err != nil {
+		return nil, err
+	}
+	host := make([]float32, m.params.Len())
+	for i, sp := range m.specs {
+		dst := host[sp.off : sp.off+sp.n]
+		if len(sp.shape) == 1 {
+			for k := range dst {
+				dst[k] = 1
+			}
+			continue
+		}
+		std := 0.02
+		if isResidualProj(sp.name) {
+			std /= math.Sqrt(2 * float64(cfg.Layers))
+		}
+		rng := rand.New(rand.NewPCG(seed, uint64(i)))
+		for k := range dst {
+			dst[k] = float32(rng.NormFloat64() * std)
+		}
+	}
+	be.Upload(m.params, host)
+	return m, nil
 }
 
-// LoadModel reads a base checkpoint: an fp32 safetensors file written by
-// SaveBase, a bitsandbytes-layout 4-bit file, or a Hugging Face model folder
-// (config.json + *.safetensors). Missing or mis-shaped tensors are errors that
-// name the tensor.
-func LoadModel(path string, be backend.Backend) (*Model, error) {
-	return nil, errTODO
+func isResidualProj(name string) bool {
+	return hasSuffix(name, "o_proj.weight") || hasSuffix(name, "down_proj.weight")
 }
 
-// SaveBase writes the base weights (fp32, or the packed 4-bit layout when
-// quantized) with the model config in the safetensors metadata, atomically.
-func (m *Model) SaveBase(path string) error { return errTODO }
+func hasSuffix(s, suf string) bool { return len(s) >= len(suf) && s[len(s)-len(suf):] == suf }
 
-// QuantizeBase freezes every linear weight of the decoder layers in 4-bit.
-// Embedding, norms and lm_head stay fp32 and frozen. No dequantized copy is kept.
-func (m *Model) QuantizeBase(q QuantConfig) error { return errTODO }
+// Backend returns the backend the model runs on.
+func (m *Model) Backend() backend.Backend { return m.be }
 
 // Quantized reports whether the base is held in 4-bit.
-func (m *Model) Quantized() bool { return false }
+func (m *Model) Quantized() bool { return m.quant != nil }
 
-// EnableLoRA switches to QLoRA mode: A Kaiming-uniform, B zero, on the target
-// modules of every layer; only the adapters are trainable from then on.
-func (m *Model) EnableLoRA(cfg LoRAConfig, seed uint64) error { return errTODO }
+// LoRAEnabled reports whether the model is in LoRA mode.
+func (m *Model) LoRAEnabled() bool { return m.lora != nil }
 
-// SaveAdapter writes the adapters in PEFT layout: DIR/adapter_model.safetensors
-// and DIR/adapter_config.json. baseName goes to base_model_name_or_path.
-func (m *Model) SaveAdapter(dir, baseName string) error { return errTODO }
+// fullTraining reports whether every base weight is trainable.
+func (m *Model) fullTraining() bool { return m.lora == nil && m.quant == nil }
 
-// LoadAdapter reads a PEFT adapter folder written by SaveAdapter (or PEFT).
-func (m *Model) LoadAdapter(dir string) error { return errTODO }
+// trainable returns the trainable parameter and gradient buffers, or nils
+// when nothing is trainable (a quantized base without adapters).
+func (m *Model) trainable() (params, grads backend.Buf) {
+	switch {
+	case m.lora != nil:
+		return m.lora.params, m.lora.grads
+	case m.quant == nil:
+		m.ensureGrads()
+		return m.params, m.grads
+	}
+	return nil, nil
+}
+
+func (m *Model) ensureGrads() {
+	if m.grads == nil {
+		m.grads = m.be.Alloc(m.params.Len())
+		m.bindParams()
+	}
+}
 
 // ZeroGrad clears the gradients of the trainable parameters.
-func (m *Model) ZeroGrad() {}
+func (m *Model) ZeroGrad() {
+	if _, g := m.trainable(); g != nil {
+		m.be.Zero(g)
+	}
+}
+
+// TrainableParams returns the trainable parameters as one contiguous vector
+// (the adapters in LoRA mode). On the CPU backend the slice aliases the
+// model's memory, so federated code reads and writes it in place; on other
+// backends it is a copy (write back with SetTrainableParams).
+func (m *Model) TrainableParams() []float32 {
+	p, _ := m.trainable()
+	if p == nil {
+		return nil
+	}
+	if h := backend.HostSlice(p); h != nil {
+		return h
+	}
+	out := make([]float32, p.Len())
+	m.be.Download(out, p)
+	return out
+}
+
+// SetTrainableParams overwrites the trainable vector with p.
+func (m *Model) SetTrainableParams(p []float32) error {
+	buf, _ := m.trainable()
+	if buf == nil {
+		return errors.New("train: model has no trainable parameters")
+	}
+	if len(p) != buf.Len() {
+		return fmt.Errorf("train: SetTrainableParams got %d values, model has %d trainable", len(p), buf.Len())
+	}
+	m.be.Upload(buf, p)
+	return nil
+}
+
+// TrainableGrads returns the gradients of TrainableParams (aliasing on CPU).
+func (m *Model) TrainableGrads() []float32 {
+	_, g := m.trainable()
+	if g == nil {
+		return nil
+	}
+	if h := backend.HostSlice(g); h != nil {
+		return h
+	}
+	out := make([]float32, g.Len())
+	m.be.Download(out, g)
+	return out
+}
+
+// NumTrainable is len(TrainableParams()).
+func (m *Model) NumTrainable() int {
+	switch {
+	case m.lora != nil:
+		return m.lora.params.Len()
+	case m.quant == nil:
+		return m.params.Len()
+	}
+	return 0
+}
+
+// checkBatch validates a micro-batch and counts the scored targets.
+func (m *Model) checkBatch(tokens, targets []int32, B, T int) (int, error) {
+	if B <= 0 || T <= 0 {
+		return 0, fmt.Errorf("train: batch shape B=%d T=%d must be positive", B, T)
+	}
+	if T > m.Config.MaxSeqLen {
+		return 0, fmt.Errorf("train: sequence length T=%d exceeds max_seq_len %d", T, m.Config.MaxSeqLen)
+	}
+	if len(tokens) != B*T {
+		return 0, fmt.Errorf("train: tokens has %d ids, want B*T = %d*%d = %d", len(tokens), B, T, B*T)
+	}
+	if err := checkTokens("tokens", tokens, m.Config.VocabSize); err != nil {
+		return 0, err
+	}
+	if targets == nil {
+		return 0, nil
+	}
+	if len(targets) != B*T {
+		return 0, fmt.Errorf("train: targets has %d ids, want B*T = %d", len(targets), B*T)
+	}
+	count := 0
+	for i, t := range targets {
+		if int(t) >= m.Config.VocabSize {
+			return 0, fmt.Errorf("train: targets[%d] = %d is outside the vocabulary [0,%d)", i, t, m.Config.VocabSize)
+		}
+		if t >= 0 {
+			count++
+		}
+	}
+	if count == 0 {
+		return 0, errors.New("train: every target is negative (padding); nothing to score")
+	}
+	return count, nil
+}
+
+func checkTokens(what string, tokens []int32, V int) error {
+	for i, t := range tokens {
+		if t < 0 || int(t) >= V {
+			return fmt.Errorf("train: %s[%d] = %d is outside the vocabulary [0,%d)", what, i, t, V)
+		}
+	}
+	return nil
+}
 
 // ForwardBackward runs one micro-batch of B sequences of T tokens (row-major
 // [B*T]) and accumulates the gradient of mean cross-entropy, scaled by
 // gradScale (1/grad_accum), into the trainable gradients. step keys the
-// dropout masks so runs and resumes repeat bit for bit.
+// dropout masks so runs and resumes repeat bit for bit. A negative target
+// is padding: not scored.
 func (m *Model) ForwardBackward(tokens, targets []int32, B, T int, gradScale float32, step int) (loss float64, err error) {
-	return 0, errTODO
+	count, err := m.checkBatch(tokens, targets, B, T)
+	if err != nil {
+		return 0, err
+	}
+	if targets == nil {
+		return 0, errors.New("train: ForwardBackward needs targets")
+	}
+	if _, g := m.trainable(); g == nil {
+		return 0, errors.New("train: the model has no trainable parameters (quantized base without LoRA); call EnableLoRA")
+	}
+	a := m.activations(B, T, true)
+	m.forward(a, tokens, true, step)
+	N := B * T
+	m.head(a, N)
+	loss = m.crossEntropy(a, targets, N, count, gradScale, true)
+	m.backward(a, tokens, step)
+	return loss, nil
 }
 
 // Loss runs the forward pass only and returns mean cross-entropy (no dropout).
-func (m *Model) Loss(tokens, targets []int32, B, T int) (float64, error) { return 0, errTODO }
+func (m *Model) Loss(tokens, targets []int32, B, T int) (float64, error) {
+	if targets == nil {
+		return 0, errors.New("train: Loss needs targets")
+	}
+	count, err := m.checkBatch(tokens, targets, B, T)
+	if err != nil {
+		return 0, err
+	}
+	a := m.activations(B, T, false)
+	m.forward(a, tokens, false, 0)
+	m.head(a, B*T)
+	return m.crossEntropy(a, targets, B*T, count, 0, false), nil
+}
 
 // Logits returns the next-token logits [VocabSize] after the last of tokens.
-func (m *Model) Logits(tokens []int32) ([]float32, error) { return nil, errTODO }
+// Only the last max_seq_len tokens are used.
+func (m *Model) Logits(tokens []int32) ([]float32, error) {
+	if len(tokens) == 0 {
+		return nil, errors.New("train: Logits needs at least one token")
+	}
+	if len(tokens) > m.Config.MaxSeqLen {
+		tokens = tokens[len(tokens)-m.Config.MaxSeqLen:]
+	}
+	T := len(tokens)
+	if _, err := m.checkBatch(tokens, nil, 1, T); err != nil {
+		return nil, err
+	}
+	a := m.activations(1, T, false)
+	m.forward(a, tokens, false, 0)
+	D, V := m.Config.Dim, m.Config.VocabSize
+	last := m.be.View(a.lnf, (T-1)*D, D)
+	out := m.be.View(a.logits, 0, V)
+	m.be.MatmulForward(out, last, m.lmHead, 1, D, V, 1, 0)
+	res := make([]float32, V)
+	m.be.Download(res, out)
+	return res, nil
+}
+
+// head computes logits = lnf·lm_headᵀ for every row.
+func (m *Model) head(a *activations, N int) {
+	m.be.MatmulForward(a.logits, a.lnf, m.lmHead, N, m.Config.Dim, m.Config.VocabSize, 1, 0)
+}
+
+// crossEntropy returns the mean loss over scored targets and, when grad,
+// leaves dlogits (scaled by gradScale/count) in a.logits.
+func (m *Model) crossEntropy(a *activations, targets []int32, N, count int, gradScale float32, grad bool) float64 {
+	losses := a.losses[:N]
+	m.be.CrossEntropy(a.logits, losses, targets, N, m.Config.VocabSize, gradScale/float32(count), grad)
+	var sum float64
+	for _, l := range losses {
+		sum += l
+	}
+	return sum / float64(count)
+}
+
+// forward runs the embedding, the decoder blocks and the final norm.
+func (m *Model) forward(a *activations, tokens []int32, train bool, step int) {
+	be, c := m.be, m.Config
+	B, T := a.B, a.T
+	N, D, hd := B*T, c.Dim, c.HeadDim()
+	be.EncoderForward(a.resid[0], m.wte, tokens, N, D)
+	for l := range m.layers {
+		L, la := &m.layers[l], &a.layers[l]
+		x := a.resid[l]
+		be.RMSNormForward(la.ln1, la.rstd1, x, L.ln1, N, D, c.NormEps)
+		m.linearForward(a, l, modQ, la.ln1, la.q, N, train, step)
+		m.linearForward(a, l, modK, la.ln1, la.k, N, train, step)
+		m.linearForward(a, l, modV, la.ln1, la.v, N, train, step)
+		be.RoPEForward(la.q, m.ropeCos, m.ropeSin, N, T, c.Heads, hd)
+		be.RoPEForward(la.k, m.ropeCos, m.ropeSin, N, T, c.KVHeads, hd)
+		be.AttentionForward(la.atty, la.att, la.q, la.k, la.v, B, T, c.Heads, c.KVHeads, hd)
+		m.linearForward(a, l, modO, la.atty, a.tmpD, N, train, step)
+		be.Add(la.x2, x, a.tmpD)
+		be.RMSNormForward(la.ln2, la.rstd2, la.x2, L.ln2, N, D, c.NormEps)
+		m.linearForward(a, l, modGate, la.ln2, la.gate, N, train, step)
+		m.linearForward(a, l, modUp, la.ln2, la.up, N, train, step)
+		be.SwiGLUForward(la.h, la.gate, la.up)
+		m.linearForward(a, l, modDown, la.h, a.tmpD, N, train, step)
+		be.Add(a.resid[l+1], la.x2, a.tmpD)
+	}
+	be.RMSNormForward(a.lnf, a.rstdf, a.resid[c.Layers], m.normF, N, D, c.NormEps)
+}
+
+// backward propagates dlogits (in a.logits) to every trainable gradient.
+func (m *Model) backward(a *activations, tokens []int32, step int) {
+	be, c := m.be, m.Config
+	B, T := a.B, a.T
+	N, D, hd := B*T, c.Dim, c.HeadDim()
+	full := m.fullTraining()
+	grad := func(g backend.Buf) backend.Buf {
+		if full {
+			return g
+		}
+		return nil
+	}
+	g := a.grads
+	be.Zero(g.dlnf)
+	be.MatmulBackward(g.dlnf, grad(m.dlmHead), a.logits, a.lnf, m.lmHead, N, D, c.VocabSize, 1)
+	be.Zero(g.dres)
+	be.RMSNormBackward(g.dres, grad(m.dnormF), g.dlnf, a.resid[c.Layers], m.normF, a.rstdf, N, D)
+	for l := c.Layers - 1; l >= 0; l-- {
+		L, la := &m.layers[l], &a.layers[l]
+		// MLP: resid[l+1] = x2 + down(silu(gate(ln2)) * up(ln2))
+		be.Zero(g.dh)
+		m.linearBackward(a, l, modDown, g.dres, la.h, g.dh, N, step)
+		be.Zero(g.dgate)
+		be.Zero(g.dup)
+		be.SwiGLUBackward(g.dgate, g.dup, g.dh, la.gate, la.up)
+		be.Zero(g.dln)
+		m.linearBackward(a, l, modGate, g.dgate, la.ln2, g.dln, N, step)
+		m.linearBackward(a, l, modUp, g.dup, la.ln2, g.dln, N, step)
+		be.RMSNormBackward(g.dres, grad(L.dln2), g.dln, la.x2, L.ln2, la.rstd2, N, D)
+		// attention: x2 = x + o(attn(rope(q(ln1)), rope(k(ln1)), v(ln1)))
+		be.Zero(g.datty)
+		m.linearBackward(a, l, modO, g.dres, la.atty, g.datty, N, step)
+		be.Zero(g.dq)
+		be.Zero(g.dk)
+		be.Zero(g.dv)
+		be.AttentionBackward(g.dq, g.dk, g.dv, g.datty, la.att, la.q, la.k, la.v, B, T, c.Heads, c.KVHeads, hd)
+		be.RoPEBackward(g.dq, m.ropeCos, m.ropeSin, N, T, c.Heads, hd)
+		be.RoPEBackward(g.dk, m.ropeCos, m.ropeSin, N, T, c.KVHeads, hd)
+		be.Zero(g.dln)
+		m.linearBackward(a, l, modQ, g.dq, la.ln1, g.dln, N, step)
+		m.linearBackward(a, l, modK, g.dk, la.ln1, g.dln, N, step)
+		m.linearBackward(a, l, modV, g.dv, la.ln1, g.dln, N, step)
+		be.RMSNormBackward(g.dres, grad(L.dln1), g.dln, a.resid[l], L.ln1, la.rstd1, N, D)
+	}
+	if full {
+		be.EncoderBackward(m.dwte, g.dres, tokens, N, D)
+	}
+}
+
+// linearForward computes out = inp·Wᵀ (W fp32 or 4-bit) plus the LoRA branch
+// (α/r)·(dropout(inp)·Aᵀ)·Bᵀ when module j of layer l has an adapter.
+func (m *Model) linearForward(a *activations, l, j int, inp, out backend.Buf, N int, train bool, step int) {
+	be := m.be
+	in, outDim := m.Config.linShape(j)
+	L := &m.layers[l]
+	if L.q4[j] != nil {
+		be.MatmulQ4Forward(out, inp, L.q4[j], N, in, outDim)
+	} else {
+		be.MatmulForward(out, inp, L.lin[j], N, in, outDim, 1, 0)
+	}
+	ad := L.ad[j]
+	if ad == nil {
+		return
+	}
+	r, p := m.lora.cfg.Rank, m.lora.dropout(train)
+	xd := inp
+	if p > 0 {
+		xd = be.View(a.xd, 0, N*in)
+		be.DropoutForward(xd, inp, p, m.lora.key(step, l, j))
+	}
+	xa := a.layers[l].xa[j]
+	be.MatmulForward(xa, xd, ad.A, N, in, r, 1, 0)
+	be.MatmulForward(out, xa, ad.B, N, r, outDim, m.lora.scale(), 1)
+}
+
+// linearBackward accumulates dinp and the weight gradients of module j.
+func (m *Model) linearBackward(a *activations, l, j int, dout, inp, dinp backend.Buf, N int, step int) {
+	be := m.be
+	in, outDim := m.Config.linShape(j)
+	L := &m.layers[l]
+	if ad := L.ad[j]; ad != nil {
+		r, p := m.lora.cfg.Rank, m.lora.dropout(true)
+		dxa := be.View(a.grads.dxa, 0, N*r)
+		be.Zero(dxa)
+		be.MatmulBackward(dxa, ad.dB, dout, a.layers[l].xa[j], ad.B, N, r, outDim, m.lora.scale())
+		xd, dxd := inp, dinp
+		if p > 0 {
+			key := m.lora.key(step, l, j)
+			xd = be.View(a.xd, 0, N*in)
+			be.DropoutForward(xd, inp, p, key)
+			dxd = be.View(a.grads.dxd, 0, N*in)
+			be.Zero(dxd)
+		}
+		be.MatmulBackward(dxd, ad.dA, dxa, xd, ad.A, N, in, r, 1)
+		if p > 0 {
+			be.DropoutBackward(dinp, dxd, p, m.lora.key(step, l, j))
+		}
+	}
+	if L.q4[j] != nil {
+		be.MatmulQ4Backward(dinp, dout, L.q4[j], N, in, outDim)
+		return
+	}
+	var dw backend.Buf
+	if m.fullTraining() {
+		dw = L.dlin[j]
+	}
+	be.MatmulBackward(dinp, dw, dout, inp, L.lin[j], N, in, outDim, 1)
+}
 
 // ClipGradNorm scales the gradients so their global L2 norm is at most max
-// (max <= 0: no clipping) and returns the norm before clipping.
-func (m *Model) ClipGradNorm(max float64) float64 { return 0 }
+// (max <= 0: no clipping) and returns the norm before clipping. A NaN or
+// infinite norm is returned as is and nothing is scaled.
+func (m *Model) ClipGradNorm(max float64) float64 {
+	_, g := m.trainable()
+	if g == nil {
+		return 0
+	}
+	norm := math.Sqrt(m.be.SumSquares(g))
+	if max > 0 && norm > max && !math.IsInf(norm, 0) && !math.IsNaN(norm) {
+		m.be.Scale(g, float32(max/(norm+1e-6)))
+	}
+	return norm
+}
 
 // OptimizerStep applies one AdamW step (decoupled weight decay) at learning
-// rate lr to the trainable parameters; step counts from 1 for bias correction.
-func (m *Model) OptimizerStep(cfg TrainConfig, lr float64, step int) {}
+// rate lr to the trainable parameters; step counts from 1 for bias
+// correction. In full training, weight decay skips the norms (1-D tensors).
+func (m *Model) OptimizerStep(cfg TrainConfig, lr float64, step int) {
+	p, g := m.trainable()
+	if p == nil {
+		return
+	}
+	if step < 1 {
+		step = 1
+	}
+	if m.m == nil || m.m.Len() != p.Len() {
+		m.m, m.v = m.be.Alloc(p.Len()), m.be.Alloc(p.Len())
+	}
+	for _, r := range m.decayRuns() {
+		wd := 0.0
+		if r.decay {
+			wd = cfg.WeightDecay
+		}
+		view := func(b backend.Buf) backend.Buf { return m.be.View(b, r.off, r.n) }
+		m.be.AdamW(view(p), view(g), view(m.m), view(m.v), lr, cfg.Beta1, cfg.Beta2, cfg.Eps, wd, step)
+	}
+}
 
-// TrainableParams returns the trainable parameters as one contiguous vector
-// (the adapters in QLoRA mode). Federated code reads and writes it in place.
-func (m *Model) TrainableParams() []float32 { return nil }
+type decayRun struct {
+	off, n int
+	decay  bool
+}
 
-// NumTrainable is len(TrainableParams()).
-func (m *Model) NumTrainable() int { return 0 }
-
-// SaveTrainState writes what resuming needs (trainable parameters, AdamW
-// moments) plus meta (the loop's step, data cursor, ...) to path, atomically.
-func (m *Model) SaveTrainState(path string, meta map[string]string) error { return errTODO }
-
-// LoadTrainState restores SaveTrainState's file and returns its meta.
-func (m *Model) LoadTrainState(path string) (map[string]string, error) { return nil, errTODO }
+// decayRuns splits the trainable vector into maximal runs with the same
+// weight-decay choice: matrices decay, norms do not; LoRA A/B all decay.
+func (m *Model) decayRuns() []decayRun {
+	if m.lora != nil {
+		return []decayRun{{0, m.lora.params.Len(), true}}
+	}
+	var runs []decayRun
+	for _, sp := range m.specs {
+		d := len(sp.shape) >= 2
+		if k := len(runs) - 1; k >= 0 && runs[k].decay == d && runs[k].off+runs[k].n == sp.off {
+			runs[k].n += sp.n
+			continue
+		}
+		runs = append(runs, decayRun{sp.off, sp.n, d})
+	}
+	return runs
+}

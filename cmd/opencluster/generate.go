@@ -1,0 +1,99 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/opencluster/opencluster/train"
+	"github.com/opencluster/opencluster/train/backend"
+	"github.com/opencluster/opencluster/train/data"
+	"github.com/spf13/cobra"
+)
+
+func init() {
+	rootCmd.AddCommand(newGenerateCmd())
+}
+
+func newGenerateCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "generate --base BASE [--adapter DIR] --prompt TEXT",
+		Short: "Sample text from a base model, optionally with a trained adapter",
+		Long: `generate continues --prompt with text sampled from the model, so you can see
+what training did. With --adapter, the base is quantized as in training (the
+quant section of --config, unless the base is already 4-bit) and the PEFT
+adapter is applied. Control characters and bytes that are not valid UTF-8 are
+printed as \xNN escapes.`,
+		Args: cobra.NoArgs,
+		RunE: runGenerate,
+	}
+	f := cmd.Flags()
+	f.String("base", "", "base checkpoint (safetensors file or Hugging Face Llama folder)")
+	f.String("adapter", "", "PEFT adapter folder written by train")
+	f.String("prompt", "", "text to continue")
+	f.Int("max-tokens", 200, "tokens to generate")
+	f.Float64("temperature", 0.8, "sampling temperature; 0 always picks the most likely token")
+	f.Int("top-k", 40, "sample among the K most likely tokens; 0 uses all")
+	f.Uint64("seed", 1, "sampling seed: the same seed gives the same text")
+	f.Int("threads", 0, "CPU threads; 0 uses every core")
+	f.String("config", "tiny", "config whose quant section applies when --adapter is used")
+	return cmd
+}
+
+func runGenerate(cmd *cobra.Command, args []string) error {
+	f := cmd.Flags()
+	base, _ := f.GetString("base")
+	adapter, _ := f.GetString("adapter")
+	prompt, _ := f.GetString("prompt")
+	maxTokens, _ := f.GetInt("max-tokens")
+	temperature, _ := f.GetFloat64("temperature")
+	topK, _ := f.GetInt("top-k")
+	seed, _ := f.GetUint64("seed")
+	threads, _ := f.GetInt("threads")
+	source, _ := f.GetString("config")
+	if base == "" {
+		return errors.New("--base is required: the base checkpoint to sample from")
+	}
+	if prompt == "" {
+		return errors.New("--prompt is required: the text to continue")
+	}
+	if maxTokens < 0 || topK < 0 || temperature < 0 {
+		return fmt.Errorf("--max-tokens (%d), --top-k (%d) and --temperature (%g) must not be negative", maxTokens, topK, temperature)
+	}
+	m, err := train.LoadModel(base, backend.NewCPU(threads))
+	if err != nil {
+		return fmt.Errorf("base %s: %w", base, err)
+	}
+	if adapter != "" {
+		var cfg train.Config
+		if err := loadConfig(source, f, nil, &cfg); err != nil {
+			return err
+		}
+		if !m.Quantized() {
+			if err := cfg.Quant.Validate(); err != nil {
+				return err
+			}
+			if err := m.QuantizeBase(cfg.Quant); err != nil {
+				return fmt.Errorf("quantize base %s: %w", base, err)
+			}
+		}
+		if err := m.LoadAdapter(adapter); err != nil {
+			return fmt.Errorf("adapter %s: %w", adapter, err)
+		}
+	}
+	var tok data.Tokenizer = data.ByteTokenizer{}
+	if m.Config.VocabSize < tok.VocabSize() {
+		return fmt.Errorf("base %s has vocab_size %d; the byte tokenizer needs %d", base, m.Config.VocabSize, tok.VocabSize())
+	}
+	ids, err := train.Sample(cmd.Context(), m, tok.Encode([]byte(prompt)), train.SampleOptions{
+		MaxTokens: maxTokens, Temperature: temperature, TopK: topK, Seed: seed,
+	})
+	if err != nil {
+		return err
+	}
+	text, err := tok.Decode(ids)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(cmd.OutOrStdout(), data.Printable(append([]byte(prompt), text...)))
+	return nil
+}

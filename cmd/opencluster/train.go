@@ -1,0 +1,152 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/opencluster/opencluster/train"
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"golang.org/x/term"
+)
+
+func init() {
+	rootCmd.AddCommand(newTrainCmd())
+}
+
+// trainFlagKeys maps config keys to the flags that override them, for both
+// pretrain and train.
+var trainFlagKeys = map[string]string{
+	"train.steps":      "steps",
+	"train.lr":         "lr",
+	"train.seed":       "seed",
+	"train.batch_size": "batch-size",
+	"train.seq_len":    "seq-len",
+	"train.threads":    "threads",
+	"lora.rank":        "rank",
+}
+
+// addRunFlags adds the flags pretrain and train share.
+func addRunFlags(f *pflag.FlagSet) {
+	f.String("config", "tiny", "YAML config file or preset name ("+presetNames()+")")
+	f.String("data", "", "directory of text files to train on (read recursively; binary files are skipped)")
+	f.Int("steps", 0, "optimizer steps (overrides train.steps)")
+	f.Float64("lr", 0, "peak learning rate (overrides train.lr)")
+	f.Uint64("seed", 0, "seed for initialisation and batches (overrides train.seed)")
+	f.Int("batch-size", 0, "sequences per micro-batch (overrides train.batch_size)")
+	f.Int("seq-len", 0, "tokens per sequence (overrides train.seq_len)")
+	f.Int("threads", 0, "CPU threads; 0 uses every core (overrides train.threads)")
+	f.Bool("json", false, "print one JSON object per step and a summary object on stdout")
+	f.Bool("resume", false, "continue from the checkpoint beside --out")
+	f.String("checkpoint", "", "training-state file (default: beside or inside --out)")
+}
+
+func newTrainCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "train --base BASE --data DIR --out ADAPTER_DIR",
+		Short: "QLoRA fine-tune: freeze a base in 4-bit and train LoRA adapters on your text",
+		Long: `train fine-tunes a base model QLoRA-style on the text files under --data:
+the base's linear weights are frozen in 4-bit NF4 (quantized on load unless the
+file already holds them packed), and only small LoRA adapters are trained. The
+adapters are written to --out in the PEFT layout (adapter_model.safetensors,
+adapter_config.json), with the training state (trainer_state.ckpt) beside them
+for --resume. Your text never leaves the machine.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runTraining(cmd, train.ModeQLoRA)
+		},
+	}
+	f := cmd.Flags()
+	f.String("base", "", "base checkpoint: a safetensors file from pretrain, or a Hugging Face Llama folder")
+	f.String("out", "", "adapter folder to write (PEFT layout)")
+	f.Int("rank", 0, "LoRA rank (overrides lora.rank)")
+	addRunFlags(f)
+	return cmd
+}
+
+// runTraining wires flags and config into train.Run for pretrain and train.
+func runTraining(cmd *cobra.Command, mode train.Mode) error {
+	f := cmd.Flags()
+	source, _ := f.GetString("config")
+	dataDir, _ := f.GetString("data")
+	out, _ := f.GetString("out")
+	base := ""
+	if mode == train.ModeQLoRA {
+		base, _ = f.GetString("base")
+		if base == "" {
+			return errors.New("--base is required: the base checkpoint to fine-tune")
+		}
+	}
+	if dataDir == "" {
+		return errors.New("--data is required: a directory of text files")
+	}
+	if out == "" {
+		if mode == train.ModeQLoRA {
+			return errors.New("--out is required: the adapter folder to write")
+		}
+		return errors.New("--out is required: the base checkpoint file to write (e.g. base.safetensors)")
+	}
+	var cfg train.Config
+	if err := loadConfig(source, f, trainFlagKeys, &cfg); err != nil {
+		return err
+	}
+	jsonOut, _ := f.GetBool("json")
+	resume, _ := f.GetBool("resume")
+	ckpt, _ := f.GetString("checkpoint")
+
+	var rep train.Reporter
+	stderr := cmd.ErrOrStderr()
+	switch {
+	case jsonOut:
+		rep = train.NewJSONReporter(cmd.OutOrStdout())
+	case isTerminal(stderr):
+		rep = &train.ProgressBar{W: stderr}
+	default:
+		rep = train.LogReporter{Logger: slog.Default()}
+	}
+	res, err := train.Run(cmd.Context(), train.RunOptions{
+		Mode: mode, Config: cfg, DataDir: dataDir, Base: base, Out: out,
+		Checkpoint: ckpt, Resume: resume, Reporter: rep, Logger: slog.Default(),
+	})
+	if _, bar := rep.(*train.ProgressBar); bar && err != nil {
+		fmt.Fprintln(stderr) // end the bar's line before the error is printed
+	}
+	if errors.Is(err, train.ErrInterrupted) {
+		return interruptedError{err}
+	}
+	if err != nil {
+		return err
+	}
+	if !jsonOut {
+		change := 0.0
+		if res.InitialValLoss != 0 {
+			change = 100 * (res.ValLoss - res.InitialValLoss) / res.InitialValLoss
+		}
+		what := "base"
+		if mode == train.ModeQLoRA {
+			what = "adapter"
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "%s: steps %d-%d, val loss %.4f -> %.4f (%+.1f%%), %d trainable params, %s written to %s\n",
+			mode, res.StartStep, res.Step, res.InitialValLoss, res.ValLoss, change, res.NumTrainable, what, filepath.Clean(res.Out))
+	}
+	return nil
+}
+
+// isTerminal reports whether w is an interactive terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// interruptedError exits with 130, the shell's status for a Ctrl-C, so
+// scripts can tell a saved interruption from a failure.
+type interruptedError struct{ error }
+
+func (e interruptedError) Unwrap() error { return e.error }
+
+// ExitCode is 130.
+func (interruptedError) ExitCode() int { return 130 }

@@ -1,0 +1,341 @@
+package backend
+
+import (
+	"fmt"
+	"runtime"
+	"sync"
+
+	"github.com/opencluster/opencluster/quant"
+	"github.com/opencluster/opencluster/train/backend/sgemm"
+)
+
+// NewCPU returns the CPU reference backend using threads workers for the
+// matrix products and the row-parallel loops (0 means every core).
+func NewCPU(threads int) Backend {
+	if threads <= 0 {
+		threads = runtime.NumCPU()
+	}
+	sgemm.SetThreads(threads)
+	return &cpu{threads: threads}
+}
+
+// cpuBuf is the CPU backend's buffer: a plain float32 slice.
+type cpuBuf []float32
+
+func (b cpuBuf) Len() int { return len(b) }
+
+// cpuQ4 is the CPU backend's frozen 4-bit weight: the quant tensor itself.
+type cpuQ4 struct{ t *quant.Tensor4 }
+
+func (q cpuQ4) Len() int { return q.t.Len() }
+
+// HostSlice returns the memory behind a CPU buffer (nil for other backends'
+// buffers). Writes through it are visible to the backend.
+func HostSlice(b Buf) []float32 {
+	if c, ok := b.(cpuBuf); ok {
+		return c
+	}
+	return nil
+}
+
+// HostQ4 returns the quant tensor behind a CPU 4-bit weight (nil otherwise).
+func HostQ4(q QBuf) *quant.Tensor4 {
+	if c, ok := q.(cpuQ4); ok {
+		return c.t
+	}
+	return nil
+}
+
+type cpu struct {
+	threads int
+
+	mu      sync.Mutex // guards scratch
+	scratch []float32  // dequantized weight tiles
+}
+
+func (c *cpu) Name() string { return "cpu" }
+
+// s unwraps a buffer; a nil Buf gives a nil slice.
+func s(b Buf) []float32 {
+	if b == nil {
+		return nil
+	}
+	c, ok := b.(cpuBuf)
+	if !ok {
+		panic(fmt.Sprintf("backend cpu: buffer of type %T does not belong to the CPU backend", b))
+	}
+	return c
+}
+
+func (c *cpu) Alloc(n int) Buf { return cpuBuf(make([]float32, n)) }
+
+func (c *cpu) View(b Buf, off, n int) Buf {
+	x := s(b)
+	return cpuBuf(x[off : off+n : off+n])
+}
+
+func (c *cpu) Upload(dst Buf, src []float32) {
+	d := s(dst)
+	if len(d) != len(src) {
+		panic(fmt.Sprintf("backend cpu: Upload of %d values into a buffer of %d", len(src), len(d)))
+	}
+	copy(d, src)
+}
+
+func (c *cpu) Download(dst []float32, src Buf) {
+	x := s(src)
+	if len(x) != len(dst) {
+		panic(fmt.Sprintf("backend cpu: Download of %d values into %d", len(x), len(dst)))
+	}
+	copy(dst, x)
+}
+
+func (c *cpu) Zero(b Buf) { clear(s(b)) }
+
+func (c *cpu) Copy(dst, src Buf) { copy(s(dst), s(src)) }
+
+func (c *cpu) UploadQ4(t *quant.Tensor4) QBuf { return cpuQ4{t} }
+
+// parallel runs f over [0,n) split into at most c.threads contiguous chunks.
+// The split depends only on n and the thread count, so every reduction that
+// follows it repeats bit for bit.
+func (c *cpu) parallel(n int, f func(part, lo, hi int)) {
+	parts := c.parts(n)
+	if parts == 1 {
+		f(0, 0, n)
+		return
+	}
+	var wg sync.WaitGroup
+	for p := 0; p < parts; p++ {
+		lo, hi := p*n/parts, (p+1)*n/parts
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f(p, lo, hi)
+		}()
+	}
+	wg.Wait()
+}
+
+func (c *cpu) parts(n int) int {
+	return max(1, min(c.threads, n))
+}
+
+func (c *cpu) EncoderForward(out, wte Buf, tokens []int32, N, C int) {
+	o, w := s(out), s(wte)
+	c.parallel(N, func(_, lo, hi int) {
+		EncoderForward(o[lo*C:hi*C], w, tokens[lo:hi], hi-lo, C)
+	})
+}
+
+func (c *cpu) EncoderBackward(dwte, dout Buf, tokens []int32, N, C int) {
+	dw, d := s(dwte), s(dout)
+	c.parallel(C, func(_, lo, hi int) {
+		EncoderBackward(dw, d, tokens, N, C, lo, hi)
+	})
+}
+
+func (c *cpu) RMSNormForward(out, rstd, inp, w Buf, N, C int, eps float64) {
+	o, r, x, ws := s(out), s(rstd), s(inp), s(w)
+	c.parallel(N, func(_, lo, hi int) {
+		RMSNormForward(o[lo*C:hi*C], r[lo:hi], x[lo*C:hi*C], ws, hi-lo, C, eps)
+	})
+}
+
+func (c *cpu) RMSNormBackward(dinp, dw, dout, inp, w, rstd Buf, N, C int) {
+	dx, dws, dy, x, ws, r := s(dinp), s(dw), s(dout), s(inp), s(w), s(rstd)
+	parts := c.parts(N)
+	var partial [][]float32
+	if dws != nil {
+		partial = make([][]float32, parts)
+	}
+	c.parallel(N, func(p, lo, hi int) {
+		var pdw []float32
+		if dws != nil {
+			pdw = make([]float32, C)
+			partial[p] = pdw
+		}
+		RMSNormBackward(dx[lo*C:hi*C], pdw, dy[lo*C:hi*C], x[lo*C:hi*C], ws, r[lo:hi], hi-lo, C)
+	})
+	for _, pdw := range partial { // fixed order: deterministic
+		Accumulate(dws, pdw)
+	}
+}
+
+func (c *cpu) MatmulForward(out, inp, w Buf, N, C, OC int, alpha, beta float32) {
+	sgemm.Sgemm(false, true, N, OC, C, alpha, s(inp), C, s(w), C, beta, s(out), OC)
+}
+
+func (c *cpu) MatmulBackward(dinp, dw, dout, inp, w Buf, N, C, OC int, alpha float32) {
+	if dinp != nil {
+		sgemm.Sgemm(false, false, N, C, OC, alpha, s(dout), OC, s(w), C, 1, s(dinp), C)
+	}
+	if dw != nil {
+		sgemm.Sgemm(true, false, OC, C, N, alpha, s(dout), OC, s(inp), C, 1, s(dw), C)
+	}
+}
+
+// q4TileElems bounds the dequantized scratch tile (rows of the weight).
+const q4TileElems = 1 << 16
+
+// q4Tiles dequantizes w a tile of rows at a time into a small scratch buffer
+// and calls f(tile, r0, nr) for rows [r0, r0+nr): no full dequantized copy.
+func (c *cpu) q4Tiles(q QBuf, C, OC int, f func(tile []float32, r0, nr int)) {
+	t := HostQ4(q)
+	if t == nil {
+		panic(fmt.Sprintf("backend cpu: 4-bit weight of type %T does not belong to the CPU backend", q))
+	}
+	rows := max(1, q4TileElems/C)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if cap(c.scratch) < rows*C {
+		c.scratch = make([]float32, rows*C)
+	}
+	for r0 := 0; r0 < OC; r0 += rows {
+		nr := min(rows, OC-r0)
+		tile := c.scratch[:nr*C]
+		t.DequantizeRange(tile, r0*C)
+		f(tile, r0, nr)
+	}
+}
+
+func (c *cpu) MatmulQ4Forward(out, inp Buf, w QBuf, N, C, OC int) {
+	o, x := s(out), s(inp)
+	c.q4Tiles(w, C, OC, func(tile []float32, r0, nr int) {
+		sgemm.Sgemm(false, true, N, nr, C, 1, x, C, tile, C, 0, o[r0:], OC)
+	})
+}
+
+func (c *cpu) MatmulQ4Backward(dinp, dout Buf, w QBuf, N, C, OC int) {
+	dx, dy := s(dinp), s(dout)
+	c.q4Tiles(w, C, OC, func(tile []float32, r0, nr int) {
+		sgemm.Sgemm(false, false, N, C, nr, 1, dy[r0:], OC, tile, C, 1, dx, C)
+	})
+}
+
+func (c *cpu) RoPEForward(x, cos, sin Buf, N, T, nh, hd int) {
+	xs, cs, sn := s(x), s(cos), s(sin)
+	w := nh * hd
+	c.parallel(N, func(_, lo, hi int) {
+		// rows [lo,hi) start at position lo mod T: shift the tables to match
+		for n := lo; n < hi; n++ {
+			t := n % T
+			half := hd / 2
+			RoPEForward(xs[n*w:(n+1)*w], cs[t*half:(t+1)*half], sn[t*half:(t+1)*half], 1, 1, nh, hd)
+		}
+	})
+}
+
+func (c *cpu) RoPEBackward(dx, cos, sin Buf, N, T, nh, hd int) {
+	xs, cs, sn := s(dx), s(cos), s(sin)
+	w := nh * hd
+	c.parallel(N, func(_, lo, hi int) {
+		for n := lo; n < hi; n++ {
+			t := n % T
+			half := hd / 2
+			RoPEBackward(xs[n*w:(n+1)*w], cs[t*half:(t+1)*half], sn[t*half:(t+1)*half], 1, 1, nh, hd)
+		}
+	})
+}
+
+func (c *cpu) AttentionForward(out, att, q, k, v Buf, B, T, H, KVH, hd int) {
+	o, a, qs, ks, vs := s(out), s(att), s(q), s(k), s(v)
+	c.parallel(B*H, func(_, lo, hi int) {
+		AttentionForward(o, a, qs, ks, vs, B, T, H, KVH, hd, lo, hi)
+	})
+}
+
+func (c *cpu) AttentionBackward(dq, dk, dv, dout, att, q, k, v Buf, B, T, H, KVH, hd int) {
+	dqs, dks, dvs, do, a, qs, ks, vs := s(dq), s(dk), s(dv), s(dout), s(att), s(q), s(k), s(v)
+	c.parallel(B*KVH, func(_, lo, hi int) {
+		datt := make([]float32, T)
+		AttentionBackward(dqs, dks, dvs, datt, do, a, qs, ks, vs, B, T, H, KVH, hd, lo, hi)
+	})
+}
+
+// elementwise runs f over [0,n) in chunks.
+func (c *cpu) elementwise(n int, f func(lo, hi int)) {
+	if n < 1<<14 {
+		f(0, n)
+		return
+	}
+	c.parallel(n, func(_, lo, hi int) { f(lo, hi) })
+}
+
+func (c *cpu) SwiGLUForward(out, gate, up Buf) {
+	o, g, u := s(out), s(gate), s(up)
+	c.elementwise(len(o), func(lo, hi int) { SwiGLUForward(o[lo:hi], g[lo:hi], u[lo:hi]) })
+}
+
+func (c *cpu) SwiGLUBackward(dgate, dup, dout, gate, up Buf) {
+	dg, du, d, g, u := s(dgate), s(dup), s(dout), s(gate), s(up)
+	c.elementwise(len(g), func(lo, hi int) {
+		SwiGLUBackward(dg[lo:hi], du[lo:hi], d[lo:hi], g[lo:hi], u[lo:hi])
+	})
+}
+
+func (c *cpu) Add(out, a, b Buf) {
+	o, x, y := s(out), s(a), s(b)
+	c.elementwise(len(o), func(lo, hi int) { Add(o[lo:hi], x[lo:hi], y[lo:hi]) })
+}
+
+func (c *cpu) Accumulate(dst, src Buf) {
+	d, x := s(dst), s(src)
+	c.elementwise(len(d), func(lo, hi int) { Accumulate(d[lo:hi], x[lo:hi]) })
+}
+
+func (c *cpu) CrossEntropy(logits Buf, losses []float64, targets []int32, N, V int, dscale float32, grad bool) {
+	l := s(logits)
+	c.parallel(N, func(_, lo, hi int) {
+		CrossEntropy(l[lo*V:hi*V], losses[lo:hi], targets[lo:hi], hi-lo, V, dscale, grad)
+	})
+}
+
+func (c *cpu) DropoutForward(out, inp Buf, p float32, key uint64) {
+	o, x := s(out), s(inp)
+	c.elementwise(len(o), func(lo, hi int) { DropoutForward(o, x, p, key, lo, hi) })
+}
+
+func (c *cpu) DropoutBackward(dinp, dout Buf, p float32, key uint64) {
+	dx, d := s(dinp), s(dout)
+	c.elementwise(len(dx), func(lo, hi int) { DropoutBackward(dx, d, p, key, lo, hi) })
+}
+
+func (c *cpu) AdamW(params, grads, m, v Buf, lr, beta1, beta2, eps, wd float64, step int) {
+	p, g, ms, vs := s(params), s(grads), s(m), s(v)
+	c.elementwise(len(p), func(lo, hi int) {
+		AdamW(p[lo:hi], g[lo:hi], ms[lo:hi], vs[lo:hi], lr, beta1, beta2, eps, wd, step)
+	})
+}
+
+// sumChunk fixes the reduction tree of SumSquares independently of the thread count.
+const sumChunk = 1 << 14
+
+func (c *cpu) SumSquares(b Buf) float64 {
+	x := s(b)
+	nchunks := (len(x) + sumChunk - 1) / sumChunk
+	partial := make([]float64, nchunks)
+	c.parallel(nchunks, func(_, lo, hi int) {
+		for ch := lo; ch < hi; ch++ {
+			var acc float64
+			for _, v := range x[ch*sumChunk : min(len(x), (ch+1)*sumChunk)] {
+				acc += float64(v) * float64(v)
+			}
+			partial[ch] = acc
+		}
+	})
+	var total float64
+	for _, p := range partial {
+		total += p
+	}
+	return total
+}
+
+func (c *cpu) Scale(b Buf, f float32) {
+	x := s(b)
+	c.elementwise(len(x), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			x[i] *= f
+		}
+	})
+}

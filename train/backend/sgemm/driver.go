@@ -1,0 +1,142 @@
+package sgemm
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// engine is one kernel family: its register tile and its two blocked steps.
+// The driver below cuts the product into slices and threads the same way
+// for every engine.
+type engine struct {
+	mr, nr int
+	// packB packs op(B)[pc:pc+kc, j0:j0+nc] into nr-wide panels at dst.
+	packB func(transB bool, b []float32, ldb, pc, kc, j0, nc int, dst []float32)
+	// macro computes C[i0:i1, j0:j1] = alpha*op(A)[i0:i1, pc:pc+kc]*packedB
+	// + beta*C, packing A into abuf in blockMC-row blocks.
+	macro func(transA bool, a []float32, lda, i0, i1, pc, kc int, packedB []float32, j0, j1 int, alpha, beta float32, c []float32, ldc int, abuf []float32)
+}
+
+// drive runs the blocked product on t threads. For each NC-wide block of
+// columns and each KC-deep slice of k, every thread packs its share of B's
+// panels, all meet at a barrier, then each multiplies a band of rows (or of
+// column panels when C is too short to share by rows) against the shared
+// packed B. The packed B alternates between two buffers, so one barrier per
+// slice is enough: a thread that starts packing slice s+1 has passed barrier
+// s, so every thread has finished multiplying slice s-1, the buffer's
+// previous tenant. No thread ever sums along a different k order, so results
+// repeat bit for bit.
+func (e *engine) drive(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int, t int) {
+	ws := getWorkspace(t)
+	defer putWorkspace(ws)
+	mr, nr := e.mr, e.nr
+	bar := newBarrier(t)
+	parallel(t, func(id int) {
+		slice := 0
+		for jc := 0; jc < n; jc += blockNC {
+			nc := min(blockNC, n-jc)
+			panels := (nc + nr - 1) / nr
+			tilesM := (m + mr - 1) / mr
+			byRows := tilesM >= panels || tilesM >= 4*t
+			for pc := 0; pc < k; pc += blockKC {
+				kc := min(blockKC, k-pc)
+				bet := beta
+				if pc > 0 {
+					bet = 1
+				}
+				buf := ws.b[slice%2]
+				slice++
+				if lo, hi := split(panels, t, id); lo < hi {
+					j0, j1 := jc+lo*nr, min(jc+hi*nr, jc+nc)
+					e.packB(transB, b, ldb, pc, kc, j0, j1-j0, buf[lo*nr*kc:])
+				}
+				bar.wait()
+				i0, i1, j0, j1 := 0, m, jc, jc+nc
+				if byRows {
+					lo, hi := split(tilesM, t, id)
+					i0, i1 = lo*mr, min(hi*mr, m)
+				} else {
+					lo, hi := split(panels, t, id)
+					j0, j1 = jc+lo*nr, min(jc+hi*nr, jc+nc)
+				}
+				if i0 < i1 && j0 < j1 {
+					e.macro(transA, a, lda, i0, i1, pc, kc, buf[(j0-jc)*kc:], j0, j1, alpha, bet, c, ldc, ws.a[id])
+				}
+			}
+		}
+	})
+}
+
+// barrier holds t goroutines until all have arrived. A waiter first spins
+// for a few microseconds (on a quiet machine the others arrive that fast,
+// and parking a thread and waking it again costs more), then sleeps on a
+// condition variable so an oversubscribed machine gets the core back.
+type barrier struct {
+	n     int32
+	count atomic.Int32
+	gen   atomic.Uint32
+	mu    sync.Mutex
+	cond  *sync.Cond
+}
+
+// barrierSpins bounds the busy wait: about 20 us of atomic loads.
+const barrierSpins = 20000
+
+func newBarrier(n int) *barrier {
+	b := &barrier{n: int32(n)}
+	b.cond = sync.NewCond(&b.mu)
+	return b
+}
+
+func (b *barrier) wait() {
+	if b.n == 1 {
+		return
+	}
+	g := b.gen.Load()
+	if b.count.Add(1) == b.n {
+		b.mu.Lock()
+		b.count.Store(0)
+		b.gen.Add(1)
+		b.cond.Broadcast()
+		b.mu.Unlock()
+		return
+	}
+	for i := 0; i < barrierSpins; i++ {
+		if b.gen.Load() != g {
+			return
+		}
+	}
+	b.mu.Lock()
+	for b.gen.Load() == g {
+		b.cond.Wait()
+	}
+	b.mu.Unlock()
+}
+
+// workspace holds the packing buffers: one packed B slice shared by the
+// threads and one packed A block per thread, all 64-byte aligned.
+type workspace struct {
+	a [][]float32
+	b [2][]float32
+}
+
+// maxNR is the widest register tile of any engine.
+const maxNR = 32
+
+var workspaces sync.Pool
+
+func getWorkspace(t int) *workspace {
+	ws, _ := workspaces.Get().(*workspace)
+	if ws == nil {
+		ws = &workspace{}
+		for i := range ws.b {
+			ws.b[i] = alignedFloats(blockKC * (blockNC + maxNR))
+		}
+	}
+	for len(ws.a) < t {
+		ws.a = append(ws.a, alignedFloats(blockMC*blockKC))
+	}
+	return ws
+}
+
+func putWorkspace(ws *workspace) { workspaces.Put(ws) }

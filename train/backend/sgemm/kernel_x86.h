@@ -1,0 +1,274 @@
+// kernel_x86.h: the x86-64 single-precision GEMM kernels, included by
+// sgemm_cgo_amd64.go's cgo preamble (a header rather than a .c file so that
+// CGO_ENABLED=0 builds of the package still compile, using the Go kernels).
+//
+// The structure is GotoBLAS/BLIS: C (m x n) is cut into NC-wide column
+// blocks and KC-deep slices of k; for each slice the KC x NC block of op(B)
+// is packed into NR-wide column panels (shared by the threads, lives in
+// L2/L3), then each thread packs MC x KC blocks of op(A) into MR-tall row
+// panels (lives in L2) and runs the register-blocked MR x NR micro-kernel
+// over every (row panel, column panel) pair. The B micro-panel (KC x NR)
+// stays in L1 while the A panels stream past it.
+//
+// Each ISA's functions carry their own target attribute, so the binary runs
+// on any x86-64 CPU and oc_isa() picks the widest one the CPU and OS allow.
+// Every element of C is summed in the same order whatever the thread split
+// (threads split at panel boundaries, never along k), so results repeat
+// bit for bit.
+
+#include <immintrin.h>
+#include <math.h>
+#include <stddef.h>
+#include <string.h>
+
+enum { OC_ISA_NONE = 0, OC_ISA_AVX2 = 1, OC_ISA_AVX512 = 2 };
+
+// Register tiles: AVX-512 keeps a 12 x 32 tile of C in 24 zmm registers;
+// AVX2 keeps 6 x 16 in 12 ymm registers.
+#define OC_MR512 12
+#define OC_NR512 32
+#define OC_MR256 6
+#define OC_NR256 16
+
+// oc_isa reports the widest kernel this CPU and OS support.
+static int oc_isa(void) {
+	__builtin_cpu_init();
+	if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma"))
+		return OC_ISA_AVX512;
+	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+		return OC_ISA_AVX2;
+	return OC_ISA_NONE;
+}
+
+static int oc_mr(int isa) { return isa == OC_ISA_AVX512 ? OC_MR512 : OC_MR256; }
+static int oc_nr(int isa) { return isa == OC_ISA_AVX512 ? OC_NR512 : OC_NR256; }
+
+// ---------------------------------------------------------------------------
+// Packing. Panels are zero-padded to a whole MR or NR so the micro-kernel
+// never branches on the edge; the edge tile is written through a scratch tile.
+
+// oc_pack_a packs rows [i0, i0+mc) and depth [k0, k0+kc) of op(A) into
+// MR-tall panels: panel r holds, for each p, the MR values A(i0+r*MR.., k0+p).
+static void oc_pack_a(int mr_tile, int trans, const float *a, long lda,
+                      int i0, int mc, int k0, int kc, float *dst) {
+	for (int ir = 0; ir < mc; ir += mr_tile) {
+		int mr = mc - ir < mr_tile ? mc - ir : mr_tile;
+		float *d = dst + (long)ir * kc;
+		if (!trans) {
+			// A(i, p) = a[i*lda + p]: read mr rows in step.
+			const float *rows[OC_MR512];
+			for (int r = 0; r < mr; r++)
+				rows[r] = a + (long)(i0 + ir + r) * lda + k0;
+			for (int p = 0; p < kc; p++) {
+				int r = 0;
+				for (; r < mr; r++)
+					d[r] = rows[r][p];
+				for (; r < mr_tile; r++)
+					d[r] = 0;
+				d += mr_tile;
+			}
+		} else {
+			// A(i, p) = a[p*lda + i]: each p is a contiguous run of mr values.
+			for (int p = 0; p < kc; p++) {
+				const float *s = a + (long)(k0 + p) * lda + i0 + ir;
+				memcpy(d, s, (size_t)mr * sizeof(float));
+				for (int r = mr; r < mr_tile; r++)
+					d[r] = 0;
+				d += mr_tile;
+			}
+		}
+	}
+}
+
+// oc_pack_b packs depth [k0, k0+kc) and columns [j0, j0+nc) of op(B) into
+// NR-wide panels: panel c holds, for each p, the NR values B(k0+p, j0+c*NR..).
+static void oc_pack_b(int nr_tile, int trans, const float *b, long ldb,
+                      int k0, int kc, int j0, int nc, float *dst) {
+	for (int jr = 0; jr < nc; jr += nr_tile) {
+		int nr = nc - jr < nr_tile ? nc - jr : nr_tile;
+		float *d = dst + (long)jr * kc;
+		if (!trans) {
+			// B(p, j) = b[p*ldb + j]: each p is a contiguous run.
+			for (int p = 0; p < kc; p++) {
+				const float *s = b + (long)(k0 + p) * ldb + j0 + jr;
+				memcpy(d, s, (size_t)nr * sizeof(float));
+				for (int c = nr; c < nr_tile; c++)
+					d[c] = 0;
+				d += nr_tile;
+			}
+		} else {
+			// B(p, j) = b[j*ldb + p]: read nr rows of b in step, in blocks
+			// of 8 along p so the reads stay in a few cache lines.
+			if (nr < nr_tile)
+				memset(d, 0, (size_t)kc * nr_tile * sizeof(float));
+			for (int c = 0; c < nr; c++) {
+				const float *s = b + (long)(j0 + jr + c) * ldb + k0;
+				float *dc = d + c;
+				for (int p = 0; p < kc; p++)
+					dc[(long)p * nr_tile] = s[p];
+			}
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Micro-kernels: C[0:MR, 0:NR] = alpha * (Apanel . Bpanel) + beta * C, with
+// beta == 0 meaning C is only written (a NaN already there cannot leak).
+
+__attribute__((target("avx512f,fma")))
+static void oc_kernel512(int kc, const float *restrict a, const float *restrict b,
+                         float *c, long ldc, float alpha, float beta) {
+	__m512 acc[OC_MR512][2];
+#pragma GCC unroll 12
+	for (int r = 0; r < OC_MR512; r++) {
+		acc[r][0] = _mm512_setzero_ps();
+		acc[r][1] = _mm512_setzero_ps();
+	}
+	for (int r = 0; r < OC_MR512; r++)
+		_mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
+	for (int p = 0; p < kc; p++) {
+		__m512 b0 = _mm512_load_ps(b);
+		__m512 b1 = _mm512_load_ps(b + 16);
+		_mm_prefetch((const char *)(a + 8 * OC_MR512), _MM_HINT_T0);
+#pragma GCC unroll 12
+		for (int r = 0; r < OC_MR512; r++) {
+			__m512 av = _mm512_set1_ps(a[r]);
+			acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
+			acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+		}
+		a += OC_MR512;
+		b += OC_NR512;
+	}
+	__m512 va = _mm512_set1_ps(alpha);
+	if (beta == 0) {
+#pragma GCC unroll 12
+		for (int r = 0; r < OC_MR512; r++) {
+			_mm512_storeu_ps(c + r * ldc, _mm512_mul_ps(va, acc[r][0]));
+			_mm512_storeu_ps(c + r * ldc + 16, _mm512_mul_ps(va, acc[r][1]));
+		}
+	} else {
+		__m512 vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 12
+		for (int r = 0; r < OC_MR512; r++) {
+			float *cr = c + r * ldc;
+			_mm512_storeu_ps(cr, _mm512_fmadd_ps(vb, _mm512_loadu_ps(cr), _mm512_mul_ps(va, acc[r][0])));
+			_mm512_storeu_ps(cr + 16, _mm512_fmadd_ps(vb, _mm512_loadu_ps(cr + 16), _mm512_mul_ps(va, acc[r][1])));
+		}
+	}
+}
+
+__attribute__((target("avx2,fma")))
+static void oc_kernel256(int kc, const float *restrict a, const float *restrict b,
+                         float *c, long ldc, float alpha, float beta) {
+	__m256 acc[OC_MR256][2];
+#pragma GCC unroll 6
+	for (int r = 0; r < OC_MR256; r++) {
+		acc[r][0] = _mm256_setzero_ps();
+		acc[r][1] = _mm256_setzero_ps();
+	}
+	for (int p = 0; p < kc; p++) {
+		__m256 b0 = _mm256_load_ps(b);
+		__m256 b1 = _mm256_load_ps(b + 8);
+#pragma GCC unroll 6
+		for (int r = 0; r < OC_MR256; r++) {
+			__m256 av = _mm256_broadcast_ss(a + r);
+			acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
+			acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+		}
+		a += OC_MR256;
+		b += OC_NR256;
+	}
+	__m256 va = _mm256_set1_ps(alpha);
+	if (beta == 0) {
+#pragma GCC unroll 6
+		for (int r = 0; r < OC_MR256; r++) {
+			_mm256_storeu_ps(c + r * ldc, _mm256_mul_ps(va, acc[r][0]));
+			_mm256_storeu_ps(c + r * ldc + 8, _mm256_mul_ps(va, acc[r][1]));
+		}
+	} else {
+		__m256 vb = _mm256_set1_ps(beta);
+#pragma GCC unroll 6
+		for (int r = 0; r < OC_MR256; r++) {
+			float *cr = c + r * ldc;
+			_mm256_storeu_ps(cr, _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr), _mm256_mul_ps(va, acc[r][0])));
+			_mm256_storeu_ps(cr + 8, _mm256_fmadd_ps(vb, _mm256_loadu_ps(cr + 8), _mm256_mul_ps(va, acc[r][1])));
+		}
+	}
+}
+
+// oc_kernel runs one tile; an edge tile (mr < MR or nr < NR) goes through a
+// scratch tile so the kernel itself never reads or writes outside C.
+static void oc_kernel(int isa, int kc, const float *a, const float *b, float *c, long ldc,
+                      int mr, int nr, float alpha, float beta) {
+	int MR = oc_mr(isa), NR = oc_nr(isa);
+	if (mr == MR && nr == NR) {
+		if (isa == OC_ISA_AVX512)
+			oc_kernel512(kc, a, b, c, ldc, alpha, beta);
+		else
+			oc_kernel256(kc, a, b, c, ldc, alpha, beta);
+		return;
+	}
+	float t[OC_MR512 * OC_NR512] __attribute__((aligned(64)));
+	if (isa == OC_ISA_AVX512)
+		oc_kernel512(kc, a, b, t, NR, 1, 0);
+	else
+		oc_kernel256(kc, a, b, t, NR, 1, 0);
+	for (int r = 0; r < mr; r++) {
+		float *cr = c + r * ldc;
+		const float *tr = t + r * NR;
+		if (beta == 0) {
+			for (int j = 0; j < nr; j++)
+				cr[j] = alpha * tr[j];
+		} else {
+			for (int j = 0; j < nr; j++)
+				cr[j] = fmaf(beta, cr[j], alpha * tr[j]);
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Drivers.
+
+// oc_macro computes C[i0:i1, j0:j1] (+)= alpha * op(A)[i0:i1, k0:k0+kc] .
+// packedB, where packedB holds the panels of op(B)[k0:k0+kc, j0:j1] (j0 a
+// multiple of NR from the start of the packed block). It packs A in MC-row
+// blocks into abuf (MC*kc floats, 64-byte aligned).
+static void oc_macro(int isa, int transA, const float *a, long lda,
+                     int i0, int i1, int k0, int kc,
+                     const float *packedB, int j0, int j1,
+                     float alpha, float beta, float *c, long ldc,
+                     float *abuf, int MC) {
+	int MR = oc_mr(isa), NR = oc_nr(isa);
+	for (int ic = i0; ic < i1; ic += MC) {
+		int mc = i1 - ic < MC ? i1 - ic : MC;
+		oc_pack_a(MR, transA, a, lda, ic, mc, k0, kc, abuf);
+		for (int jr = j0; jr < j1; jr += NR) {
+			int nr = j1 - jr < NR ? j1 - jr : NR;
+			const float *bp = packedB + (long)(jr - j0) * kc;
+			for (int ir = 0; ir < mc; ir += MR) {
+				int mr = mc - ir < MR ? mc - ir : MR;
+				oc_kernel(isa, kc, abuf + (long)ir * kc, bp,
+				          c + (long)(ic + ir) * ldc + jr, ldc, mr, nr, alpha, beta);
+			}
+		}
+	}
+}
+
+// oc_sgemm_serial is the whole product on one thread in one call, so small
+// matrices pay for a single cgo crossing. bbuf holds KC*roundup(NC, NR)
+// floats and abuf MC*KC floats, both 64-byte aligned.
+static void oc_sgemm_serial(int isa, int transA, int transB, int m, int n, int k,
+                            float alpha, const float *a, long lda, const float *b, long ldb,
+                            float beta, float *c, long ldc,
+                            float *abuf, float *bbuf, int MC, int KC, int NC) {
+	int NR = oc_nr(isa);
+	for (int jc = 0; jc < n; jc += NC) {
+		int nc = n - jc < NC ? n - jc : NC;
+		for (int pc = 0; pc < k; pc += KC) {
+			int kc = k - pc < KC ? k - pc : KC;
+			oc_pack_b(NR, transB, b, ldb, pc, kc, jc, nc, bbuf);
+			oc_macro(isa, transA, a, lda, 0, m, pc, kc, bbuf, jc, jc + nc,
+			         alpha, pc == 0 ? beta : 1.0f, c, ldc, abuf, MC);
+		}
+	}
+}

@@ -1,0 +1,463 @@
+package train
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/opencluster/opencluster/train/backend"
+	"github.com/opencluster/opencluster/train/data"
+)
+
+// Mode is what a run trains.
+type Mode string
+
+const (
+	// ModePretrain trains every weight of a freshly initialised model.
+	ModePretrain Mode = "pretrain"
+	// ModeQLoRA freezes a base model in 4-bit and trains LoRA adapters.
+	ModeQLoRA Mode = "qlora"
+)
+
+// Governor paces training between optimizer steps, for example to keep a
+// volunteer's machine inside its power, temperature and schedule limits.
+// Wait blocks until the next step may start (an error stops the run after a
+// checkpoint); StepDone reports how long the step just finished computed.
+type Governor interface {
+	Wait(ctx context.Context) error
+	StepDone(busy time.Duration)
+}
+
+// ErrInterrupted is wrapped by the error Run returns when its context is
+// cancelled (Ctrl-C): the state was saved and --resume continues it.
+var ErrInterrupted = errors.New("interrupted")
+
+// RunOptions describes one training run.
+type RunOptions struct {
+	Mode Mode
+	// Config holds the train, lora and quant sections. Its model section
+	// shapes a pretrain run; in QLoRA mode the base checkpoint's shape wins.
+	Config Config
+	// DataDir is the directory of text files to train on.
+	DataDir string
+	// Base is the base checkpoint of a QLoRA run (LoadModel's path).
+	Base string
+	// Out is where the result goes: the base safetensors file of a pretrain
+	// run, or the PEFT adapter folder of a QLoRA run.
+	Out string
+	// Checkpoint is the training-state file; "" means CheckpointPath(Mode, Out).
+	Checkpoint string
+	// Resume continues from Checkpoint instead of starting fresh.
+	Resume bool
+	// Backend runs the model; nil means the CPU backend with train.threads.
+	Backend backend.Backend
+	// Governor is consulted between steps; nil means none.
+	Governor Governor
+	// Reporter receives progress events; nil means none.
+	Reporter Reporter
+	// Logger receives log records; nil means slog.Default().
+	Logger *slog.Logger
+
+	// poison, set by tests, replaces the loss of a step to inject NaN.
+	poison func(step int, loss float64) float64
+}
+
+// Result summarises a run.
+type Result struct {
+	Mode           Mode
+	StartStep      int       // steps already done when this run started (resume)
+	Step           int       // steps done at the end
+	Losses         []float64 // training loss of each step this run did, from StartStep+1
+	InitialValLoss float64   // validation loss before this run's first step
+	ValLoss        float64   // validation loss at the end
+	Tokens         int64     // training tokens processed by this run
+	Elapsed        time.Duration
+	Out            string // file or folder written
+	Checkpoint     string // training-state file written
+	NumTrainable   int
+}
+
+// CheckpointPath is where a run that writes out keeps its training state:
+// out + ".ckpt" beside a pretrained base file, trainer_state.ckpt inside an
+// adapter folder.
+func CheckpointPath(mode Mode, out string) string {
+	if mode == ModeQLoRA {
+		return filepath.Join(out, "trainer_state.ckpt")
+	}
+	return out + ".ckpt"
+}
+
+// Checkpoint meta keys written by Run.
+const (
+	ckptKeyStep       = "step"
+	ckptKeyConfigHash = "config_hash"
+	ckptKeySeed       = "seed"
+	ckptKeyMode       = "mode"
+	ckptKeyTokens     = "tokens"
+)
+
+// ConfigHash fingerprints the settings that change a run's numbers, so a
+// resume under different settings is refused. train.steps, the evaluation
+// and checkpoint cadence and the thread count are left out: a run may be
+// extended or observed differently and still continue.
+func ConfigHash(cfg Config) string {
+	c := cfg
+	c.Train.Steps, c.Train.EvalEvery, c.Train.EvalBatches, c.Train.CheckpointEvery, c.Train.Threads = 0, 0, 0, 0, 0
+	b, _ := json.Marshal(c)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+// Run trains as opts says: it builds the model (pretrain: NewModel; QLoRA:
+// LoadModel, QuantizeBase unless the base is already 4-bit, EnableLoRA),
+// streams batches from opts.DataDir, and runs train.steps optimizer steps of
+// grad_accum micro-batches each, with clipping, the learning-rate schedule
+// and AdamW. It evaluates before the first step, every eval_every steps and at
+// the end; saves the training state every checkpoint_every steps, on
+// cancellation and at the end; and finally writes opts.Out.
+//
+// A cancelled ctx abandons the step in progress, saves the state of the last
+// finished step and returns an error wrapping ErrInterrupted. A NaN or
+// infinite loss or gradient norm stops the run with an error naming the step
+// and leaves the last good checkpoint untouched.
+func Run(ctx context.Context, opts RunOptions) (Result, error) {
+	start := time.Now()
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	res := Result{Mode: opts.Mode}
+	cfg := opts.Config
+	if err := checkOptions(&opts); err != nil {
+		return res, err
+	}
+	tc := cfg.Train
+
+	// Data first: it is cheap and its errors are the most common.
+	ds, err := data.Open(data.Options{
+		Dir: opts.DataDir, SeqLen: tc.SeqLen, BatchSize: tc.BatchSize,
+		ValFraction: tc.ValFraction, Seed: tc.Seed, Logger: log,
+	})
+	if err != nil {
+		return res, err
+	}
+	defer ds.Close()
+	st := ds.Stats()
+	log.Info("data indexed", "dir", opts.DataDir, "files", st.Files, "bytes", st.Bytes,
+		"skipped_binary", len(st.Skipped), "val_windows", st.ValWindows)
+
+	be := opts.Backend
+	if be == nil {
+		be = backend.NewCPU(tc.Threads)
+	}
+	m, err := buildModel(&cfg, opts, be, log)
+	if err != nil {
+		return res, err
+	}
+	res.NumTrainable = m.NumTrainable()
+	if v := (data.ByteTokenizer{}).VocabSize(); m.Config.VocabSize < v {
+		return res, fmt.Errorf("model vocab_size %d is smaller than the byte tokenizer's %d", m.Config.VocabSize, v)
+	}
+	hash := ConfigHash(cfg)
+	ckpt := opts.Checkpoint
+	res.Checkpoint = ckpt
+
+	step := 0
+	var tokensBefore int64
+	if opts.Resume {
+		meta, err := m.LoadTrainState(ckpt)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return res, fmt.Errorf("resume: no checkpoint at %s; run without --resume to start fresh", ckpt)
+			}
+			return res, fmt.Errorf("resume from %s: %w", ckpt, err)
+		}
+		if step, err = checkMeta(meta, opts.Mode, hash, ckpt); err != nil {
+			return res, err
+		}
+		tokensBefore, _ = strconv.ParseInt(meta[ckptKeyTokens], 10, 64)
+		if step > tc.Steps {
+			return res, fmt.Errorf("resume: checkpoint %s is at step %d, past train.steps=%d; raise --steps", ckpt, step, tc.Steps)
+		}
+		log.Info("resuming", "checkpoint", ckpt, "step", step)
+	} else if _, err := os.Stat(ckpt); err == nil {
+		log.Warn("starting fresh; the existing checkpoint will be replaced (use --resume to continue it)", "checkpoint", ckpt)
+	}
+	res.StartStep, res.Step = step, step
+
+	lastGood := "none yet"
+	if opts.Resume {
+		lastGood = fmt.Sprintf("step %d", step)
+	}
+	save := func(at int, tokens int64) error {
+		meta := map[string]string{
+			ckptKeyStep: strconv.Itoa(at), ckptKeyConfigHash: hash, ckptKeySeed: strconv.FormatUint(tc.Seed, 10),
+			ckptKeyMode: string(opts.Mode), ckptKeyTokens: strconv.FormatInt(tokens, 10),
+		}
+		if err := os.MkdirAll(filepath.Dir(ckpt), 0o755); err != nil {
+			return fmt.Errorf("checkpoint %s: %w", ckpt, err)
+		}
+		if err := m.SaveTrainState(ckpt, meta); err != nil {
+			return fmt.Errorf("checkpoint at step %d: %w", at, err)
+		}
+		lastGood = fmt.Sprintf("step %d", at)
+		log.Debug("checkpoint saved", "path", ckpt, "step", at)
+		return nil
+	}
+	interrupted := func(at int, cause error) error {
+		if err := save(at, tokensBefore+res.Tokens); err != nil {
+			return fmt.Errorf("interrupted at step %d, and saving failed: %w", at, err)
+		}
+		return fmt.Errorf("%w at step %d (%v); state saved to %s; resume with --resume", ErrInterrupted, at, cause, ckpt)
+	}
+	report := func(e Event) {
+		if opts.Reporter != nil {
+			e.Steps, e.Elapsed = tc.Steps, time.Since(start)
+			opts.Reporter.Report(e)
+		}
+	}
+
+	evalN := max(1, tc.EvalBatches)
+	val, err := ds.ValBatches(evalN)
+	if err != nil {
+		return res, err
+	}
+	evaluate := func() (float64, error) {
+		var sum float64
+		for _, b := range val {
+			if err := ctx.Err(); err != nil {
+				return 0, err
+			}
+			l, err := m.Loss(b.Tokens, b.Targets, b.B, b.T)
+			if err != nil {
+				return 0, fmt.Errorf("validation loss: %w", err)
+			}
+			sum += l
+		}
+		return sum / float64(len(val)), nil
+	}
+	if res.InitialValLoss, err = evaluate(); err != nil {
+		if ctx.Err() != nil {
+			return res, fmt.Errorf("%w before the first step; nothing to save", ErrInterrupted)
+		}
+		return res, err
+	}
+	res.ValLoss = res.InitialValLoss
+	report(Event{Kind: EventEval, Step: step, ValLoss: res.InitialValLoss, HasVal: true})
+
+	var busyTotal time.Duration
+	scale := float32(1) / float32(tc.GradAccum)
+	tokensPerStep := int64(tc.GradAccum * tc.BatchSize * tc.SeqLen)
+	for step < tc.Steps {
+		next := step + 1
+		if err := ctx.Err(); err != nil {
+			return res, interrupted(step, err)
+		}
+		if opts.Governor != nil {
+			if err := opts.Governor.Wait(ctx); err != nil {
+				if ctx.Err() != nil {
+					return res, interrupted(step, ctx.Err())
+				}
+				if serr := save(step, tokensBefore+res.Tokens); serr != nil {
+					return res, errors.Join(fmt.Errorf("governor stopped training at step %d: %w", step, err), serr)
+				}
+				return res, fmt.Errorf("governor stopped training at step %d (state saved to %s): %w", step, ckpt, err)
+			}
+		}
+		t0 := time.Now()
+		m.ZeroGrad()
+		var loss float64
+		for micro := 0; micro < tc.GradAccum; micro++ {
+			if err := ctx.Err(); err != nil {
+				return res, interrupted(step, err) // abandon the half-done step
+			}
+			b, err := ds.TrainBatch(next, micro)
+			if err != nil {
+				return res, fmt.Errorf("step %d: %w", next, err)
+			}
+			l, err := m.ForwardBackward(b.Tokens, b.Targets, b.B, b.T, scale, next)
+			if err != nil {
+				return res, fmt.Errorf("step %d: %w", next, err)
+			}
+			loss += l
+		}
+		loss /= float64(tc.GradAccum)
+		if opts.poison != nil {
+			loss = opts.poison(next, loss)
+		}
+		if math.IsNaN(loss) || math.IsInf(loss, 0) {
+			return res, fmt.Errorf("step %d: training loss is %v; stopped without saving, the last good checkpoint (%s, %s) is intact; lower train.lr or check the data", next, loss, ckpt, lastGood)
+		}
+		norm := m.ClipGradNorm(tc.GradClip)
+		if math.IsNaN(norm) || math.IsInf(norm, 0) {
+			return res, fmt.Errorf("step %d: gradient norm is %v; stopped without saving, the last good checkpoint (%s, %s) is intact; lower train.lr or set train.grad_clip", next, norm, ckpt, lastGood)
+		}
+		lr := LearningRate(tc, next)
+		m.OptimizerStep(tc, lr, next)
+		busy := time.Since(t0)
+		busyTotal += busy
+		if opts.Governor != nil {
+			opts.Governor.StepDone(busy)
+		}
+		step = next
+		res.Step = step
+		res.Tokens += tokensPerStep
+		res.Losses = append(res.Losses, loss)
+
+		e := Event{Kind: EventStep, Step: step, Loss: loss, LR: lr, GradNorm: norm,
+			TokensPerS: float64(res.Tokens) / math.Max(busyTotal.Seconds(), 1e-9)}
+		if (tc.EvalEvery > 0 && step%tc.EvalEvery == 0) || step == tc.Steps {
+			v, err := evaluate()
+			if err != nil {
+				if ctx.Err() != nil {
+					return res, interrupted(step, ctx.Err())
+				}
+				return res, fmt.Errorf("step %d: %w", step, err)
+			}
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				return res, fmt.Errorf("step %d: validation loss is %v; stopped without saving, the last good checkpoint (%s, %s) is intact", step, v, ckpt, lastGood)
+			}
+			res.ValLoss, e.ValLoss, e.HasVal = v, v, true
+		}
+		report(e)
+		if tc.CheckpointEvery > 0 && step%tc.CheckpointEvery == 0 && step < tc.Steps {
+			if err := save(step, tokensBefore+res.Tokens); err != nil {
+				return res, err
+			}
+		}
+	}
+
+	if err := save(step, tokensBefore+res.Tokens); err != nil {
+		return res, err
+	}
+	if err := writeOut(m, opts); err != nil {
+		return res, err
+	}
+	res.Out = opts.Out
+	res.Elapsed = time.Since(start)
+	tps := 0.0
+	if busyTotal > 0 {
+		tps = float64(res.Tokens) / busyTotal.Seconds()
+	}
+	report(Event{Kind: EventSummary, Step: step, Loss: lastOr(res.Losses, math.NaN()), ValLoss: res.ValLoss, HasVal: true,
+		InitialValLoss: res.InitialValLoss, Tokens: res.Tokens, TokensPerS: tps, Out: opts.Out})
+	return res, nil
+}
+
+func lastOr(xs []float64, def float64) float64 {
+	if len(xs) == 0 {
+		return def
+	}
+	return xs[len(xs)-1]
+}
+
+// checkOptions validates opts and fills its defaults.
+func checkOptions(opts *RunOptions) error {
+	switch opts.Mode {
+	case ModePretrain:
+	case ModeQLoRA:
+		if opts.Base == "" {
+			return errors.New("qlora run: no base checkpoint given")
+		}
+		if err := opts.Config.LoRA.Validate(); err != nil {
+			return err
+		}
+		if err := opts.Config.Quant.Validate(); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("unknown training mode %q (want %q or %q)", opts.Mode, ModePretrain, ModeQLoRA)
+	}
+	if opts.DataDir == "" {
+		return errors.New("no data directory given")
+	}
+	if opts.Out == "" {
+		return errors.New("no output path given")
+	}
+	if err := opts.Config.Train.Validate(); err != nil {
+		return err
+	}
+	if opts.Checkpoint == "" {
+		opts.Checkpoint = CheckpointPath(opts.Mode, opts.Out)
+	}
+	return nil
+}
+
+// buildModel makes the model of opts.Mode and sets cfg.Model to its shape.
+func buildModel(cfg *Config, opts RunOptions, be backend.Backend, log *slog.Logger) (*Model, error) {
+	seed := cfg.Train.Seed
+	if opts.Mode == ModePretrain {
+		if err := cfg.Validate(); err != nil {
+			return nil, err
+		}
+		m, err := NewModel(cfg.Model, be, seed)
+		if err != nil {
+			return nil, fmt.Errorf("new model: %w", err)
+		}
+		log.Info("model initialised", "params", cfg.Model.NumParams(), "backend", be.Name())
+		return m, nil
+	}
+	m, err := LoadModel(opts.Base, be)
+	if err != nil {
+		return nil, fmt.Errorf("base %s: %w", opts.Base, err)
+	}
+	cfg.Model = m.Config
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("base %s with this config: %w", opts.Base, err)
+	}
+	if !m.Quantized() {
+		if err := m.QuantizeBase(cfg.Quant); err != nil {
+			return nil, fmt.Errorf("quantize base %s: %w", opts.Base, err)
+		}
+		log.Info("base quantized", "format", cfg.Quant.Format, "block", cfg.Quant.BlockSize, "double_quant", cfg.Quant.DoubleQuant)
+	}
+	if err := m.EnableLoRA(cfg.LoRA, seed); err != nil {
+		return nil, fmt.Errorf("enable LoRA: %w", err)
+	}
+	log.Info("QLoRA ready", "base", opts.Base, "rank", cfg.LoRA.Rank, "trainable", m.NumTrainable(), "backend", be.Name())
+	return m, nil
+}
+
+// checkMeta validates a checkpoint's meta against this run and returns its step.
+func checkMeta(meta map[string]string, mode Mode, hash, path string) (int, error) {
+	if got := meta[ckptKeyMode]; got != string(mode) {
+		return 0, fmt.Errorf("resume: checkpoint %s is from a %q run, not %q", path, got, mode)
+	}
+	if got := meta[ckptKeyConfigHash]; got != hash {
+		return 0, fmt.Errorf("resume: checkpoint %s was written under a different config (hash %s, now %s); resume with the same settings or start fresh", path, got, hash)
+	}
+	step, err := strconv.Atoi(meta[ckptKeyStep])
+	if err != nil || step < 0 {
+		return 0, fmt.Errorf("resume: checkpoint %s has a bad step %q", path, meta[ckptKeyStep])
+	}
+	return step, nil
+}
+
+// writeOut writes the run's result: the base file or the adapter folder.
+func writeOut(m *Model, opts RunOptions) error {
+	if opts.Mode == ModeQLoRA {
+		if err := m.SaveAdapter(opts.Out, filepath.Base(opts.Base)); err != nil {
+			return fmt.Errorf("write adapter %s: %w", opts.Out, err)
+		}
+		return nil
+	}
+	if dir := filepath.Dir(opts.Out); dir != "" {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return fmt.Errorf("write base %s: %w", opts.Out, err)
+		}
+	}
+	if err := m.SaveBase(opts.Out); err != nil {
+		return fmt.Errorf("write base %s: %w", opts.Out, err)
+	}
+	return nil
+}

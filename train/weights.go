@@ -1,0 +1,551 @@
+package train
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/opencluster/opencluster/quant/safetensors"
+	"github.com/opencluster/opencluster/train/backend"
+)
+
+// Metadata keys of the files this package writes.
+const (
+	metaConfig = "opencluster.config" // ModelConfig as Hugging Face config.json JSON
+	metaQuant  = "opencluster.quant"  // QuantConfig JSON when the linears are 4-bit
+)
+
+// hfConfig is the subset of a Hugging Face config.json we read; pointer
+// fields tell "absent" from zero so Hugging Face's defaults can apply.
+type hfConfig struct {
+	ModelConfig
+	KVHeads   *int     `json:"num_key_value_heads"`
+	RopeTheta *float64 `json:"rope_theta"`
+	NormEps   *float64 `json:"rms_norm_eps"`
+	MaxPos    *int     `json:"max_position_embeddings"`
+	Arch      []string `json:"architectures"`
+	HeadDim   *int     `json:"head_dim"`
+}
+
+// parseHFConfig reads a config.json (or our metadata copy) into a
+// ModelConfig, applying LlamaConfig's defaults for absent keys.
+func parseHFConfig(b []byte, origin string) (ModelConfig, error) {
+	var h hfConfig
+	if err := json.Unmarshal(b, &h); err != nil {
+		return ModelConfig{}, fmt.Errorf("%s: bad model config JSON: %w", origin, err)
+	}
+	c := h.ModelConfig
+	c.KVHeads = c.Heads
+	if h.KVHeads != nil {
+		c.KVHeads = *h.KVHeads
+	}
+	c.RopeTheta = 10000
+	if h.RopeTheta != nil {
+		c.RopeTheta = *h.RopeTheta
+	}
+	c.NormEps = 1e-6
+	if h.NormEps != nil {
+		c.NormEps = *h.NormEps
+	}
+	c.MaxSeqLen = 2048
+	if h.MaxPos != nil {
+		c.MaxSeqLen = *h.MaxPos
+	}
+	if h.HeadDim != nil && c.Heads > 0 && *h.HeadDim*c.Heads != c.Dim {
+		return ModelConfig{}, fmt.Errorf("%s: head_dim %d * num_attention_heads %d != hidden_size %d is not supported", origin, *h.HeadDim, c.Heads, c.Dim)
+	}
+	if err := c.Validate(); err != nil {
+		return ModelConfig{}, fmt.Errorf("%s: %w", origin, err)
+	}
+	return c, nil
+}
+
+// tensorSource finds a tensor by name across one or more safetensors files.
+type tensorSource interface {
+	get(name string) (safetensors.Tensor, bool)
+}
+
+type fileSet []*safetensors.File
+
+func (fs fileSet) get(name string) (safetensors.Tensor, bool) {
+	for _, f := range fs {
+		if f.Has(name) {
+			t, err := f.Tensor(name)
+			return t, err == nil
+		}
+	}
+	return safetensors.Tensor{}, false
+}
+
+// loadF32 reads tensor name, checks its shape and that every value is finite.
+func loadF32(src tensorSource, name string, shape []int) ([]float32, error) {
+	t, ok := src.get(name)
+	if !ok {
+		return nil, fmt.Errorf("tensor %s is missing", name)
+	}
+	if !sameShape(t.Shape, shape) {
+		return nil, fmt.Errorf("tensor %s has shape %v, want %v", name, t.Shape, shape)
+	}
+	if !t.IsFloat() {
+		return nil, fmt.Errorf("tensor %s has dtype %s, want F32, F16 or BF16", name, t.DType)
+	}
+	v, err := t.Float32()
+	if err != nil {
+		return nil, fmt.Errorf("tensor %s: %w", name, err)
+	}
+	if i := firstNonFinite(v); i >= 0 {
+		return nil, fmt.Errorf("tensor %s: element %d is %v", name, i, v[i])
+	}
+	return v, nil
+}
+
+func sameShape(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func firstNonFinite(v []float32) int {
+	for i, x := range v {
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			return i
+		}
+	}
+	return -1
+}
+
+// LoadModel reads a base checkpoint: an fp32 safetensors file written by
+// SaveBase, a bitsandbytes-layout 4-bit file, or a Hugging Face model folder
+// (config.json + model.safetensors, or shards listed in
+// model.safetensors.index.json; F32/F16/BF16 weights). Missing or
+// mis-shaped tensors are errors that name the tensor.
+func LoadModel(path string, be backend.Backend) (*Model, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("train: base model: %w", err)
+	}
+	var cfg ModelConfig
+	var files fileSet
+	var quantMeta string
+	if st.IsDir() {
+		b, err := os.ReadFile(filepath.Join(path, "config.json"))
+		if err != nil {
+			return nil, fmt.Errorf("train: base model folder: %w", err)
+		}
+		if cfg, err = parseHFConfig(b, filepath.Join(path, "config.json")); err != nil {
+			return nil, fmt.Errorf("train: %w", err)
+		}
+		names, err := shardNames(path)
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range names {
+			f, err := safetensors.Read(filepath.Join(path, n))
+			if err != nil {
+				return nil, fmt.Errorf("train: %w", err)
+			}
+			files = append(files, f)
+		}
+	} else {
+		f, err := safetensors.Read(path)
+		if err != nil {
+			return nil, fmt.Errorf("train: %w", err)
+		}
+		js, ok := f.Metadata[metaConfig]
+		if !ok {
+			return nil, fmt.Errorf("train: %s has no %q metadata; pass a Hugging Face folder (config.json + safetensors) instead", path, metaConfig)
+		}
+		if cfg, err = parseHFConfig([]byte(js), path+" metadata "+metaConfig); err != nil {
+			return nil, fmt.Errorf("train: %w", err)
+		}
+		files = fileSet{f}
+		quantMeta = f.Metadata[metaQuant]
+	}
+	quantized := quantMeta != ""
+	if t, ok := files.get(linearName(0, modQ)); ok && t.DType == "U8" {
+		quantized = true // a 4-bit file written by someone else: packed U8 weights
+	}
+	m, err := newEmpty(cfg, be, !quantized)
+	if err != nil {
+		return nil, fmt.Errorf("train: %s: %w", path, err)
+	}
+	if err := m.loadBase(files, quantized, quantMeta); err != nil {
+		return nil, fmt.Errorf("train: %s: %w", path, err)
+	}
+	return m, nil
+}
+
+// shardNames lists the safetensors files of a Hugging Face folder.
+func shardNames(dir string) ([]string, error) {
+	if _, err := os.Stat(filepath.Join(dir, "model.safetensors")); err == nil {
+		return []string{"model.safetensors"}, nil
+	}
+	idx := filepath.Join(dir, "model.safetensors.index.json")
+	b, err := os.ReadFile(idx)
+	if err != nil {
+		return nil, fmt.Errorf("train: %s has neither model.safetensors nor a readable index: %w", dir, err)
+	}
+	var index struct {
+		WeightMap map[string]string `json:"weight_map"`
+	}
+	if err := json.Unmarshal(b, &index); err != nil {
+		return nil, fmt.Errorf("train: %s: %w", idx, err)
+	}
+	seen := map[string]bool{}
+	var names []string
+	for _, f := range index.WeightMap {
+		if strings.ContainsAny(f, `/\`) || f == ".." {
+			return nil, fmt.Errorf("train: %s: shard name %q must be a plain file name", idx, f)
+		}
+		if !seen[f] {
+			seen[f] = true
+			names = append(names, f)
+		}
+	}
+	if len(names) == 0 {
+		return nil, fmt.Errorf("train: %s: empty weight_map", idx)
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// loadBase fills the fp32 tensors from src and, for a 4-bit file, the
+// packed linears.
+func (m *Model) loadBase(src fileSet, quantized bool, quantMeta string) error {
+	host := make([]float32, m.params.Len())
+	for _, sp := range m.specs {
+		v, err := loadF32(src, sp.name, sp.shape)
+		if err != nil {
+			return err
+		}
+		copy(host[sp.off:], v)
+	}
+	m.be.Upload(m.params, host)
+	if !quantized {
+		return nil
+	}
+	var qc QuantConfig
+	if quantMeta != "" {
+		if err := json.Unmarshal([]byte(quantMeta), &qc); err != nil {
+			return fmt.Errorf("metadata %s: %w", metaQuant, err)
+		}
+	}
+	return m.loadQuantized(src, qc)
+}
+
+// SaveBase writes the base weights (fp32, or the packed 4-bit layout when
+// quantized) with the model config in the safetensors metadata under
+// "opencluster.config" and "format": "pt", atomically.
+func (m *Model) SaveBase(path string) error {
+	cfgJSON, err := json.Marshal(m.Config)
+	if err != nil {
+		return err
+	}
+	meta := map[string]string{"format": "pt", metaConfig: string(cfgJSON)}
+	var out []safetensors.Named
+	for _, sp := range m.specs {
+		out = append(out, safetensors.Named{Name: sp.name, Tensor: safetensors.F32Tensor(sp.shape, m.download(m.be.View(m.params, sp.off, sp.n)))})
+	}
+	if m.quant != nil {
+		qj, _ := json.Marshal(m.quant)
+		meta[metaQuant] = string(qj)
+		if out, err = m.appendQuantized(out); err != nil {
+			return fmt.Errorf("train: SaveBase %s: %w", path, err)
+		}
+	}
+	if err := safetensors.Write(path, out, meta); err != nil {
+		return fmt.Errorf("train: SaveBase: %w", err)
+	}
+	return nil
+}
+
+func (m *Model) download(b backend.Buf) []float32 {
+	h := make([]float32, b.Len())
+	m.be.Download(h, b)
+	return h
+}
+
+// peftConfig is adapter_config.json as PEFT writes it (the keys we use).
+type peftConfig struct {
+	PeftType      string   `json:"peft_type"`
+	R             int      `json:"r"`
+	LoraAlpha     float64  `json:"lora_alpha"`
+	LoraDropout   float64  `json:"lora_dropout"`
+	TargetModules any      `json:"target_modules"`
+	Bias          string   `json:"bias"`
+	TaskType      string   `json:"task_type"`
+	BaseModel     string   `json:"base_model_name_or_path"`
+	FanInFanOut   bool     `json:"fan_in_fan_out"`
+	InferenceMode bool     `json:"inference_mode"`
+	ModulesToSave []string `json:"modules_to_save"`
+	UseRSLoRA     bool     `json:"use_rslora"`
+	UseDoRA       bool     `json:"use_dora"`
+	LayersToXform any      `json:"layers_to_transform"`
+	RankPattern   any      `json:"rank_pattern"`
+	AlphaPattern  any      `json:"alpha_pattern"`
+}
+
+// Adapter file names inside a PEFT folder.
+const (
+	adapterWeights = "adapter_model.safetensors"
+	adapterConfig  = "adapter_config.json"
+)
+
+// SaveAdapter writes the adapters in PEFT layout: DIR/adapter_model.safetensors
+// and DIR/adapter_config.json. baseName goes to base_model_name_or_path.
+// Both files are written atomically.
+func (m *Model) SaveAdapter(dir, baseName string) error {
+	if m.lora == nil {
+		return errors.New("train: SaveAdapter: LoRA is not enabled")
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("train: SaveAdapter: %w", err)
+	}
+	var out []safetensors.Named
+	for _, sp := range m.lora.specs {
+		out = append(out, safetensors.Named{Name: sp.name, Tensor: safetensors.F32Tensor(sp.shape, m.download(m.be.View(m.lora.params, sp.off, sp.n)))})
+	}
+	if err := safetensors.Write(filepath.Join(dir, adapterWeights), out, map[string]string{"format": "pt"}); err != nil {
+		return fmt.Errorf("train: SaveAdapter: %w", err)
+	}
+	c := m.lora.cfg
+	pc := map[string]any{
+		"peft_type": "LORA", "r": c.Rank, "lora_alpha": c.Alpha, "lora_dropout": c.Dropout,
+		"target_modules": c.Targets, "bias": "none", "task_type": "CAUSAL_LM",
+		"base_model_name_or_path": baseName, "fan_in_fan_out": false, "inference_mode": true,
+		"modules_to_save": nil,
+	}
+	b, err := json.MarshalIndent(pc, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(filepath.Join(dir, adapterConfig), append(b, '\n')); err != nil {
+		return fmt.Errorf("train: SaveAdapter: %w", err)
+	}
+	return nil
+}
+
+// LoadAdapter reads a PEFT adapter folder written by SaveAdapter (or PEFT)
+// and switches the model to LoRA mode with those adapters. Options this
+// model cannot honour (DoRA, rsLoRA, fan_in_fan_out, bias, modules_to_save,
+// per-layer rank patterns) are errors that name the key.
+func (m *Model) LoadAdapter(dir string) error {
+	cpath := filepath.Join(dir, adapterConfig)
+	b, err := os.ReadFile(cpath)
+	if err != nil {
+		return fmt.Errorf("train: LoadAdapter: %w", err)
+	}
+	var pc peftConfig
+	if err := json.Unmarshal(b, &pc); err != nil {
+		return fmt.Errorf("train: %s: %w", cpath, err)
+	}
+	bad := func(key string, v any) error {
+		return fmt.Errorf("train: %s: %s = %v is not supported", cpath, key, v)
+	}
+	switch {
+	case pc.PeftType != "LORA":
+		return bad("peft_type", pc.PeftType)
+	case pc.FanInFanOut:
+		return bad("fan_in_fan_out", true)
+	case pc.Bias != "" && pc.Bias != "none":
+		return bad("bias", pc.Bias)
+	case len(pc.ModulesToSave) > 0:
+		return bad("modules_to_save", pc.ModulesToSave)
+	case pc.UseDoRA:
+		return bad("use_dora", true)
+	case pc.UseRSLoRA:
+		return bad("use_rslora", true)
+	case pc.LayersToXform != nil:
+		return bad("layers_to_transform", pc.LayersToXform)
+	case nonEmptyMap(pc.RankPattern):
+		return bad("rank_pattern", pc.RankPattern)
+	case nonEmptyMap(pc.AlphaPattern):
+		return bad("alpha_pattern", pc.AlphaPattern)
+	}
+	cfg := LoRAConfig{Rank: pc.R, Alpha: pc.LoraAlpha, Dropout: pc.LoraDropout}
+	switch t := pc.TargetModules.(type) {
+	case string:
+		cfg.Targets = []string{t}
+	case []any:
+		for _, x := range t {
+			s, ok := x.(string)
+			if !ok {
+				return bad("target_modules", pc.TargetModules)
+			}
+			cfg.Targets = append(cfg.Targets, s)
+		}
+	default:
+		return bad("target_modules", pc.TargetModules)
+	}
+	sort.Slice(cfg.Targets, func(i, j int) bool { return linearIndex(cfg.Targets[i]) < linearIndex(cfg.Targets[j]) })
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("train: %s: %w", cpath, err)
+	}
+	wpath := filepath.Join(dir, adapterWeights)
+	f, err := safetensors.Read(wpath)
+	if err != nil {
+		return fmt.Errorf("train: LoadAdapter: %w", err)
+	}
+	specs, total := loraSpecs(m.Config, cfg)
+	host := make([]float32, total)
+	want := map[string]bool{}
+	for _, sp := range specs {
+		want[sp.name] = true
+		v, err := loadF32(fileSet{f}, sp.name, sp.shape)
+		if err != nil {
+			return fmt.Errorf("train: %s: %w", wpath, err)
+		}
+		copy(host[sp.off:], v)
+	}
+	for _, n := range f.Names() {
+		if !want[n] {
+			return fmt.Errorf("train: %s: unexpected tensor %s for this model and adapter_config.json", wpath, n)
+		}
+	}
+	var seed uint64
+	if m.lora != nil {
+		seed = m.lora.seed
+	}
+	if err := m.allocLoRA(cfg, seed); err != nil {
+		return err
+	}
+	m.be.Upload(m.lora.params, host)
+	return nil
+}
+
+func nonEmptyMap(v any) bool {
+	mm, ok := v.(map[string]any)
+	return ok && len(mm) > 0
+}
+
+func linearIndex(name string) int {
+	for i, n := range LinearNames {
+		if n == name {
+			return i
+		}
+	}
+	return len(LinearNames)
+}
+
+// Train-state file layout.
+const (
+	tsParams = "trainable"
+	tsM      = "adamw.m"
+	tsV      = "adamw.v"
+	metaMode = "opencluster.mode"  // "full" or "lora"
+	metaUser = "opencluster.meta." // prefix of the caller's meta keys
+)
+
+func (m *Model) modeName() string {
+	if m.lora != nil {
+		return "lora"
+	}
+	return "full"
+}
+
+// SaveTrainState writes what resuming needs (trainable parameters, AdamW
+// moments) plus meta (the loop's step, data cursor, ...) to path, atomically.
+func (m *Model) SaveTrainState(path string, meta map[string]string) error {
+	p, _ := m.trainable()
+	if p == nil {
+		return errors.New("train: SaveTrainState: the model has no trainable parameters")
+	}
+	n := p.Len()
+	mm, vv := make([]float32, n), make([]float32, n)
+	if m.m != nil {
+		m.be.Download(mm, m.m)
+		m.be.Download(vv, m.v)
+	}
+	md := map[string]string{"format": "pt", metaMode: m.modeName()}
+	for k, v := range meta {
+		md[metaUser+k] = v
+	}
+	out := []safetensors.Named{
+		{Name: tsParams, Tensor: safetensors.F32Tensor([]int{n}, m.download(p))},
+		{Name: tsM, Tensor: safetensors.F32Tensor([]int{n}, mm)},
+		{Name: tsV, Tensor: safetensors.F32Tensor([]int{n}, vv)},
+	}
+	if err := safetensors.Write(path, out, md); err != nil {
+		return fmt.Errorf("train: SaveTrainState: %w", err)
+	}
+	return nil
+}
+
+// LoadTrainState restores SaveTrainState's file and returns its meta. The
+// file must match the model's mode and trainable size; nothing is changed
+// when it does not.
+func (m *Model) LoadTrainState(path string) (map[string]string, error) {
+	p, _ := m.trainable()
+	if p == nil {
+		return nil, errors.New("train: LoadTrainState: the model has no trainable parameters")
+	}
+	f, err := safetensors.Read(path)
+	if err != nil {
+		return nil, fmt.Errorf("train: LoadTrainState: %w", err)
+	}
+	if mode := f.Metadata[metaMode]; mode != m.modeName() {
+		return nil, fmt.Errorf("train: %s holds %q training state, the model is in %q mode", path, mode, m.modeName())
+	}
+	n := p.Len()
+	var vals [3][]float32
+	for i, name := range []string{tsParams, tsM, tsV} {
+		if vals[i], err = loadF32(fileSet{f}, name, []int{n}); err != nil {
+			return nil, fmt.Errorf("train: %s: %w", path, err)
+		}
+	}
+	m.be.Upload(p, vals[0])
+	if m.m == nil || m.m.Len() != n {
+		m.m, m.v = m.be.Alloc(n), m.be.Alloc(n)
+	}
+	m.be.Upload(m.m, vals[1])
+	m.be.Upload(m.v, vals[2])
+	meta := map[string]string{}
+	for k, v := range f.Metadata {
+		if strings.HasPrefix(k, metaUser) {
+			meta[strings.TrimPrefix(k, metaUser)] = v
+		}
+	}
+	return meta, nil
+}
+
+// writeFileAtomic writes data to a temp file in path's folder, fsyncs it
+// and renames it over path, so a crash never leaves a half-written file.
+func writeFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op after a successful rename
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("syncing %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("closing %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	if d, err := os.Open(dir); err == nil { // persist the rename itself
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
