@@ -7,7 +7,7 @@ DEMO_DIR ?= demo-out
 # Build flags shared by every target; CGO is needed for go-nvml and the CPU kernels.
 export CGO_ENABLED := 1
 
-.PHONY: all build cuda test test-short vet fmt-check demo bench kernels ci clean
+.PHONY: all build cuda test test-short vet fmt-check demo bench kernels gpu-check ci clean
 
 all: build
 
@@ -16,9 +16,12 @@ build:
 	@if command -v nvcc >/dev/null 2>&1 && [ -f /usr/include/cuda.h ]; then $(MAKE) --no-print-directory cuda; \
 	 else echo "make build: no CUDA toolkit here, skipping opencluster-cuda (see 'make cuda')"; fi
 
-# The CUDA build: the same commands with the GPU backend (needs nvcc and cuda.h).
+# The CUDA build: the same commands with the GPU backend (needs nvcc and cuda.h;
+# scripts/install-cuda.sh installs them), plus the GPU test binary that
+# bench/gpu-check.sh runs on a GPU machine (it cannot run without a GPU).
 cuda:
 	$(GO) build -tags cuda -o $(BIN)/opencluster-cuda ./cmd/opencluster
+	$(GO) test -c -tags cuda -o $(BIN)/kernels.test ./kernels
 
 test:
 	$(GO) test -race -count=1 ./...
@@ -39,10 +42,21 @@ bench: build
 	./scripts/install-bench-deps.sh
 	$(BIN)/opencluster bench --device cpu
 
+# Regenerates kernels/*.ptx from kernels/*.cu with nvcc (commit the result).
 kernels:
 	./scripts/kernels.sh
 
+# On a GPU machine, from an unpacked scripts/build-gpu-bundle.sh bundle.
+gpu-check:
+	bash bench/gpu-check.sh
+
+# .ci/run installs the CUDA toolkit first, so build makes opencluster-cuda
+# too; the CUDA steps below then keep a CUDA compile break or stale PTX
+# from landing (nothing here needs a GPU).
 ci: fmt-check vet build test demo
+	./scripts/kernels.sh --check
+	$(MAKE) --no-print-directory cuda
+	$(GO) vet -tags cuda ./kernels/... ./bench/... ./cmd/...
 
 clean:
 	rm -rf $(BIN) $(DEMO_DIR)

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# demo.sh BIN DIR: what `make demo` runs until the federated demo exists.
+# demo.sh BIN DIR: what `make demo` runs: the federated demo on this machine.
 #
-# It needs nothing beyond the Go installation that built BIN: two prose corpora
-# come from $(go env GOROOT):
-#   A = $GOROOT/doc (the language spec, the memory model, the assembler guide)
-#   B = every package documentation file $GOROOT/src/**/doc.go
-# It pretrains the tiny preset on A, QLoRA-fine-tunes that base on B, and
-# prints the validation loss before and after each phase and a generation
-# before and after the adapter. A few minutes at most on 2 CPU cores.
+# `opencluster demo` needs nothing beyond the Go installation that built BIN:
+# it pretrains a tiny base on $(go env GOROOT)/doc (cached in DIR), splits
+# $(go env GOROOT)/src into non-IID shards by package group, starts one
+# coordinator and DEMO_WORKERS worker processes on loopback, runs DEMO_ROUNDS
+# rounds of federated QLoRA with compressed, signed updates, prints per round
+# the participants, bytes, compression ratio, train and validation loss and
+# energy, then a generation before and after, and verifies the ledger.
+# Under 3 minutes on 2 CPU cores.
 set -euo pipefail
 
 if [ $# -ne 2 ]; then
@@ -16,51 +17,24 @@ if [ $# -ne 2 ]; then
 fi
 bin=$1
 out=$2
-steps_a=${DEMO_PRETRAIN_STEPS:-300}
-steps_b=${DEMO_TRAIN_STEPS:-300}
-lr_b=${DEMO_TRAIN_LR:-1e-2} # adapters take a higher learning rate than full training
-go=${GO:-go}
+workers=${DEMO_WORKERS:-4}
+rounds=${DEMO_ROUNDS:-8}
+steps=${DEMO_STEPS:-10}
 
-goroot=$("$go" env GOROOT)
-corpus_a=$goroot/doc
-if [ ! -d "$corpus_a" ]; then
-  echo "demo: $corpus_a not found; is Go installed with its docs?" >&2
+mkdir -p "$out"
+"$bin" demo --workers "$workers" --rounds "$rounds" --steps "$steps" --dir "$out" --device cpu --log-level warn
+ledger="$out/coordinator/ledger.jsonl"
+
+# A one-byte edit must make verification fail.
+tampered="$out/ledger-tampered.jsonl"
+cp "$ledger" "$tampered"
+# Change one digit: the first digit of the first update's "bytes" field.
+d=$(grep -o '"bytes":[0-9]' "$ledger" | head -1 | cut -d: -f2)
+nd=$(( (d + 1) % 10 ))
+sed -i "0,/\"bytes\":$d/s//\"bytes\":$nd/" "$tampered"
+cmp -s "$ledger" "$tampered" && { echo "demo: could not tamper with $tampered" >&2; exit 1; }
+if "$bin" ledger verify "$tampered" >/dev/null 2>&1; then
+  echo "demo: ledger verify accepted a tampered ledger ($tampered)" >&2
   exit 1
 fi
-
-rm -rf "$out"
-mkdir -p "$out/corpus-b"
-corpus_b=$(cd "$out/corpus-b" && pwd)
-# Corpus B: copy the doc.go files under their package paths (testdata left out).
-(cd "$goroot/src" && find . -name doc.go -not -path '*/testdata/*') | while IFS= read -r f; do
-  mkdir -p "$corpus_b/$(dirname "$f")"
-  cp "$goroot/src/$f" "$corpus_b/$f"
-done
-nb=$(find "$corpus_b" -name doc.go | wc -l)
-bytes() { find "$1" -type f -print0 | xargs -0 cat | wc -c; }
-echo "== corpus A: $corpus_a ($(bytes "$corpus_a") bytes); corpus B: $nb doc.go files ($(bytes "$corpus_b") bytes)"
-
-prompt_a='The type of a '
-prompt_b='// Package '
-
-echo
-echo "== 1. pretrain the tiny preset on corpus A for $steps_a steps"
-"$bin" pretrain --config tiny --data "$corpus_a" --out "$out/base.safetensors" --steps "$steps_a" --log-level warn
-
-echo
-echo "== 2. the base, prompted with '$prompt_b':"
-"$bin" generate --base "$out/base.safetensors" --prompt "$prompt_b" --max-tokens 160 --seed 1
-
-echo
-echo "== 3. QLoRA: freeze the base in NF4, train rank-8 adapters on corpus B for $steps_b steps at lr $lr_b"
-"$bin" train --config tiny --base "$out/base.safetensors" --data "$corpus_b" --out "$out/adapter" --steps "$steps_b" --lr "$lr_b" --log-level warn
-
-echo
-echo "== 4. the base plus the adapter, same prompt and seed:"
-"$bin" generate --base "$out/base.safetensors" --adapter "$out/adapter" --prompt "$prompt_b" --max-tokens 160 --seed 1
-
-echo
-echo "== and the base alone on corpus A's kind of text:"
-"$bin" generate --base "$out/base.safetensors" --prompt "$prompt_a" --max-tokens 120 --seed 1
-echo
-echo "demo: outputs in $out (base.safetensors, adapter/ in PEFT layout)"
+echo "demo: ledger verify refuses the one-byte-edited copy $tampered, as it should"

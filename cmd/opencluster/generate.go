@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"github.com/opencluster/opencluster/train"
-	"github.com/opencluster/opencluster/train/backend"
 	"github.com/opencluster/opencluster/train/data"
 	"github.com/spf13/cobra"
 )
@@ -59,7 +58,11 @@ func runGenerate(cmd *cobra.Command, args []string) error {
 	if maxTokens < 0 || topK < 0 || temperature < 0 {
 		return fmt.Errorf("--max-tokens (%d), --top-k (%d) and --temperature (%g) must not be negative", maxTokens, topK, temperature)
 	}
-	m, err := train.LoadModel(base, backend.NewCPU(threads))
+	be, err := commandBackend(cmd, threads)
+	if err != nil {
+		return err
+	}
+	m, err := train.LoadModel(base, be)
 	if err != nil {
 		return fmt.Errorf("base %s: %w", base, err)
 	}

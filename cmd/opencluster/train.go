@@ -108,8 +108,12 @@ func runTraining(cmd *cobra.Command, mode train.Mode) error {
 	default:
 		rep = train.LogReporter{Logger: slog.Default()}
 	}
+	be, err := commandBackend(cmd, cfg.Train.Threads)
+	if err != nil {
+		return err
+	}
 	res, err := train.Run(cmd.Context(), train.RunOptions{
-		Mode: mode, Config: cfg, DataDir: dataDir, Base: base, Out: out,
+		Mode: mode, Config: cfg, DataDir: dataDir, Base: base, Out: out, Backend: be,
 		Checkpoint: ckpt, Resume: resume, Reporter: rep, Logger: slog.Default(),
 	})
 	if _, bar := rep.(*train.ProgressBar); bar && err != nil {

@@ -24,43 +24,59 @@ type engine struct {
 // packed B. The packed B alternates between two buffers, so one barrier per
 // slice is enough: a thread that starts packing slice s+1 has passed barrier
 // s, so every thread has finished multiplying slice s-1, the buffer's
-// previous tenant. No thread ever sums along a different k order, so results
-// repeat bit for bit.
+// previous tenant.
 func (e *engine) drive(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int, t int) {
-	ws := getWorkspace(t)
+	kcb := depthBlock(m, n)
+	ws := getWorkspace(t, min(k, kcb), min(n, blockNC))
 	defer putWorkspace(ws)
 	mr, nr := e.mr, e.nr
 	bar := newBarrier(t)
+	tilesM := (m + mr - 1) / mr
+	// Row bands are handed out from a counter per slice rather than split
+	// in advance, so a thread the OS keeps off its core for a while does
+	// not hold the others up: whoever is running takes the next band. Bands
+	// are at most MC rows, their count a multiple of t (bandsPerThread per
+	// thread at least) and their sizes as even as whole tiles allow, so on
+	// a quiet machine every thread gets the same share.
+	bands := min(tilesM, t*max(bandsPerThread, (tilesM+t*(blockMC/mr)-1)/(t*(blockMC/mr))))
+	slices := ((n + blockNC - 1) / blockNC) * ((k + kcb - 1) / kcb)
+	next := make([]atomic.Int32, slices)
 	parallel(t, func(id int) {
 		slice := 0
 		for jc := 0; jc < n; jc += blockNC {
 			nc := min(blockNC, n-jc)
 			panels := (nc + nr - 1) / nr
-			tilesM := (m + mr - 1) / mr
 			byRows := tilesM >= panels || tilesM >= 4*t
-			for pc := 0; pc < k; pc += blockKC {
-				kc := min(blockKC, k-pc)
+			for pc := 0; pc < k; pc += kcb {
+				kc := min(kcb, k-pc)
 				bet := beta
 				if pc > 0 {
 					bet = 1
 				}
 				buf := ws.b[slice%2]
+				claim := &next[slice]
 				slice++
 				if lo, hi := split(panels, t, id); lo < hi {
 					j0, j1 := jc+lo*nr, min(jc+hi*nr, jc+nc)
 					e.packB(transB, b, ldb, pc, kc, j0, j1-j0, buf[lo*nr*kc:])
 				}
 				bar.wait()
-				i0, i1, j0, j1 := 0, m, jc, jc+nc
-				if byRows {
-					lo, hi := split(tilesM, t, id)
-					i0, i1 = lo*mr, min(hi*mr, m)
-				} else {
+				if !byRows {
 					lo, hi := split(panels, t, id)
-					j0, j1 = jc+lo*nr, min(jc+hi*nr, jc+nc)
+					if lo < hi {
+						j0, j1 := jc+lo*nr, min(jc+hi*nr, jc+nc)
+						e.macro(transA, a, lda, 0, m, pc, kc, buf[lo*nr*kc:], j0, j1, alpha, bet, c, ldc, ws.a[id])
+					}
+					continue
 				}
-				if i0 < i1 && j0 < j1 {
-					e.macro(transA, a, lda, i0, i1, pc, kc, buf[(j0-jc)*kc:], j0, j1, alpha, bet, c, ldc, ws.a[id])
+				for {
+					band := int(claim.Add(1)) - 1
+					if band >= bands {
+						break
+					}
+					lo, hi := split(tilesM, bands, band)
+					i0, i1 := lo*mr, min(hi*mr, m)
+					e.macro(transA, a, lda, i0, i1, pc, kc, buf, jc, jc+nc, alpha, bet, c, ldc, ws.a[id])
 				}
 			}
 		}
@@ -79,8 +95,13 @@ type barrier struct {
 	cond  *sync.Cond
 }
 
-// barrierSpins bounds the busy wait: about 20 us of atomic loads.
-const barrierSpins = 20000
+// barrierSpins bounds the busy wait: about 100 us of atomic loads.
+const barrierSpins = 100000
+
+// bandsPerThread is how many row bands each thread's share of a slice is cut
+// into: more bands balance better when a thread is held up, fewer reuse each
+// packed B micro-panel over more rows of A.
+const bandsPerThread = 2
 
 func newBarrier(n int) *barrier {
 	b := &barrier{n: int32(n)}
@@ -113,30 +134,56 @@ func (b *barrier) wait() {
 	b.mu.Unlock()
 }
 
-// workspace holds the packing buffers: one packed B slice shared by the
-// threads and one packed A block per thread, all 64-byte aligned.
+// workspace holds the packing buffers: two packed B slices shared by the
+// threads (alternating, see drive) and one packed A block per thread, all
+// 64-byte aligned.
 type workspace struct {
 	a [][]float32
 	b [2][]float32
 }
 
-// maxNR is the widest register tile of any engine.
-const maxNR = 32
+// Workspaces are kept on a short free list rather than in a sync.Pool: a
+// pool is emptied at every garbage collection, and re-allocating megabytes
+// of buffers (and faulting their pages in) after each one cost a visible
+// share of a mid-sized product.
+var (
+	freeMu     sync.Mutex
+	freeList   []*workspace
+	maxFreeWSs = 4
+)
 
-var workspaces sync.Pool
-
-func getWorkspace(t int) *workspace {
-	ws, _ := workspaces.Get().(*workspace)
+// getWorkspace returns a workspace with room for t threads and packed B
+// slices of kc x nc (nc rounded up to the widest tile).
+func getWorkspace(t, kc, nc int) *workspace {
+	freeMu.Lock()
+	var ws *workspace
+	if n := len(freeList); n > 0 {
+		ws = freeList[n-1]
+		freeList = freeList[:n-1]
+	}
+	freeMu.Unlock()
 	if ws == nil {
 		ws = &workspace{}
-		for i := range ws.b {
-			ws.b[i] = alignedFloats(blockKC * (blockNC + maxNR))
+	}
+	need := kc * (nc + maxNR)
+	for i := range ws.b {
+		if len(ws.b[i]) < need {
+			ws.b[i] = alignedFloats(need)
 		}
 	}
 	for len(ws.a) < t {
-		ws.a = append(ws.a, alignedFloats(blockMC*blockKC))
+		ws.a = append(ws.a, alignedFloats(blockMC*blockKCLarge))
 	}
 	return ws
 }
 
-func putWorkspace(ws *workspace) { workspaces.Put(ws) }
+func putWorkspace(ws *workspace) {
+	freeMu.Lock()
+	if len(freeList) < maxFreeWSs {
+		freeList = append(freeList, ws)
+	}
+	freeMu.Unlock()
+}
+
+// maxNR is the widest register tile of any engine.
+const maxNR = 32

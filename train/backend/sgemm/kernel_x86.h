@@ -47,10 +47,102 @@ static int oc_nr(int isa) { return isa == OC_ISA_AVX512 ? OC_NR512 : OC_NR256; }
 // Packing. Panels are zero-padded to a whole MR or NR so the micro-kernel
 // never branches on the edge; the edge tile is written through a scratch tile.
 
+// oc_tr16 loads rows x 16 floats (rows <= 16, the rest zero) from src with
+// stride lds and transposes them: out[q] holds element q of every row.
+// Packing uses it where a panel runs across the source's rows (A not
+// transposed, B transposed), so those gathers become whole-vector moves.
+__attribute__((target("avx512f")))
+static inline void oc_tr16(const float *src, long lds, int rows, __m512 out[16]) {
+	__m512 r[16], t[16];
+	for (int i = 0; i < 16; i++)
+		r[i] = i < rows ? _mm512_loadu_ps(src + i * lds) : _mm512_setzero_ps();
+	for (int i = 0; i < 16; i += 2) {
+		t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+		t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+	}
+	for (int i = 0; i < 16; i += 4) {
+		r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+		r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+		r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+		r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+	}
+	for (int h = 0; h < 16; h += 8) {
+		for (int i = 0; i < 4; i++) {
+			t[h + i] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0x88);
+			t[h + i + 4] = _mm512_shuffle_f32x4(r[h + i], r[h + i + 4], 0xdd);
+		}
+	}
+	for (int i = 0; i < 8; i++) {
+		out[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+		out[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+	}
+}
+
+// oc_pack_a512 is oc_pack_a for the AVX-512 tile with A not transposed:
+// each 12-row panel is moved 16 values of k at a time through oc_tr16.
+__attribute__((target("avx512f")))
+static void oc_pack_a512(const float *a, long lda, int i0, int mc, int k0, int kc, float *dst) {
+	__mmask16 m12 = (1u << OC_MR512) - 1;
+	for (int ir = 0; ir < mc; ir += OC_MR512) {
+		int mr = mc - ir < OC_MR512 ? mc - ir : OC_MR512;
+		const float *src = a + (long)(i0 + ir) * lda + k0;
+		float *d = dst + (long)ir * kc;
+		int p = 0;
+		for (; p + 16 <= kc; p += 16) {
+			__m512 out[16];
+			oc_tr16(src + p, lda, mr, out);
+			for (int q = 0; q < 16; q++)
+				_mm512_mask_storeu_ps(d + (long)(p + q) * OC_MR512, m12, out[q]);
+		}
+		for (; p < kc; p++) {
+			float *dp = d + (long)p * OC_MR512;
+			int r = 0;
+			for (; r < mr; r++)
+				dp[r] = src[(long)r * lda + p];
+			for (; r < OC_MR512; r++)
+				dp[r] = 0;
+		}
+	}
+}
+
+// oc_pack_bt512 is oc_pack_b for the AVX-512 tile with B transposed: each
+// 32-column panel is two 16-row blocks of b moved through oc_tr16.
+__attribute__((target("avx512f")))
+static void oc_pack_bt512(const float *b, long ldb, int k0, int kc, int j0, int nc, float *dst) {
+	for (int jr = 0; jr < nc; jr += OC_NR512) {
+		int nr = nc - jr < OC_NR512 ? nc - jr : OC_NR512;
+		float *d = dst + (long)jr * kc;
+		for (int h = 0; h < OC_NR512; h += 16) {
+			int rows = nr - h;
+			rows = rows < 0 ? 0 : rows > 16 ? 16 : rows;
+			const float *src = b + (long)(j0 + jr + h) * ldb + k0;
+			int p = 0;
+			for (; p + 16 <= kc; p += 16) {
+				__m512 out[16];
+				oc_tr16(src + p, ldb, rows, out);
+				for (int q = 0; q < 16; q++)
+					_mm512_store_ps(d + (long)(p + q) * OC_NR512 + h, out[q]);
+			}
+			for (; p < kc; p++) {
+				float *dp = d + (long)p * OC_NR512 + h;
+				int c = 0;
+				for (; c < rows; c++)
+					dp[c] = src[(long)c * ldb + p];
+				for (; c < 16; c++)
+					dp[c] = 0;
+			}
+		}
+	}
+}
+
 // oc_pack_a packs rows [i0, i0+mc) and depth [k0, k0+kc) of op(A) into
 // MR-tall panels: panel r holds, for each p, the MR values A(i0+r*MR.., k0+p).
 static void oc_pack_a(int mr_tile, int trans, const float *a, long lda,
                       int i0, int mc, int k0, int kc, float *dst) {
+	if (mr_tile == OC_MR512 && !trans) {
+		oc_pack_a512(a, lda, i0, mc, k0, kc, dst);
+		return;
+	}
 	for (int ir = 0; ir < mc; ir += mr_tile) {
 		int mr = mc - ir < mr_tile ? mc - ir : mr_tile;
 		float *d = dst + (long)ir * kc;
@@ -84,6 +176,10 @@ static void oc_pack_a(int mr_tile, int trans, const float *a, long lda,
 // NR-wide panels: panel c holds, for each p, the NR values B(k0+p, j0+c*NR..).
 static void oc_pack_b(int nr_tile, int trans, const float *b, long ldb,
                       int k0, int kc, int j0, int nc, float *dst) {
+	if (nr_tile == OC_NR512 && trans) {
+		oc_pack_bt512(b, ldb, k0, kc, j0, nc, dst);
+		return;
+	}
 	for (int jr = 0; jr < nc; jr += nr_tile) {
 		int nr = nc - jr < nr_tile ? nc - jr : nr_tile;
 		float *d = dst + (long)jr * kc;
@@ -124,6 +220,7 @@ static void oc_kernel512(int kc, const float *restrict a, const float *restrict 
 		acc[r][0] = _mm512_setzero_ps();
 		acc[r][1] = _mm512_setzero_ps();
 	}
+	// Start fetching the tile of C while the k loop runs.
 	for (int r = 0; r < OC_MR512; r++)
 		_mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
 	for (int p = 0; p < kc; p++) {

@@ -37,7 +37,7 @@ func init() {
 			},
 			macro: func(transA bool, a []float32, lda, i0, i1, pc, kc int, packedB []float32, j0, j1 int, alpha, beta float32, c []float32, ldc int, abuf []float32) {
 				C.oc_macro(cisa, cbool(transA), fp(a), C.long(lda), C.int(i0), C.int(i1), C.int(pc), C.int(kc),
-					fp(packedB), C.int(j0), C.int(j1), C.float(alpha), C.float(beta), fp(c), C.long(ldc), fp(abuf), C.int(blockMC))
+					fp(packedB), C.int(j0), C.int(j1), C.float(alpha), C.float(beta), fp(c), C.long(ldc), fp(abuf), blockMC)
 			},
 		}
 	}
@@ -51,10 +51,11 @@ func sgemmC(isa int, transA, transB bool, m, n, k int, alpha float32, a []float3
 		return
 	}
 	// One thread: the whole product in one cgo call.
-	ws := getWorkspace(1)
+	kcb := depthBlock(m, n)
+	ws := getWorkspace(1, min(k, kcb), min(n, blockNC))
 	defer putWorkspace(ws)
 	C.oc_sgemm_serial(C.int(isa), cbool(transA), cbool(transB), C.int(m), C.int(n), C.int(k),
 		C.float(alpha), fp(a), C.long(lda), fp(b), C.long(ldb),
 		C.float(beta), fp(c), C.long(ldc),
-		fp(ws.a[0]), fp(ws.b[0]), C.int(blockMC), C.int(blockKC), C.int(blockNC))
+		fp(ws.a[0]), fp(ws.b[0]), blockMC, C.int(kcb), blockNC)
 }

@@ -135,12 +135,36 @@ func TestSgemmMatchesReference(t *testing.T) {
 				x := ab[(sh.m+tr)%len(ab)]
 				pad := (sh.m + sh.n + tr) % 3
 				p := newProblem(rng, transA, transB, sh.m, sh.n, sh.k, pad, x.alpha, x.beta)
-				for _, threads := range []int{1, 2, 3} {
+				threadCounts := []int{1, 2}
+				if kind == archBest() {
+					threadCounts = append(threadCounts, 3) // more threads than cores
+				}
+				for _, threads := range threadCounts {
 					label := fmt.Sprintf("%s/t%d/%dx%dx%d/tA=%v,tB=%v/pad%d/alpha=%v,beta=%v",
 						kindName(kind), threads, sh.m, sh.n, sh.k, transA, transB, pad, x.alpha, x.beta)
 					got := append([]float32(nil), p.c...)
 					run(kind, threads, transA, transB, sh.m, sh.n, sh.k, p.alpha, p.a, p.lda, p.b, p.ldb, p.beta, got, p.ldc)
 					p.check(t, label, got, p.c)
+				}
+			}
+		}
+	}
+}
+
+// TestSgemmDeepBlocking runs the KC = blockKCLarge path (used for big C)
+// on small matrices by lowering its threshold.
+func TestSgemmDeepBlocking(t *testing.T) {
+	defer func(v int) { blockKCLargeC = v }(blockKCLargeC)
+	blockKCLargeC = 1
+	rng := rand.New(rand.NewPCG(13, 14))
+	for _, kind := range kinds() {
+		for _, sh := range []struct{ m, n, k int }{{37, 45, 1100}, {5, 70, 513}} {
+			for tr := 0; tr < 4; tr++ {
+				p := newProblem(rng, tr&1 != 0, tr&2 != 0, sh.m, sh.n, sh.k, 1, 1.5, 0.5)
+				for _, threads := range []int{1, 2} {
+					got := append([]float32(nil), p.c...)
+					run(kind, threads, p.transA, p.transB, p.m, p.n, p.k, p.alpha, p.a, p.lda, p.b, p.ldb, p.beta, got, p.ldc)
+					p.check(t, fmt.Sprintf("%s/t%d/%dx%dx%d/tr=%d", kindName(kind), threads, sh.m, sh.n, sh.k, tr), got, p.c)
 				}
 			}
 		}

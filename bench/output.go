@@ -1,0 +1,163 @@
+package bench
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+)
+
+// RSSRow reports the process's peak resident memory so far.
+func RSSRow() Row {
+	b := PeakRSS()
+	return Row{Name: "peak_rss", Extra: map[string]any{"bytes": b, "mib": float64(b) / (1 << 20)}}
+}
+
+// WriteJSON writes r as one JSON object on one line.
+func WriteJSON(w io.Writer, r Row) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return fmt.Errorf("bench row %s: %w", r.Name, err)
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+// Table prints rows as an aligned, readable table. Call Row for each row,
+// then Flush.
+type Table struct {
+	tw     *tabwriter.Writer
+	header bool
+	notes  []string
+}
+
+// NewTable starts a table on w.
+func NewTable(w io.Writer) *Table {
+	return &Table{tw: tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)}
+}
+
+// Row adds one row; machine and peak_rss rows become notes under the table.
+func (t *Table) Row(r Row) {
+	switch r.Name {
+	case "machine":
+		t.notes = append(t.notes, "machine: "+machineLine(r))
+		return
+	case "peak_rss":
+		t.notes = append(t.notes, fmt.Sprintf("peak RSS: %.0f MiB", r.Extra["mib"]))
+		return
+	}
+	if !t.header {
+		fmt.Fprintln(t.tw, "row\tsize\tGFLOPS\tGB/s\tpeer GFLOPS\tours/peer\t% of peak\tnotes")
+		t.header = true
+	}
+	fmt.Fprintf(t.tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Size,
+		num(r.GFLOPS, "%.1f"), num(r.GBps, "%.1f"), num(r.PeerGFLOPS, "%.1f"), num(r.Ratio, "%.2fx"),
+		num(100*r.FractionOfPeak, "%.0f%%"), notes(r))
+	if r.Peer != "" {
+		t.notes = appendOnce(t.notes, "peer: "+r.Peer)
+	}
+}
+
+// Flush writes the table and its notes.
+func (t *Table) Flush() error {
+	if err := t.tw.Flush(); err != nil {
+		return err
+	}
+	w := t.tw
+	for _, n := range t.notes {
+		fmt.Fprintln(w, n)
+	}
+	return w.Flush()
+}
+
+func appendOnce(xs []string, s string) []string {
+	for _, x := range xs {
+		if x == s {
+			return xs
+		}
+	}
+	return append(xs, s)
+}
+
+func num(v float64, format string) string {
+	if v == 0 {
+		return "-"
+	}
+	return fmt.Sprintf(format, v)
+}
+
+func machineLine(r Row) string {
+	e := r.Extra
+	s := fmt.Sprintf("%v, %v cores, sgemm kernel %v", e["cpu_model"], e["cores"], e["sgemm_kernel"])
+	if r.PeakGFLOPS > 0 {
+		s += fmt.Sprintf("; peak %.0f GFLOPS = %v cores x %.2f GHz x %v FLOP/cycle (%v; clock from %v)",
+			r.PeakGFLOPS, e["cores"], e["ghz"], e["flops_per_cycle"], e["isa"], e["clock_source"])
+	}
+	return s
+}
+
+// notes is the short free-text column: the error, or the missing peer, or
+// a few extras.
+func notes(r Row) string {
+	if r.Error != "" {
+		return "error: " + r.Error
+	}
+	var parts []string
+	if why, ok := r.Extra["peer_missing"]; ok {
+		parts = append(parts, fmt.Sprintf("no peer: %v", why))
+	}
+	keys := make([]string, 0, len(r.Extra))
+	for k := range r.Extra {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		switch k {
+		case "dense_gflops", "copy_gbps":
+			parts = append(parts, fmt.Sprintf("%s %.1f", k, r.Extra[k]))
+		case "tokens_per_s":
+			parts = append(parts, fmt.Sprintf("%s %.0f", k, r.Extra[k]))
+		case "max_rel_diff_vs_peer":
+			parts = append(parts, fmt.Sprintf("diff vs peer %.1e", r.Extra[k]))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// WriteFileAtomic writes data to path through a temporary file in the same
+// folder, synced and renamed, so a crash never leaves half a file.
+func WriteFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op after a successful rename
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Chmod(tmp, 0o644); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}

@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/opencluster/opencluster/coordinator"
+	"github.com/opencluster/opencluster/coordinator/ledger"
+	"github.com/opencluster/opencluster/protocol"
+	"github.com/spf13/cobra"
+)
+
+// coordinatorConfig is configs/coordinator.yaml.
+type coordinatorConfig struct {
+	Listen         string        `mapstructure:"listen"`
+	DB             string        `mapstructure:"db"`
+	DSN            string        `mapstructure:"dsn"`
+	TLSCert        string        `mapstructure:"tls_cert"`
+	TLSKey         string        `mapstructure:"tls_key"`
+	TLSHosts       []string      `mapstructure:"tls_hosts"`
+	BaseModel      string        `mapstructure:"base_model"`
+	InitialAdapter string        `mapstructure:"initial_adapter"`
+	RatePerSecond  float64       `mapstructure:"rate_per_second"`
+	RateBurst      int           `mapstructure:"rate_burst"`
+	Tick           time.Duration `mapstructure:"tick"`
+	Rounds         roundsConfig  `mapstructure:"rounds"`
+}
+
+// roundsConfig is coordinator.Config plus the recipe under the file's
+// snake_case key names.
+type roundsConfig struct {
+	coordinator.Config `mapstructure:",squash"`
+	Recipe             coordinator.Recipe `mapstructure:"recipe"`
+}
+
+var coordinatorFlagKeys = map[string]string{"listen": "listen", "db": "db", "dsn": "dsn"}
+
+// newCoordinatorCmd builds `opencluster coordinator`.
+func newCoordinatorCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "coordinator",
+		Short: "Run federated rounds: pick cohorts, take signed updates, aggregate, keep the ledger",
+		Long: `coordinator serves the /v1 API over HTTPS (HTTP/2) and runs rounds until
+Ctrl-C, then shuts down gracefully. State lives in --dir: the SQLite database
+(or PostgreSQL with --db postgres --dsn ...), content-addressed blobs, the
+accepted updates, ledger.jsonl, the coordinator key and the TLS certificate.
+Restarted on the same --dir it resumes the round in flight.`,
+		Args: cobra.NoArgs,
+		RunE: runCoordinator,
+	}
+	f := cmd.Flags()
+	f.String("dir", "", "state directory (required)")
+	f.String("listen", "127.0.0.1:8443", "address for the HTTPS API")
+	f.String("config", "coordinator", "config file or preset")
+	f.String("db", "sqlite", "state database: sqlite or postgres")
+	f.String("dsn", "", "PostgreSQL connection string (with --db postgres)")
+	return cmd
+}
+
+func init() { rootCmd.AddCommand(newCoordinatorCmd()) }
+
+// loadCoordinatorConfig reads the config with defaults from the package.
+func loadCoordinatorConfig(cmd *cobra.Command) (coordinatorConfig, error) {
+	cfg := coordinatorConfig{Listen: "127.0.0.1:8443", DB: "sqlite", RatePerSecond: 20, RateBurst: 40, Tick: time.Second,
+		Rounds: roundsConfig{Config: coordinator.DefaultConfig()}}
+	cfg.Rounds.Recipe = coordinator.Recipe(cfg.Rounds.Config.Recipe)
+	cfg.Rounds.Shapes = nil // the file must give them
+	src, _ := cmd.Flags().GetString("config")
+	if err := loadConfig(src, cmd.Flags(), coordinatorFlagKeys, &cfg); err != nil {
+		return cfg, err
+	}
+	switch cfg.DB {
+	case "sqlite":
+	case "postgres":
+		if cfg.DSN == "" {
+			return cfg, errors.New("db postgres needs dsn (--dsn or OPENCLUSTER_DSN)")
+		}
+	default:
+		return cfg, fmt.Errorf("db %q: want sqlite or postgres", cfg.DB)
+	}
+	if cfg.Tick <= 0 {
+		return cfg, fmt.Errorf("tick %v: want > 0", cfg.Tick)
+	}
+	if cfg.RatePerSecond < 0 || cfg.RateBurst < 0 || (cfg.RatePerSecond > 0 && cfg.RateBurst < 1) {
+		return cfg, fmt.Errorf("rate_per_second %v, rate_burst %d: want >= 0, and a burst >= 1 when limiting", cfg.RatePerSecond, cfg.RateBurst)
+	}
+	cfg.Rounds.Config.Recipe = protocol.Recipe(cfg.Rounds.Recipe)
+	if err := cfg.Rounds.Config.Validate(); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+func runCoordinator(cmd *cobra.Command, _ []string) error {
+	dir, _ := cmd.Flags().GetString("dir")
+	if dir == "" {
+		return errors.New("--dir is required")
+	}
+	cfg, err := loadCoordinatorConfig(cmd)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	ctx := cmd.Context()
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	var store coordinator.Store
+	if cfg.DB == "postgres" {
+		store, err = coordinator.OpenPostgres(ctx, cfg.DSN)
+	} else {
+		store, err = coordinator.OpenSQLite(ctx, filepath.Join(dir, "coordinator.db"))
+	}
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	led, err := ledger.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer led.Close()
+	key, created, err := protocol.LoadOrCreateKey(filepath.Join(dir, "coordinator.key"))
+	if err != nil {
+		return err
+	}
+	if created {
+		slog.Info("coordinator: made a new signing key", "file", filepath.Join(dir, "coordinator.key"))
+	}
+	var init []float32
+	if cfg.InitialAdapter != "" {
+		b, err := os.ReadFile(cfg.InitialAdapter)
+		if err != nil {
+			return fmt.Errorf("initial_adapter: %w", err)
+		}
+		if init, err = coordinator.DecodeAdapter(b, cfg.Rounds.N()); err != nil {
+			return fmt.Errorf("initial_adapter %s: %w", cfg.InitialAdapter, err)
+		}
+	}
+	c, err := coordinator.New(ctx, cfg.Rounds.Config, coordinator.Options{Dir: dir, Store: store, Ledger: led, Key: key,
+		InitialAdapter: init, BaseModelPath: cfg.BaseModel})
+	if err != nil {
+		return err
+	}
+	tlsCfg, madeCert, err := coordinator.LoadOrCreateTLS(dir, cfg.TLSCert, cfg.TLSKey, cfg.TLSHosts)
+	if err != nil {
+		return err
+	}
+	if madeCert {
+		slog.Info("coordinator: made a self-signed TLS certificate", "file", filepath.Join(dir, "tls.crt"))
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
+	}
+	srv := coordinator.HTTPServer(coordinator.NewServer(c, coordinator.ServerOptions{RatePerSecond: cfg.RatePerSecond, Burst: cfg.RateBurst}), tlsCfg)
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go c.Run(runCtx, cfg.Tick)
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	slog.Info("coordinator: serving", "url", "https://"+ln.Addr().String(), "dir", dir, "db", cfg.DB,
+		"key", protocol.EncodePublicKey(c.PublicKey()))
+	fmt.Fprintf(cmd.OutOrStdout(), "coordinator listening on https://%s\n", ln.Addr())
+	select {
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+	case <-ctx.Done():
+	}
+	slog.Info("coordinator: shutting down")
+	cancel()
+	shCtx, shCancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer shCancel()
+	if err := srv.Shutdown(shCtx); err != nil {
+		srv.Close()
+	}
+	return nil
+}

@@ -1,0 +1,240 @@
+package coordinator
+
+import (
+	"crypto/ed25519"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/opencluster/opencluster/compress"
+	"github.com/opencluster/opencluster/protocol"
+)
+
+// Late-update policies.
+const (
+	LateReject     = "reject"     // an update after the deadline or for the last round is refused (409)
+	LateDownweight = "downweight" // it is aggregated with its weight times LateWeight
+)
+
+// Norm-bound policies.
+const (
+	NormClip   = "clip"   // an update over the bound is scaled down to it
+	NormReject = "reject" // it is refused (422)
+)
+
+// Short-round policies: what happens at a deadline with fewer than
+// MinUpdates accepted updates.
+const (
+	ShortExtend  = "extend"  // push the deadline out (up to MaxExtensions times), then restart
+	ShortRestart = "restart" // re-pick the cohort's missing members and reset the deadline
+)
+
+// Config is the round policy. The YAML keys (configs/coordinator.yaml)
+// are the mapstructure tags.
+type Config struct {
+	// Model names the base model (a configs/ preset or a Hugging Face id).
+	Model string `mapstructure:"model" json:"model"`
+	// Shapes is the adapter's tensor table; their sizes sum to N.
+	Shapes []protocol.Shape `mapstructure:"shapes" json:"shapes"`
+	// Seed is the master seed; each round's seed derives from it and the
+	// round id, so cohorts are reproducible.
+	Seed uint64 `mapstructure:"seed" json:"seed"`
+	// CohortSize is n: workers picked per round (fewer when fewer are available).
+	CohortSize int `mapstructure:"cohort_size" json:"cohort_size"`
+	// Quorum is k: the round closes as soon as k updates are accepted
+	// (0: the whole cohort).
+	Quorum int `mapstructure:"quorum" json:"quorum"`
+	// MinWorkers is how many available workers a round waits for before
+	// picking its cohort.
+	MinWorkers int `mapstructure:"min_workers" json:"min_workers"`
+	// MinUpdates is how many accepted updates a round needs at its deadline
+	// to be aggregated.
+	MinUpdates int `mapstructure:"min_updates" json:"min_updates"`
+	// RoundTimeout is the time from picking the cohort to the deadline.
+	RoundTimeout time.Duration `mapstructure:"round_timeout" json:"round_timeout"`
+	// SeenWithin: a worker is available when it polled or registered this
+	// recently.
+	SeenWithin time.Duration `mapstructure:"seen_within" json:"seen_within"`
+	// ShortRound is ShortExtend or ShortRestart; MaxExtensions bounds
+	// extend, after which the round restarts (see Coordinator.restart).
+	ShortRound    string `mapstructure:"short_round" json:"short_round"`
+	MaxExtensions int    `mapstructure:"max_extensions" json:"max_extensions"`
+	// MaxRounds stops opening rounds after this round id (0: never stop).
+	MaxRounds uint64 `mapstructure:"max_rounds" json:"max_rounds"`
+	// Recipe is the local training every round asks for. It has no
+	// mapstructure key because protocol.Recipe's fields lack the file's
+	// snake_case names: config loaders decode Recipe (below) and convert.
+	Recipe protocol.Recipe `mapstructure:"-" json:"recipe"`
+	// Late is LateReject or LateDownweight. With LateDownweight a round
+	// short of its quorum at the deadline stays open LateGrace longer and
+	// updates in that window count with weight times LateWeight (0, 1].
+	Late       string        `mapstructure:"late" json:"late"`
+	LateWeight float64       `mapstructure:"late_weight" json:"late_weight"`
+	LateGrace  time.Duration `mapstructure:"late_grace" json:"late_grace"`
+	// NormBound is the per-update L2 norm bound (0: none); NormPolicy is
+	// NormClip or NormReject.
+	NormBound  float64 `mapstructure:"norm_bound" json:"norm_bound"`
+	NormPolicy string  `mapstructure:"norm_policy" json:"norm_policy"`
+	// Optimizer is the server optimizer.
+	Optimizer ServerOptimizer `mapstructure:"optimizer" json:"optimizer"`
+	// MaxUpdateBytes is the largest update body accepted.
+	MaxUpdateBytes int64 `mapstructure:"max_update_bytes" json:"max_update_bytes"`
+}
+
+// Recipe is protocol.Recipe with the config file's key names; the two
+// convert to each other.
+type Recipe struct {
+	Steps       int     `mapstructure:"steps" json:"steps"`
+	LR          float64 `mapstructure:"lr" json:"lr"`
+	BatchTokens int     `mapstructure:"batch_tokens" json:"batch_tokens"`
+	MaxTokens   int64   `mapstructure:"max_tokens" json:"max_tokens"`
+	Codec       string  `mapstructure:"codec" json:"codec"`
+	Momentum    float32 `mapstructure:"momentum" json:"momentum"`
+}
+
+// DefaultConfig is a small, quick policy: what configs/coordinator.yaml
+// spells out.
+func DefaultConfig() Config {
+	return Config{
+		Model:         "tiny",
+		Seed:          1,
+		CohortSize:    4,
+		MinWorkers:    1,
+		MinUpdates:    1,
+		RoundTimeout:  5 * time.Minute,
+		SeenWithin:    2 * time.Minute,
+		ShortRound:    ShortExtend,
+		MaxExtensions: 2,
+		Recipe: protocol.Recipe{Steps: 20, LR: 1e-2, BatchTokens: 2048, MaxTokens: 1 << 20,
+			Codec: "topk:0.01+int8:256", Momentum: 0.9},
+		Late:           LateReject,
+		LateWeight:     0.5,
+		LateGrace:      time.Minute,
+		NormPolicy:     NormClip,
+		Optimizer:      ServerOptimizer{Kind: OptFedAvg, LR: 1, Momentum: 0.9, Beta1: 0.9, Beta2: 0.99, Eps: 1e-3},
+		MaxUpdateBytes: 64 << 20,
+	}
+}
+
+// N is the adapter's element count: the sum over Shapes of the products
+// of their dims.
+func (c *Config) N() int {
+	n := 0
+	for _, s := range c.Shapes {
+		p := 1
+		for _, d := range s.Dims {
+			p *= d
+		}
+		n += p
+	}
+	return n
+}
+
+// Validate names the first bad key.
+func (c *Config) Validate() error {
+	bad := func(key string, v any, want string) error {
+		return fmt.Errorf("coordinator config: %s = %v: want %s", key, v, want)
+	}
+	if c.Model == "" {
+		return bad("model", `""`, "a model name")
+	}
+	if len(c.Shapes) == 0 || len(c.Shapes) > protocol.MaxShapes {
+		return bad("shapes", len(c.Shapes), fmt.Sprintf("1..%d tensors", protocol.MaxShapes))
+	}
+	seen := map[string]bool{}
+	total := 0
+	for i, s := range c.Shapes {
+		if s.Name == "" || len(s.Name) > protocol.MaxNameLen || seen[s.Name] {
+			return bad(fmt.Sprintf("shapes[%d].name", i), fmt.Sprintf("%q", s.Name), "a unique name of 1..255 bytes")
+		}
+		seen[s.Name] = true
+		if len(s.Dims) == 0 || len(s.Dims) > protocol.MaxDims {
+			return bad(fmt.Sprintf("shapes[%d].dims", i), s.Dims, "1..8 dims")
+		}
+		p := 1
+		for _, d := range s.Dims {
+			if d < 1 || p > compress.MaxN/d {
+				return bad(fmt.Sprintf("shapes[%d].dims", i), s.Dims, "dims >= 1 with a product that fits")
+			}
+			p *= d
+		}
+		if total > compress.MaxN-p {
+			return bad("shapes", "", fmt.Sprintf("at most %d elements in all", compress.MaxN))
+		}
+		total += p
+	}
+	if c.CohortSize < 1 {
+		return bad("cohort_size", c.CohortSize, ">= 1")
+	}
+	if c.Quorum < 0 || c.Quorum > c.CohortSize {
+		return bad("quorum", c.Quorum, fmt.Sprintf("0..cohort_size (%d)", c.CohortSize))
+	}
+	if c.MinUpdates < 1 || c.MinUpdates > c.CohortSize {
+		return bad("min_updates", c.MinUpdates, fmt.Sprintf("1..cohort_size (%d)", c.CohortSize))
+	}
+	if c.Quorum > 0 && c.Quorum < c.MinUpdates {
+		return bad("quorum", c.Quorum, fmt.Sprintf(">= min_updates (%d) or 0", c.MinUpdates))
+	}
+	if c.MinWorkers < c.MinUpdates {
+		return bad("min_workers", c.MinWorkers, fmt.Sprintf(">= min_updates (%d)", c.MinUpdates))
+	}
+	if c.RoundTimeout <= 0 {
+		return bad("round_timeout", c.RoundTimeout, "> 0")
+	}
+	if c.SeenWithin <= 0 {
+		return bad("seen_within", c.SeenWithin, "> 0")
+	}
+	if c.ShortRound != ShortExtend && c.ShortRound != ShortRestart {
+		return bad("short_round", fmt.Sprintf("%q", c.ShortRound), `"extend" or "restart"`)
+	}
+	if c.MaxExtensions < 0 {
+		return bad("max_extensions", c.MaxExtensions, ">= 0")
+	}
+	r := c.Recipe
+	if r.Steps < 1 {
+		return bad("recipe.steps", r.Steps, ">= 1")
+	}
+	if math.IsNaN(r.LR) || math.IsInf(r.LR, 0) || r.LR <= 0 {
+		return bad("recipe.lr", r.LR, "> 0")
+	}
+	if r.BatchTokens < 1 {
+		return bad("recipe.batch_tokens", r.BatchTokens, ">= 1")
+	}
+	if r.MaxTokens < 0 {
+		return bad("recipe.max_tokens", r.MaxTokens, ">= 0 (0: no budget)")
+	}
+	codec, err := compress.Parse(r.Codec)
+	if err != nil {
+		return fmt.Errorf("coordinator config: recipe.codec: %w", err)
+	}
+	c.Recipe.Codec = codec.String() // canonical, as updates carry it
+	if math.IsNaN(float64(r.Momentum)) || r.Momentum < 0 || r.Momentum >= 1 {
+		return bad("recipe.momentum", r.Momentum, "in [0, 1)")
+	}
+	if c.Late != LateReject && c.Late != LateDownweight {
+		return bad("late", fmt.Sprintf("%q", c.Late), `"reject" or "downweight"`)
+	}
+	if math.IsNaN(c.LateWeight) || c.LateWeight <= 0 || c.LateWeight > 1 {
+		return bad("late_weight", c.LateWeight, "in (0, 1]")
+	}
+	if c.LateGrace < 0 {
+		return bad("late_grace", c.LateGrace, ">= 0")
+	}
+	if math.IsNaN(c.NormBound) || math.IsInf(c.NormBound, 0) || c.NormBound < 0 {
+		return bad("norm_bound", c.NormBound, ">= 0 (0: no bound)")
+	}
+	if c.NormPolicy != NormClip && c.NormPolicy != NormReject {
+		return bad("norm_policy", fmt.Sprintf("%q", c.NormPolicy), `"clip" or "reject"`)
+	}
+	if err := c.Optimizer.Validate(); err != nil {
+		return fmt.Errorf("coordinator config: optimizer: %w", err)
+	}
+	if c.MaxUpdateBytes < 1024 {
+		return bad("max_update_bytes", c.MaxUpdateBytes, ">= 1024")
+	}
+	return nil
+}
+
+func encodeKey(pub ed25519.PublicKey) string { return protocol.EncodePublicKey(pub) }
+
+func parseKey(s string) (ed25519.PublicKey, error) { return protocol.ParsePublicKey(s) }

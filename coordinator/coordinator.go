@@ -1,0 +1,950 @@
+// Package coordinator runs federated rounds: it picks a seeded cohort among
+// the workers seen recently, hands out the round (the global adapter, the
+// base model and the training recipe), takes the workers' compressed,
+// signed updates, closes the round at a k-of-n quorum or its deadline,
+// aggregates (FedAvg weighted by tokens, then a server optimizer), publishes
+// the new adapter content-addressed, appends a signed ledger record, and
+// opens the next round on its own.
+//
+// State lives in a Store (SQLite by default, or PostgreSQL) and in files
+// under the coordinator's directory (see blobs.go), so a restarted
+// coordinator resumes the round in flight. Time comes from an injected
+// Clock and the state machine advances only in Step, so tests drive rounds
+// deterministically. The HTTP API is in server.go and docs/protocol.md.
+package coordinator
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/opencluster/opencluster/coordinator/ledger"
+	"github.com/opencluster/opencluster/protocol"
+)
+
+// Clock is the coordinator's source of time (inject a fake in tests).
+type Clock interface{ Now() time.Time }
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
+
+// SystemClock is the wall clock.
+var SystemClock Clock = systemClock{}
+
+// Options are what a Coordinator runs on besides its Config.
+type Options struct {
+	// Dir holds blobs/, updates/ and, by convention, the ledger and keys.
+	Dir string
+	// Store is the state database (see OpenSQLite, OpenPostgres).
+	Store Store
+	// Ledger is the round ledger (ledger.Open(Dir)).
+	Ledger *ledger.Log
+	// Key signs ledger records and what the API publishes.
+	Key ed25519.PrivateKey
+	// Clock defaults to SystemClock.
+	Clock Clock
+	// InitialAdapter is round 1's adapter when the store is empty; nil
+	// means InitAdapter(cfg.Shapes, cfg.Seed).
+	InitialAdapter []float32
+	// BaseModelPath is a file published as the base model blob (optional;
+	// RoundInfo.BaseSHA256 is empty without it).
+	BaseModelPath string
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+// Coordinator is one coordinator's rounds. Its methods are safe for
+// concurrent use.
+type Coordinator struct {
+	cfg    Config
+	n      int
+	dir    string
+	store  Store
+	ledger *ledger.Log
+	key    ed25519.PrivateKey
+	clock  Clock
+	log    *slog.Logger
+	base   string // base model hash
+	M      *Metrics
+
+	mu        sync.Mutex
+	cur       Round
+	cohort    map[string]bool
+	accepted  map[string]bool // workers with an accepted update for cur.ID
+	nAccepted int             // accepted updates applied to cur (late ones included)
+	rejected  map[string]int  // stored rejections per worker this round
+	adapter   []float32       // cur.BaseAdapter's vector
+	opt       OptState        // server optimizer state before cur
+	optHash   string
+	changed   chan struct{} // closed and replaced at every transition
+	kick      chan struct{} // asks Run to Step now (quorum reached)
+	done      bool          // MaxRounds reached
+}
+
+// New opens the coordinator on opts.Dir: it resumes the round in flight
+// from the store, or starts round 1 from the initial adapter.
+func New(ctx context.Context, cfg Config, opts Options) (*Coordinator, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Store == nil || opts.Ledger == nil || len(opts.Key) != ed25519.PrivateKeySize || opts.Dir == "" {
+		return nil, errors.New("coordinator: New needs Dir, Store, Ledger and an ed25519 Key")
+	}
+	c := &Coordinator{cfg: cfg, n: cfg.N(), dir: opts.Dir, store: opts.Store, ledger: opts.Ledger, key: opts.Key,
+		clock: opts.Clock, log: opts.Logger, M: newMetrics(), changed: make(chan struct{}), kick: make(chan struct{}, 1)}
+	if c.clock == nil {
+		c.clock = SystemClock
+	}
+	if c.log == nil {
+		c.log = slog.Default()
+	}
+	for _, d := range []string{blobsDir, updatesDir} {
+		if err := os.MkdirAll(filepath.Join(c.dir, d), 0o755); err != nil {
+			return nil, fmt.Errorf("coordinator: %w", err)
+		}
+	}
+	if opts.BaseModelPath != "" {
+		sum, size, err := putFile(c.blobDir(), opts.BaseModelPath)
+		if err != nil {
+			return nil, err
+		}
+		if err := c.store.PutBlob(ctx, Blob{SHA256: sum, Kind: BlobBase, Size: size, Created: c.clock.Now()}); err != nil {
+			return nil, err
+		}
+		c.base = sum
+	}
+	if n, err := c.store.CountWorkers(ctx); err == nil {
+		c.M.workers.Store(int64(n))
+	}
+	cur, err := c.store.LatestRound(ctx)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		err = c.startFresh(ctx, opts.InitialAdapter)
+	case err == nil:
+		err = c.resume(ctx, cur)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Coordinator) blobDir() string   { return filepath.Join(c.dir, blobsDir) }
+func (c *Coordinator) updateDir() string { return filepath.Join(c.dir, updatesDir) }
+
+// PublicKey is the coordinator's signing key.
+func (c *Coordinator) PublicKey() ed25519.PublicKey { return c.key.Public().(ed25519.PublicKey) }
+
+// Config returns the validated configuration (canonical codec spec).
+func (c *Coordinator) Config() Config { return c.cfg }
+
+// InitAdapter is a fresh LoRA adapter: tensors whose name contains
+// "lora_A" draw from U(-1/sqrt(in), 1/sqrt(in)) with in the last dim (as
+// PEFT's Kaiming-uniform init, a=sqrt(5)), seeded; all others (lora_B) are
+// zero, so the adapted model starts equal to the base.
+func InitAdapter(shapes []protocol.Shape, seed uint64) []float32 {
+	var out []float32
+	r := rand.New(rand.NewPCG(seed, 0x6c6f7261))
+	for _, s := range shapes {
+		n := 1
+		for _, d := range s.Dims {
+			n *= d
+		}
+		start := len(out)
+		out = append(out, make([]float32, n)...)
+		if strings.Contains(s.Name, "lora_A") {
+			in := s.Dims[len(s.Dims)-1]
+			b := float32(1 / math.Sqrt(float64(in)))
+			for i := start; i < len(out); i++ {
+				out[i] = (2*r.Float32() - 1) * b
+			}
+		}
+	}
+	return out
+}
+
+func (c *Coordinator) startFresh(ctx context.Context, init []float32) error {
+	if init == nil {
+		init = InitAdapter(c.cfg.Shapes, c.cfg.Seed)
+	}
+	if len(init) != c.n {
+		return fmt.Errorf("coordinator: initial adapter has %d elements, shapes need %d", len(init), c.n)
+	}
+	hash, err := c.putBlob(ctx, BlobAdapter, EncodeAdapter(init))
+	if err != nil {
+		return err
+	}
+	r := Round{ID: 1, State: StateOpen, Seed: c.roundSeed(1), Opened: c.clock.Now(), BaseAdapter: hash, BaseModel: c.base}
+	if err := c.store.CreateRound(ctx, r); err != nil {
+		return err
+	}
+	c.adapter = init
+	c.setRound(r)
+	c.log.Info("coordinator: started round 1", "adapter", hash[:12], "elements", c.n)
+	return nil
+}
+
+// resume rebuilds the in-memory state from the store after a restart.
+func (c *Coordinator) resume(ctx context.Context, cur Round) error {
+	b, err := readContent(c.blobDir(), cur.BaseAdapter)
+	if err != nil {
+		return fmt.Errorf("coordinator: resume round %d: %w", cur.ID, err)
+	}
+	if c.adapter, err = DecodeAdapter(b, c.n); err != nil {
+		return fmt.Errorf("coordinator: resume round %d: adapter %s: %w (did the shapes change?)", cur.ID, cur.BaseAdapter, err)
+	}
+	if cur.ID > 1 {
+		prev, err := c.store.Round(ctx, cur.ID-1)
+		if err != nil {
+			return fmt.Errorf("coordinator: resume round %d: %w", cur.ID, err)
+		}
+		if err := c.loadOpt(prev.OptState); err != nil {
+			return fmt.Errorf("coordinator: resume round %d: %w", cur.ID, err)
+		}
+	}
+	c.setRound(cur)
+	ups, err := c.store.Updates(ctx, cur.ID)
+	if err != nil {
+		return err
+	}
+	for _, u := range ups {
+		if u.Accepted {
+			c.nAccepted++
+			c.accepted[u.WorkerID] = true
+		} else {
+			c.rejected[u.WorkerID]++
+		}
+	}
+	c.log.Info("coordinator: resumed", "round", cur.ID, "state", cur.State, "accepted", c.nAccepted)
+	if cur.State == StateClosed {
+		// Crashed between closing a round and opening the next.
+		return c.openNext(ctx, cur)
+	}
+	return nil
+}
+
+func (c *Coordinator) loadOpt(hash string) error {
+	c.opt, c.optHash = OptState{}, hash
+	if hash == "" {
+		return nil
+	}
+	b, err := readContent(c.blobDir(), hash)
+	if err != nil {
+		return err
+	}
+	return c.opt.UnmarshalBinary(b)
+}
+
+// setRound makes r current; callers hold mu or run before sharing c.
+func (c *Coordinator) setRound(r Round) {
+	c.cur = r
+	c.cohort = map[string]bool{}
+	for _, w := range r.Cohort {
+		c.cohort[w] = true
+	}
+	c.accepted, c.rejected, c.nAccepted = map[string]bool{}, map[string]int{}, 0
+	c.notify()
+}
+
+// notify wakes every long-poll waiting on Changed.
+func (c *Coordinator) notify() {
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// Changed returns a channel closed at the next round transition.
+func (c *Coordinator) Changed() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.changed
+}
+
+// roundSeed derives round id's seed from the master seed (SplitMix64).
+func (c *Coordinator) roundSeed(id uint64) uint64 {
+	z := c.cfg.Seed + id*0x9e3779b97f4a7c15
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+	return z ^ (z >> 31)
+}
+
+// PickCohort returns min(size, len(ids)) of ids, chosen by a shuffle seeded
+// with seed, in the shuffled order. ids must be sorted so the choice is
+// reproducible from the seed alone.
+func PickCohort(ids []string, size int, seed uint64) []string {
+	out := slices.Clone(ids)
+	r := rand.New(rand.NewPCG(seed, 0x636f686f7274))
+	r.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
+	return out[:min(size, len(out))]
+}
+
+func (c *Coordinator) putBlob(ctx context.Context, kind string, data []byte) (string, error) {
+	hash, err := putContent(c.blobDir(), data)
+	if err != nil {
+		return "", err
+	}
+	if err := c.store.PutBlob(ctx, Blob{SHA256: hash, Kind: kind, Size: int64(len(data)), Created: c.clock.Now()}); err != nil {
+		return "", err
+	}
+	return hash, nil
+}
+
+// Step advances the state machine as far as the clock and the updates
+// allow: picks the cohort of an open round, closes a collecting round at
+// quorum or deadline (or extends/restarts it), aggregates and publishes,
+// and opens the next round. Run calls it on a ticker; tests call it
+// after moving a fake clock.
+func (c *Coordinator) Step(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := 0; i < 8; i++ { // a few transitions per call at most
+		moved, err := c.stepLocked(ctx)
+		if err != nil || !moved {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *Coordinator) quorum() int {
+	k := c.cfg.Quorum
+	if k == 0 || k > len(c.cur.Cohort) {
+		k = len(c.cur.Cohort)
+	}
+	return k
+}
+
+func (c *Coordinator) stepLocked(ctx context.Context) (bool, error) {
+	now := c.clock.Now()
+	r := c.cur
+	switch r.State {
+	case StateOpen:
+		if c.done {
+			return false, nil
+		}
+		ws, err := c.store.Workers(ctx, now.Add(-c.cfg.SeenWithin))
+		if err != nil {
+			return false, err
+		}
+		if len(ws) < c.cfg.MinWorkers {
+			return false, nil
+		}
+		ids := make([]string, len(ws))
+		for i, w := range ws {
+			ids[i] = w.ID
+		}
+		r.Cohort = PickCohort(ids, c.cfg.CohortSize, r.Seed)
+		r.State, r.Started, r.Deadline = StateCollecting, now, now.Add(c.cfg.RoundTimeout)
+		if err := c.store.UpdateRound(ctx, r); err != nil {
+			return false, err
+		}
+		c.setRound(r)
+		c.log.Info("coordinator: round collecting", "round", r.ID, "cohort", len(r.Cohort), "available", len(ids), "deadline", r.Deadline)
+		return true, nil
+	case StateCollecting:
+		if c.nAccepted >= c.quorum() && c.nAccepted >= c.cfg.MinUpdates {
+			return true, c.aggregate(ctx, "quorum")
+		}
+		if now.Before(r.Deadline) {
+			return false, nil
+		}
+		if c.cfg.Late == LateDownweight && now.Before(r.Deadline.Add(c.cfg.LateGrace)) {
+			return false, nil // late updates still count, down-weighted
+		}
+		if c.nAccepted >= c.cfg.MinUpdates {
+			return true, c.aggregate(ctx, "deadline")
+		}
+		if c.cfg.ShortRound == ShortExtend && r.Extensions < c.cfg.MaxExtensions {
+			r.Extensions++
+			r.Deadline = now.Add(c.cfg.RoundTimeout)
+			if err := c.store.UpdateRound(ctx, r); err != nil {
+				return false, err
+			}
+			c.cur = r
+			c.log.Warn("coordinator: too few updates at the deadline; extended", "round", r.ID, "accepted", c.nAccepted, "min_updates", c.cfg.MinUpdates, "extension", r.Extensions)
+			return false, nil
+		}
+		return false, c.restart(ctx, now)
+	case StateAggregating:
+		return true, c.aggregate(ctx, r.Note)
+	case StateClosed:
+		return true, c.openNext(ctx, r)
+	}
+	return false, fmt.Errorf("coordinator: round %d in unknown state %q", r.ID, r.State)
+}
+
+// restart gives a round that is short of updates at its deadline a new
+// cohort and deadline, keeping its id, seed and adapter, so every update
+// already accepted stays valid: the workers that delivered stay in the
+// cohort and the rest of it is re-picked among the workers available now
+// (the dropouts are replaced unless they are still polling).
+func (c *Coordinator) restart(ctx context.Context, now time.Time) error {
+	r := c.cur
+	ws, err := c.store.Workers(ctx, now.Add(-c.cfg.SeenWithin))
+	if err != nil {
+		return err
+	}
+	var keep, others []string
+	for _, w := range r.Cohort {
+		if c.accepted[w] {
+			keep = append(keep, w)
+		}
+	}
+	for _, w := range ws {
+		if !c.accepted[w.ID] {
+			others = append(others, w.ID)
+		}
+	}
+	r.Extensions++
+	r.Cohort = append(keep, PickCohort(others, c.cfg.CohortSize-len(keep), r.Seed+uint64(r.Extensions))...)
+	r.Deadline = now.Add(c.cfg.RoundTimeout)
+	r.Note = fmt.Sprintf("restarted %d time(s)", r.Extensions)
+	if err := c.store.UpdateRound(ctx, r); err != nil {
+		return err
+	}
+	c.cur = r
+	c.cohort = map[string]bool{}
+	for _, w := range r.Cohort {
+		c.cohort[w] = true
+	}
+	c.notify()
+	c.log.Warn("coordinator: round restarted with a new cohort", "round", r.ID, "accepted", c.nAccepted, "min_updates", c.cfg.MinUpdates, "cohort", len(r.Cohort))
+	return nil
+}
+
+// aggregate closes the current round: FedAvg of its accepted updates, a
+// server optimizer step, the new adapter and optimizer state published as
+// blobs, the ledger record, then the round marked closed and the next one
+// opened. Every step is idempotent, so a crash anywhere is repaired by
+// running it again after a restart.
+func (c *Coordinator) aggregate(ctx context.Context, why string) error {
+	r := c.cur
+	if r.State != StateAggregating {
+		r.State, r.Note = StateAggregating, why
+		if err := c.store.UpdateRound(ctx, r); err != nil {
+			return err
+		}
+		c.cur = r
+		c.notify()
+	}
+	ups, err := c.store.Updates(ctx, r.ID)
+	if err != nil {
+		return err
+	}
+	var cs []Contribution
+	var entries []ledger.UpdateEntry
+	var bytesIn int64
+	for _, u := range ups {
+		w, err := c.store.Worker(ctx, u.WorkerID)
+		if err != nil {
+			return err
+		}
+		entries = append(entries, ledger.UpdateEntry{WorkerID: u.WorkerID, WorkerKey: encodeKey(w.PublicKey), UpdateHash: u.SHA256,
+			Bytes: u.Bytes, Tokens: u.Tokens, FLOPs: u.FLOPs, EnergyWh: u.EnergyWh, Signature: u.Signature, Accepted: u.Accepted, Reason: u.Reason})
+		if !u.Accepted {
+			continue
+		}
+		b, err := readContent(c.updateDir(), u.SHA256)
+		if err != nil {
+			return fmt.Errorf("coordinator: aggregate round %d: %w", r.ID, err)
+		}
+		up, err := protocol.UnmarshalUpdate(b, c.n)
+		if err != nil {
+			return fmt.Errorf("coordinator: aggregate round %d: stored update %s: %w", r.ID, u.SHA256, err)
+		}
+		cs = append(cs, Contribution{Delta: up.Delta, Weight: u.Weight})
+		bytesIn += u.Bytes
+	}
+	theta := slices.Clone(c.adapter)
+	opt := OptState{Steps: c.opt.Steps, M: slices.Clone(c.opt.M), V: slices.Clone(c.opt.V)}
+	if err := c.cfg.applyRound(theta, cs, &opt); err != nil {
+		return fmt.Errorf("coordinator: aggregate round %d: %w", r.ID, err)
+	}
+	newHash, err := c.putBlob(ctx, BlobAdapter, EncodeAdapter(theta))
+	if err != nil {
+		return err
+	}
+	optHash := ""
+	if c.cfg.Optimizer.Kind != OptFedAvg {
+		ob, err := opt.MarshalBinary()
+		if err != nil {
+			return err
+		}
+		if optHash, err = c.putBlob(ctx, BlobOptState, ob); err != nil {
+			return err
+		}
+	}
+	now := c.clock.Now()
+	if last, ok := c.ledger.Last(); !ok || last.Round < r.ID {
+		rec := &ledger.Record{Round: r.ID, Time: now, AdapterBefore: r.BaseAdapter, AdapterAfter: newHash, Cohort: r.Cohort,
+			Seed: r.Seed, Aggregation: c.cfg.aggregation(c.optHash, optHash), Updates: entries}
+		if rec.Cohort == nil {
+			rec.Cohort = []string{}
+		}
+		if err := c.ledger.Append(rec, c.key); err != nil {
+			return fmt.Errorf("coordinator: aggregate round %d: %w", r.ID, err)
+		}
+	}
+	r.State, r.Closed, r.NewAdapter, r.OptState = StateClosed, now, newHash, optHash
+	if err := c.store.UpdateRound(ctx, r); err != nil {
+		return err
+	}
+	c.M.roundClosed(now.Sub(r.Started))
+	c.log.Info("coordinator: round closed", "round", r.ID, "why", why, "updates", len(cs), "bytes", bytesIn, "adapter", newHash[:12])
+	c.adapter, c.opt, c.optHash = theta, opt, optHash
+	return c.openNext(ctx, r)
+}
+
+// openNext opens the round after closed round r (unless MaxRounds is reached).
+func (c *Coordinator) openNext(ctx context.Context, r Round) error {
+	if c.cfg.MaxRounds > 0 && r.ID >= c.cfg.MaxRounds {
+		c.done = true
+		c.cur = r
+		c.notify()
+		return nil
+	}
+	next, err := c.store.Round(ctx, r.ID+1)
+	if errors.Is(err, ErrNotFound) {
+		next = Round{ID: r.ID + 1, State: StateOpen, Seed: c.roundSeed(r.ID + 1), Opened: c.clock.Now(), BaseAdapter: r.NewAdapter, BaseModel: c.base}
+		err = c.store.CreateRound(ctx, next)
+	}
+	if err != nil {
+		return err
+	}
+	c.setRound(next)
+	return nil
+}
+
+// Done reports whether the coordinator has closed its last round (MaxRounds).
+func (c *Coordinator) Done() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.done
+}
+
+// Run calls Step every tick (and at once when a quorum is reached) until
+// ctx ends. Errors are logged and retried on the next tick.
+func (c *Coordinator) Run(ctx context.Context, tick time.Duration) {
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		if err := c.Step(ctx); err != nil && ctx.Err() == nil {
+			c.log.Error("coordinator: step", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-c.kick:
+		}
+	}
+}
+
+// Register records a worker. body is the raw RegisterRequest JSON and sig
+// the worker's ed25519 signature over RegisterPrefix+body, which proves it
+// holds the key. The worker id derives from the key, so registering again
+// returns the same id.
+func (c *Coordinator) Register(ctx context.Context, req protocol.RegisterRequest, body, sig []byte) (protocol.RegisterResponse, error) {
+	pub, err := protocol.ParsePublicKey(req.PublicKey)
+	if err != nil {
+		return protocol.RegisterResponse{}, reject(400, "bad_key", "public_key: %v", err)
+	}
+	if !ed25519.Verify(pub, append([]byte(RegisterPrefix), body...), sig) {
+		return protocol.RegisterResponse{}, reject(401, "bad_signature", "register: the %s header does not verify with public_key %s", SignatureHeader, req.PublicKey)
+	}
+	if len(req.Name) > 128 || len(req.Device) > 256 || len(req.ClientVersion) > 64 {
+		return protocol.RegisterResponse{}, reject(400, "malformed", "register: name (<=128), device (<=256) or client_version (<=64) too long")
+	}
+	now := c.clock.Now()
+	id := "w-" + protocol.KeyID(pub)
+	w, err := c.store.RegisterWorker(ctx, Worker{ID: id, PublicKey: pub, Name: req.Name, Device: req.Device, Registered: now, LastSeen: now})
+	if err != nil {
+		return protocol.RegisterResponse{}, err
+	}
+	if !w.PublicKey.Equal(pub) {
+		return protocol.RegisterResponse{}, reject(409, "key_conflict", "worker id %s is bound to another key", id)
+	}
+	if err := c.store.TouchWorker(ctx, id, now); err != nil {
+		return protocol.RegisterResponse{}, err
+	}
+	if n, err := c.store.CountWorkers(ctx); err == nil {
+		c.M.workers.Store(int64(n))
+	}
+	select { // an open round may now have enough workers
+	case c.kick <- struct{}{}:
+	default:
+	}
+	return protocol.RegisterResponse{WorkerID: id, KeyID: protocol.KeyID(pub), CoordinatorKey: encodeKey(c.PublicKey())}, nil
+}
+
+// Work returns the round the worker should train now, or nil when it has
+// nothing to do (not in the cohort, already submitted, or no round is
+// collecting). It marks the worker as seen.
+func (c *Coordinator) Work(ctx context.Context, workerID string) (*protocol.RoundInfo, error) {
+	if _, err := c.store.Worker(ctx, workerID); err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return nil, reject(403, "unknown_worker", "worker %q is not registered", workerID)
+		}
+		return nil, err
+	}
+	if err := c.store.TouchWorker(ctx, workerID, c.clock.Now()); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.cur
+	if r.State != StateCollecting || !c.cohort[workerID] || c.accepted[workerID] {
+		return nil, nil
+	}
+	return c.roundInfo(), nil
+}
+
+func (c *Coordinator) roundInfo() *protocol.RoundInfo {
+	r := c.cur
+	return &protocol.RoundInfo{Round: r.ID, Seed: r.Seed, Recipe: c.cfg.Recipe, Model: c.cfg.Model, BaseSHA256: r.BaseModel,
+		AdapterSHA256: r.BaseAdapter, AdapterURL: "/v1/blobs/" + r.BaseAdapter, Shapes: c.cfg.Shapes, Deadline: r.Deadline.UTC(),
+		MaxUpdateBytes: c.cfg.MaxUpdateBytes}
+}
+
+// RejectError is a refused request: Status is the HTTP status, Code a
+// short stable label (also the metrics reason), Msg names the problem.
+type RejectError struct {
+	Status int
+	Code   string
+	Msg    string
+}
+
+func (e *RejectError) Error() string { return e.Code + ": " + e.Msg }
+
+func reject(status int, code, format string, args ...any) *RejectError {
+	return &RejectError{Status: status, Code: code, Msg: fmt.Sprintf(format, args...)}
+}
+
+// maxStoredRejections bounds the rejected updates a worker can get recorded
+// (and so listed in the ledger) per round.
+const maxStoredRejections = 4
+
+// Submit validates and records one signed update (the raw body). It
+// returns a *RejectError for anything refused, leaving the round as it was.
+func (c *Coordinator) Submit(ctx context.Context, body []byte) (protocol.UploadResponse, error) {
+	resp, err := c.submit(ctx, body)
+	var re *RejectError
+	if errors.As(err, &re) {
+		c.M.rejected(re.Code)
+	} else if err == nil {
+		c.M.updatesAccepted.Add(1)
+		c.M.bytesReceived.Add(int64(len(body)))
+	}
+	return resp, err
+}
+
+func (c *Coordinator) submit(ctx context.Context, body []byte) (protocol.UploadResponse, error) {
+	if int64(len(body)) > c.cfg.MaxUpdateBytes {
+		return protocol.UploadResponse{}, reject(413, "too_large", "update of %d bytes exceeds max_update_bytes %d", len(body), c.cfg.MaxUpdateBytes)
+	}
+	u, err := protocol.UnmarshalUpdate(body, c.n)
+	if err != nil {
+		if errors.Is(err, protocol.ErrUnsupportedVersion) {
+			return protocol.UploadResponse{}, reject(400, "unsupported_version", "%v (this coordinator reads version %d)", err, protocol.Version1)
+		}
+		return protocol.UploadResponse{}, reject(400, "malformed", "%v", err)
+	}
+	w, err := c.store.Worker(ctx, u.WorkerID)
+	if errors.Is(err, ErrNotFound) {
+		return protocol.UploadResponse{}, reject(403, "unknown_worker", "worker %q is not registered", u.WorkerID)
+	}
+	if err != nil {
+		return protocol.UploadResponse{}, err
+	}
+	if err := protocol.Verify(u, w.PublicKey); err != nil {
+		return protocol.UploadResponse{}, reject(401, "bad_signature", "%v", err)
+	}
+	now := c.clock.Now()
+	if err := c.store.TouchWorker(ctx, u.WorkerID, now); err != nil {
+		return protocol.UploadResponse{}, err
+	}
+	norm := L2Norm(u.Delta)
+	rec := UpdateRecord{Round: u.Round, WorkerID: u.WorkerID, SHA256: sha256Hex(body), Nonce: hex.EncodeToString(u.Nonce[:]),
+		Bytes: int64(len(body)), Tokens: u.Tokens, FLOPs: u.FLOPs, EnergyWh: u.EnergyWh, Norm: norm, Received: now,
+		Signature: base64.StdEncoding.EncodeToString(u.Signature[:])}
+
+	if seen, err := c.store.NonceSeen(ctx, rec.Nonce); err != nil {
+		return protocol.UploadResponse{}, err
+	} else if seen {
+		return protocol.UploadResponse{}, reject(409, "replay", "nonce %s was already used", rec.Nonce)
+	}
+	// First pass under the lock: the cheap checks, so a doomed update is
+	// never written to disk.
+	c.mu.Lock()
+	_, rerr := c.check(u, &rec, now)
+	cur := c.cur.ID
+	c.mu.Unlock()
+	if rerr != nil {
+		return protocol.UploadResponse{}, c.recordRejection(ctx, rec, rerr)
+	}
+	// Keep the exact bytes for aggregation and ledger re-verification;
+	// written outside the lock (fsync), content-addressed so a retry is harmless.
+	if _, err := putContent(c.updateDir(), body); err != nil {
+		return protocol.UploadResponse{}, err
+	}
+	c.mu.Lock()
+	late, rerr := c.check(u, &rec, now)
+	if rerr == nil && c.cur.ID != cur {
+		rerr = reject(409, "closed_round", "round %d closed while the update was stored", cur)
+	}
+	if rerr != nil {
+		c.mu.Unlock()
+		return protocol.UploadResponse{}, c.recordRejection(ctx, rec, rerr)
+	}
+	defer c.mu.Unlock()
+	rec.Accepted, rec.Applied, rec.Late = true, c.cur.ID, late
+	if err := c.store.AddUpdate(ctx, rec); err != nil {
+		switch {
+		case errors.Is(err, ErrReplay):
+			return protocol.UploadResponse{}, reject(409, "replay", "nonce %s was already used", rec.Nonce)
+		case errors.Is(err, ErrDuplicate):
+			return protocol.UploadResponse{}, reject(409, "duplicate", "worker %q already has an accepted update for round %d", u.WorkerID, u.Round)
+		}
+		return protocol.UploadResponse{}, err
+	}
+	c.nAccepted++
+	c.accepted[u.WorkerID] = true
+	if c.nAccepted >= c.quorum() {
+		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
+	}
+	return protocol.UploadResponse{Accepted: true, Round: u.Round, Reason: rec.Reason, LedgerIndex: uint64(c.ledger.Len())}, nil
+}
+
+// recordRejection stores a verified but refused update (accepted=false)
+// so the round's ledger record lists it, at most maxStoredRejections per
+// worker per round; replays are never stored (their nonce is taken).
+func (c *Coordinator) recordRejection(ctx context.Context, rec UpdateRecord, rerr *RejectError) error {
+	if rerr.Code == "replay" || rerr.Code == "duplicate" {
+		return rerr
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.rejected[rec.WorkerID] >= maxStoredRejections || c.cur.State != StateCollecting {
+		return rerr
+	}
+	rec.Accepted, rec.Applied, rec.Reason, rec.Weight = false, c.cur.ID, rerr.Error(), 0
+	if len(rec.Reason) > ledger.MaxReasonLen {
+		rec.Reason = rec.Reason[:ledger.MaxReasonLen]
+	}
+	if err := c.store.AddUpdate(ctx, rec); err == nil {
+		c.rejected[rec.WorkerID]++
+	}
+	return rerr
+}
+
+// check applies the round policy to a parsed, verified update; mu is held.
+// It fills rec.Weight and rec.Reason and reports whether the update is late.
+func (c *Coordinator) check(u *protocol.Update, rec *UpdateRecord, now time.Time) (late bool, _ *RejectError) {
+	r := c.cur
+	switch {
+	case u.Round == r.ID && r.State == StateCollecting:
+		if !now.Before(r.Deadline) {
+			if c.cfg.Late == LateReject || !now.Before(r.Deadline.Add(c.cfg.LateGrace)) {
+				return false, reject(409, "late", "round %d's deadline %s has passed", r.ID, r.Deadline.UTC().Format(time.RFC3339))
+			}
+			late = true
+		}
+	case u.Round == r.ID:
+		return false, reject(409, "closed_round", "round %d is %s, not collecting", r.ID, r.State)
+	case u.Round > r.ID || u.Round == 0:
+		return false, reject(409, "wrong_round", "round %d does not exist; the current round is %d", u.Round, r.ID)
+	default:
+		return false, reject(409, "closed_round", "round %d is closed; the current round is %d", u.Round, r.ID)
+	}
+	cohort, accepted, base := c.cohort, c.accepted, r.BaseAdapter
+	if !cohort[u.WorkerID] {
+		return false, reject(403, "not_in_cohort", "worker %q is not in round %d's cohort", u.WorkerID, u.Round)
+	}
+	if accepted[u.WorkerID] {
+		return false, reject(409, "duplicate", "worker %q already has an accepted update for round %d", u.WorkerID, u.Round)
+	}
+	if got := hex.EncodeToString(u.BaseSHA256[:]); got != base {
+		return false, reject(409, "base_mismatch", "update trained from adapter %s, round %d's adapter is %s", got, u.Round, base)
+	}
+	if u.Codec != c.cfg.Recipe.Codec {
+		return false, reject(400, "codec_mismatch", "codec %q, round %d asks for %q", u.Codec, u.Round, c.cfg.Recipe.Codec)
+	}
+	if !shapesEqual(u.Shapes, c.cfg.Shapes) {
+		return false, reject(400, "shape_mismatch", "update's tensor table differs from round %d's shapes (%d tensors, %d elements; want %d, %d)", u.Round, len(u.Shapes), u.N, len(c.cfg.Shapes), c.n)
+	}
+	if u.Tokens == 0 {
+		return false, reject(400, "zero_tokens", "update claims 0 tokens trained")
+	}
+	if c.cfg.NormBound > 0 && rec.Norm > c.cfg.NormBound && c.cfg.NormPolicy == NormReject {
+		return false, reject(422, "over_norm", "update L2 norm %.6g exceeds norm_bound %g", rec.Norm, c.cfg.NormBound)
+	}
+	rec.Weight = c.cfg.weight(u.Tokens, late)
+	rec.Reason = ""
+	if late {
+		rec.Reason = fmt.Sprintf("%s after the deadline, weight x%g", LatePrefix, c.cfg.LateWeight)
+	}
+	return late, nil
+}
+
+// LatePrefix starts the ledger reason of a down-weighted late update;
+// Recompute applies late_weight to exactly those entries.
+const LatePrefix = "late:"
+
+// weight is an update's aggregation weight: tokens capped at the data
+// budget (a worker cannot outweigh others by claiming more than it was
+// asked to read), times late_weight when late.
+func (c *Config) weight(tokens uint64, late bool) float64 {
+	w := float64(tokens)
+	if c.Recipe.MaxTokens > 0 && w > float64(c.Recipe.MaxTokens) {
+		w = float64(c.Recipe.MaxTokens)
+	}
+	if late {
+		w *= c.LateWeight
+	}
+	return w
+}
+
+func shapesEqual(a, b []protocol.Shape) bool {
+	return slices.EqualFunc(a, b, func(x, y protocol.Shape) bool { return x.Name == y.Name && slices.Equal(x.Dims, y.Dims) })
+}
+
+// applyRound is the whole aggregation step, shared by the coordinator and
+// Recompute: FedAvg (clipping when norm_policy is clip) then the server
+// optimizer, in place on theta and st.
+func (c *Config) applyRound(theta []float32, cs []Contribution, st *OptState) error {
+	bound := 0.0
+	if c.NormPolicy == NormClip {
+		bound = c.NormBound
+	}
+	avg, err := FedAvg(len(theta), cs, bound)
+	if err != nil {
+		return err
+	}
+	return c.Optimizer.Step(theta, avg, st)
+}
+
+// aggregation is the ledger's description of applyRound's settings.
+func (c *Config) aggregation(optBefore, optAfter string) ledger.Aggregation {
+	o := c.Optimizer
+	return ledger.Aggregation{Method: "fedavg+" + o.Kind,
+		Params: map[string]float64{"lr": o.LR, "momentum": o.Momentum, "beta1": o.Beta1, "beta2": o.Beta2, "eps": o.Eps,
+			"norm_bound": c.NormBound, "late_weight": c.LateWeight, "max_tokens": float64(c.Recipe.MaxTokens)},
+		Options: map[string]string{"weighting": "tokens", "norm_policy": c.NormPolicy, "codec": c.Recipe.Codec,
+			"opt_state_before": optBefore, "opt_state_after": optAfter}}
+}
+
+// Status is what GET /v1/status reports.
+type Status struct {
+	Round          uint64     `json:"round"`
+	State          RoundState `json:"state"`
+	Cohort         int        `json:"cohort"`
+	Accepted       int        `json:"accepted"`
+	Quorum         int        `json:"quorum"`
+	Deadline       time.Time  `json:"deadline"`
+	AdapterSHA256  string     `json:"adapter_sha256"`
+	BaseSHA256     string     `json:"base_sha256"`
+	Workers        int64      `json:"workers_registered"`
+	LedgerRecords  int        `json:"ledger_records"`
+	LedgerHead     string     `json:"ledger_head"`
+	CoordinatorKey string     `json:"coordinator_key"`
+	Done           bool       `json:"done"`
+	Codec          string     `json:"codec"`
+}
+
+// Status reports the current round.
+func (c *Coordinator) Status() Status {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := c.cur
+	adapter := r.BaseAdapter
+	if r.State == StateClosed {
+		adapter = r.NewAdapter
+	}
+	return Status{Round: r.ID, State: r.State, Cohort: len(r.Cohort), Accepted: c.nAccepted, Quorum: c.quorum(), Deadline: r.Deadline,
+		AdapterSHA256: adapter, BaseSHA256: c.base, Workers: c.M.workers.Load(), LedgerRecords: c.ledger.Len(), LedgerHead: c.ledger.Head(),
+		CoordinatorKey: encodeKey(c.PublicKey()), Done: c.done, Codec: c.cfg.Recipe.Codec}
+}
+
+// Adapter returns a copy of the current global adapter vector and its hash.
+func (c *Coordinator) Adapter() ([]float32, string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	h := c.cur.BaseAdapter
+	if c.cur.State == StateClosed {
+		h = c.cur.NewAdapter
+	}
+	return slices.Clone(c.adapter), h
+}
+
+// Recompute returns the ledger.VerifyOptions.Recompute function for a
+// coordinator directory and config: it re-aggregates a record's accepted
+// updates (from DIR/updates) onto its AdapterBefore (from DIR/blobs) with
+// the optimizer state named in the record, and returns the new adapter's
+// hash. Missing files give an error wrapping ledger.ErrNotStored.
+func Recompute(dir string, cfg Config) func(ledger.Record) (string, error) {
+	return func(rec ledger.Record) (string, error) {
+		if err := cfg.Validate(); err != nil {
+			return "", err
+		}
+		n := cfg.N()
+		load := func(sub, hash string) ([]byte, error) {
+			b, err := readContent(filepath.Join(dir, sub), hash)
+			if notExist(err) {
+				return nil, fmt.Errorf("%w: %v", ledger.ErrNotStored, err)
+			}
+			return b, err
+		}
+		b, err := load(blobsDir, rec.AdapterBefore)
+		if err != nil {
+			return "", err
+		}
+		theta, err := DecodeAdapter(b, n)
+		if err != nil {
+			return "", err
+		}
+		var st OptState
+		if h := rec.Aggregation.Options["opt_state_before"]; h != "" {
+			ob, err := load(blobsDir, h)
+			if err != nil {
+				return "", err
+			}
+			if err := st.UnmarshalBinary(ob); err != nil {
+				return "", err
+			}
+		}
+		var cs []Contribution
+		for _, e := range rec.Updates {
+			if !e.Accepted {
+				continue
+			}
+			ub, err := load(updatesDir, e.UpdateHash)
+			if err != nil {
+				return "", err
+			}
+			u, err := protocol.UnmarshalUpdate(ub, n)
+			if err != nil {
+				return "", fmt.Errorf("update %s: %w", e.UpdateHash, err)
+			}
+			cs = append(cs, Contribution{Delta: u.Delta, Weight: cfg.weight(u.Tokens, strings.HasPrefix(e.Reason, LatePrefix))})
+		}
+		if err := cfg.applyRound(theta, cs, &st); err != nil {
+			return "", err
+		}
+		return sha256Hex(EncodeAdapter(theta)), nil
+	}
+}

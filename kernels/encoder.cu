@@ -1,0 +1,19 @@
+// encoder.cu: the token embedding, forward beside backward.
+#include "common.cuh"
+
+// encoder_forward gathers rows: out[n,:] = wte[tokens[n],:]. Grid-stride over N*C.
+KERNEL void encoder_forward(float* out, const float* wte, const int* tokens, int N, int C) {
+    FOR_EACH(i, (long long)N * C) {
+        long long n = i / C, c = i % C;
+        out[i] = wte[(long long)tokens[n] * C + c];
+    }
+}
+
+// encoder_backward scatters: dwte[tokens[n],c] += dout[n,c]. One thread per
+// column c walks the rows in order, so repeated tokens never race and the
+// sum order is the reference's (bit for bit equal to the CPU backend).
+KERNEL void encoder_backward(float* dwte, const float* dout, const int* tokens, int N, int C) {
+    FOR_EACH(c, C) {
+        for (int n = 0; n < N; n++) dwte[(long long)tokens[n] * C + c] += dout[(long long)n * C + c];
+    }
+}
