@@ -7,7 +7,7 @@ DEMO_DIR ?= demo-out
 # Build flags shared by every target; CGO is needed for go-nvml and the CPU kernels.
 export CGO_ENABLED := 1
 
-.PHONY: all build cuda test test-short vet fmt-check demo bench kernels gpu-check ci clean
+.PHONY: fuzz local-demo all build cuda test test-short vet fmt-check demo bench kernels gpu-check ci clean
 
 all: build
 
@@ -23,8 +23,19 @@ cuda:
 	$(GO) build -tags cuda -o $(BIN)/opencluster-cuda ./cmd/opencluster
 	$(GO) test -c -tags cuda -o $(BIN)/kernels.test ./kernels
 
+# PostgreSQL store tests start a throwaway server from the machine's binaries
+# (or Debian's, installed here); without them they skip, unless
+# OPENCLUSTER_REQUIRE_POSTGRES=1 (CI) makes that a failure.
 test:
-	$(GO) test -race -count=1 ./...
+	@pgbin=$$(./scripts/install-postgres.sh) || { echo "make test: no PostgreSQL binaries; those tests will skip"; pgbin=; }; \
+	 echo "$(GO) test -race -count=1 ./..."; PATH="$$pgbin:$$PATH" $(GO) test -race -count=1 ./...
+
+# Bounded fuzzing of the decoders that read untrusted bytes.
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzUnmarshalUpdate$$' -fuzztime 20s ./protocol/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 10s ./compress/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 10s ./quant/safetensors/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 10s ./coordinator/ledger/
 
 test-short:
 	$(GO) test -short -count=1 ./...
@@ -37,6 +48,10 @@ fmt-check:
 
 demo: build
 	./scripts/demo.sh $(BIN)/opencluster $(DEMO_DIR)
+
+# The single-machine flow: pretrain on Go's docs, QLoRA on package docs, generate.
+local-demo: build
+	./scripts/local-demo.sh $(BIN)/opencluster $(DEMO_DIR)-local
 
 bench: build
 	./scripts/install-bench-deps.sh
@@ -53,7 +68,7 @@ gpu-check:
 # .ci/run installs the CUDA toolkit first, so build makes opencluster-cuda
 # too; the CUDA steps below then keep a CUDA compile break or stale PTX
 # from landing (nothing here needs a GPU).
-ci: fmt-check vet build test demo
+ci: fmt-check vet build test fuzz demo local-demo
 	./scripts/kernels.sh --check
 	$(MAKE) --no-print-directory cuda
 	$(GO) vet -tags cuda ./kernels/... ./bench/... ./cmd/...

@@ -1,11 +1,16 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
 	"strings"
 
 	"github.com/opencluster/opencluster/bench"
+	"github.com/opencluster/opencluster/train"
 	"github.com/spf13/cobra"
 )
 
@@ -15,7 +20,11 @@ var benchCmd = &cobra.Command{
 	Long: `bench measures the CPU paths training runs on: the fp32 matrix product at
 512, 1024 and 2048 next to OpenBLAS's sgemm in the same run (when the library
 is installed; scripts/install-bench-deps.sh installs it), NF4 dequantization
-and the NF4 x fp32 product, against the machine's theoretical peak.
+and the NF4 x fp32 product, against the machine's theoretical peak; then
+whole training steps (forward, backward, clip, AdamW) of the tiny and small
+presets in pretrain and QLoRA mode (random weights, NF4 base, LoRA on the
+preset's linears) as tokens/s and GFLOPS, and the peak RSS of one small QLoRA
+step measured in a fresh child process.
 
 It prints a table, or with --json one JSON object per row.`,
 	Args: cobra.NoArgs,
@@ -29,6 +38,12 @@ func init() {
 	f.Int("threads", 0, "threads for our kernels and the peer (0: every core)")
 	f.Bool("no-peer", false, "skip the OpenBLAS peer even when it is installed")
 	f.String("out", "", "also write the JSON rows to this file (atomically)")
+	f.Bool("no-steps", false, "skip the training-step rows")
+	// The child process behind the train_step_peak_rss row (bench.RunStepChild).
+	f.String("step-child", "", "internal: run one QLoRA step of this preset and print its peak RSS")
+	f.String("step-base", "", "internal: the packed 4-bit base the step child loads")
+	_ = f.MarkHidden("step-child")
+	_ = f.MarkHidden("step-base")
 	rootCmd.AddCommand(benchCmd)
 }
 
@@ -46,6 +61,15 @@ func runBench(cmd *cobra.Command, _ []string) error {
 	threads, _ := f.GetInt("threads")
 	noPeer, _ := f.GetBool("no-peer")
 	out, _ := f.GetString("out")
+	noSteps, _ := f.GetBool("no-steps")
+	if child, _ := f.GetString("step-child"); child != "" {
+		base, _ := f.GetString("step-base")
+		cfg, err := loadPreset(child)
+		if err != nil {
+			return err
+		}
+		return bench.RunStepChild(cmd.Context(), child, cfg, base, threads, cmd.OutOrStdout())
+	}
 	if onGPU, err := benchGPU(cmd, device); onGPU { // the CUDA build on a GPU (backend_cuda.go)
 		return err
 	}
@@ -61,6 +85,24 @@ func runBench(cmd *cobra.Command, _ []string) error {
 	}
 
 	opt := bench.Options{Quick: quick, Threads: threads, NoPeer: noPeer}
+	if !noSteps {
+		presets := map[string]train.Config{}
+		for _, name := range []string{"tiny", "small"} {
+			cfg, err := loadPreset(name)
+			if err != nil {
+				return err
+			}
+			presets[name] = cfg
+		}
+		opt.Step = bench.NewStepBench(bench.StepConfig{
+			Presets:    presets,
+			Quick:      quick,
+			Threads:    threads,
+			PeakGFLOPS: bench.DescribeMachine().PeakGFLOPS(),
+			Child:      stepChild(threads),
+		})
+		opt.StepPresets = bench.DefaultStepNames
+	}
 	w := cmd.OutOrStdout()
 	table := bench.NewTable(w)
 	var rows []bench.Row
@@ -103,4 +145,27 @@ func runBench(cmd *cobra.Command, _ []string) error {
 		fmt.Fprintln(cmd.ErrOrStderr(), "bench: rows written to", out)
 	}
 	return nil
+}
+
+// loadPreset reads an embedded preset's whole config (no flags:
+// the bench rows are the presets as shipped).
+func loadPreset(name string) (train.Config, error) {
+	var cfg train.Config
+	if err := loadConfig(name, nil, nil, &cfg); err != nil {
+		return cfg, fmt.Errorf("bench: %w", err)
+	}
+	return cfg, nil
+}
+
+// stepChild runs this same binary as the step child: a fresh process whose
+// peak RSS is one QLoRA step's and nothing else's.
+func stepChild(threads int) func(ctx context.Context, preset, base string) *exec.Cmd {
+	return func(ctx context.Context, preset, base string) *exec.Cmd {
+		exe, err := os.Executable()
+		if err != nil {
+			exe = os.Args[0]
+		}
+		return exec.CommandContext(ctx, exe, "bench", "--device", "cpu", "--threads", strconv.Itoa(threads),
+			"--step-child", preset, "--step-base", base)
+	}
 }

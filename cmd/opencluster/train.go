@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/opencluster/opencluster/device/budget"
 	"github.com/opencluster/opencluster/train"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -43,6 +45,7 @@ func addRunFlags(f *pflag.FlagSet) {
 	f.Bool("json", false, "print one JSON object per step and a summary object on stdout")
 	f.Bool("resume", false, "continue from the checkpoint beside --out")
 	f.String("checkpoint", "", "training-state file (default: beside or inside --out)")
+	f.String("budget", "", "obey a power, temperature and schedule budget: a worker config file or preset (worker); default none")
 }
 
 func newTrainCmd() *cobra.Command {
@@ -112,10 +115,26 @@ func runTraining(cmd *cobra.Command, mode train.Mode) error {
 	if err != nil {
 		return err
 	}
+	gov, err := trainingGovernor(cmd, be.Name())
+	if err != nil {
+		return err
+	}
+	defer gov.Close()
+	var governor train.Governor
+	if gov != nil {
+		governor = gov
+	}
 	res, err := train.Run(cmd.Context(), train.RunOptions{
 		Mode: mode, Config: cfg, DataDir: dataDir, Base: base, Out: out, Backend: be,
-		Checkpoint: ckpt, Resume: resume, Reporter: rep, Logger: slog.Default(),
+		Checkpoint: ckpt, Resume: resume, Governor: governor, Reporter: rep, Logger: slog.Default(),
 	})
+	budgetLine := ""
+	if gov != nil {
+		budgetLine = gov.Summary()
+		if err != nil {
+			defer fmt.Fprintln(stderr, budgetLine) // say why a paused run made no progress
+		}
+	}
 	if _, bar := rep.(*train.ProgressBar); bar && err != nil {
 		fmt.Fprintln(stderr) // end the bar's line before the error is printed
 	}
@@ -136,6 +155,16 @@ func runTraining(cmd *cobra.Command, mode train.Mode) error {
 		}
 		fmt.Fprintf(cmd.OutOrStdout(), "%s: steps %d-%d, val loss %.4f -> %.4f (%+.1f%%), %d trainable params, %s written to %s\n",
 			mode, res.StartStep, res.Step, res.InitialValLoss, res.ValLoss, change, res.NumTrainable, what, filepath.Clean(res.Out))
+		if budgetLine != "" {
+			fmt.Fprintln(cmd.OutOrStdout(), budgetLine)
+		}
+	} else if gov != nil {
+		b, _ := json.Marshal(struct {
+			Event   string `json:"event"`
+			Sensors string `json:"sensors"`
+			budget.Status
+		}{"budget", gov.Source, gov.Status()})
+		fmt.Fprintln(cmd.OutOrStdout(), string(b))
 	}
 	return nil
 }

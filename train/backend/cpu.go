@@ -2,6 +2,7 @@ package backend
 
 import (
 	"fmt"
+	"math"
 	"runtime"
 	"sync"
 
@@ -238,19 +239,97 @@ func (c *cpu) RoPEBackward(dx, cos, sin Buf, N, T, nh, hd int) {
 	})
 }
 
+// AttentionForward runs the reference's arithmetic as matrix products, one
+// (batch, head) at a time: S = scale·Q·Kᵀ into att with sgemm.Sgemm (strided
+// views of q and k, no copies), the causal softmax row by row in parallel,
+// then out = P·V. The products cover the full T x T square (the masked half
+// is computed and then zeroed): twice the causal work, but at sgemm's speed
+// rather than a scalar loop's. Sgemm splits each product across its own
+// threads, so the (batch, head) pairs run in order and every sum has a fixed
+// order: results repeat bit for bit whatever the thread count.
 func (c *cpu) AttentionForward(out, att, q, k, v Buf, B, T, H, KVH, hd int) {
 	o, a, qs, ks, vs := s(out), s(att), s(q), s(k), s(v)
-	c.parallel(B*H, func(_, lo, hi int) {
-		AttentionForward(o, a, qs, ks, vs, B, T, H, KVH, hd, lo, hi)
+	scale := float32(1 / math.Sqrt(float64(hd)))
+	C, KC, grp := H*hd, KVH*hd, H/KVH
+	for bh := 0; bh < B*H; bh++ {
+		b, h := bh/H, bh%H
+		kh := h / grp
+		qo, ko, p := b*T*C+h*hd, b*T*KC+kh*hd, a[bh*T*T:(bh+1)*T*T]
+		sgemm.Sgemm(false, true, T, T, hd, scale, qs[qo:], C, ks[ko:], KC, 0, p, T)
+	}
+	c.parallel(B*H*T, func(_, lo, hi int) {
+		for r := lo; r < hi; r++ {
+			causalSoftmax(a[r*T:(r+1)*T], r%T)
+		}
 	})
+	for bh := 0; bh < B*H; bh++ {
+		b, h := bh/H, bh%H
+		kh := h / grp
+		sgemm.Sgemm(false, false, T, hd, T, 1, a[bh*T*T:(bh+1)*T*T], T, vs[b*T*KC+kh*hd:], KC, 0, o[b*T*C+h*hd:], C)
+	}
 }
 
+// causalSoftmax turns the scores row[0..t] of query position t into
+// probabilities (in float32, as the reference) and zeroes row[t+1:].
+func causalSoftmax(row []float32, t int) {
+	maxv := float32(math.Inf(-1))
+	for _, x := range row[:t+1] {
+		maxv = max(maxv, x)
+	}
+	var sum float32
+	for i, x := range row[:t+1] {
+		e := float32(math.Exp(float64(x - maxv)))
+		row[i] = e
+		sum += e
+	}
+	inv := 1 / sum
+	for i := range row[:t+1] {
+		row[i] *= inv
+	}
+	clear(row[t+1:])
+}
+
+// AttentionBackward is the reference's backward as products per (batch,
+// head), accumulating into dq, dk, dv (beta 1) in a fixed order:
+//
+//	dP = dO·Vᵀ, dV += Pᵀ·dO, dS = P∘(dP - rowsum(dP∘P))·scale,
+//	dQ += dS·K, dK += dSᵀ·Q.
+//
+// Query heads that share a kv head add into the same dk and dv one after
+// another, so the sums repeat bit for bit.
 func (c *cpu) AttentionBackward(dq, dk, dv, dout, att, q, k, v Buf, B, T, H, KVH, hd int) {
 	dqs, dks, dvs, do, a, qs, ks, vs := s(dq), s(dk), s(dv), s(dout), s(att), s(q), s(k), s(v)
-	c.parallel(B*KVH, func(_, lo, hi int) {
-		datt := make([]float32, T)
-		AttentionBackward(dqs, dks, dvs, datt, do, a, qs, ks, vs, B, T, H, KVH, hd, lo, hi)
-	})
+	scale := float32(1 / math.Sqrt(float64(hd)))
+	C, KC, grp := H*hd, KVH*hd, H/KVH
+	ds := make([]float32, T*T)
+	for bh := 0; bh < B*H; bh++ {
+		b, h := bh/H, bh%H
+		kh := h / grp
+		qo, ko := b*T*C+h*hd, b*T*KC+kh*hd
+		p := a[bh*T*T : (bh+1)*T*T]
+		sgemm.Sgemm(false, true, T, T, hd, 1, do[qo:], C, vs[ko:], KC, 0, ds, T)
+		sgemm.Sgemm(true, false, T, hd, T, 1, p, T, do[qo:], C, 1, dvs[ko:], KC)
+		c.parallel(T, func(_, lo, hi int) {
+			for t := lo; t < hi; t++ {
+				softmaxBackwardRow(ds[t*T:(t+1)*T], p[t*T:(t+1)*T], t, scale)
+			}
+		})
+		sgemm.Sgemm(false, false, T, hd, T, 1, ds, T, ks[ko:], KC, 1, dqs[qo:], C)
+		sgemm.Sgemm(true, false, T, hd, T, 1, ds, T, qs[qo:], C, 1, dks[ko:], KC)
+	}
+}
+
+// softmaxBackwardRow turns dP into dS = P∘(dP - Σ dP∘P)·scale in place for
+// query position t; entries past t (masked) become zero.
+func softmaxBackwardRow(d, p []float32, t int, scale float32) {
+	var dot float32
+	for i := range d[:t+1] {
+		dot += d[i] * p[i]
+	}
+	for i := range d[:t+1] {
+		d[i] = p[i] * (d[i] - dot) * scale
+	}
+	clear(d[t+1:])
 }
 
 // elementwise runs f over [0,n) in chunks.

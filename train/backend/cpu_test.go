@@ -72,10 +72,12 @@ func TestCPUMatchesReference(t *testing.T) {
 	be.AttentionForward(bao, batt, bq, bk, bv, B, T, H, KVH, hd)
 	bdq, bdk, bdv := be.Alloc(N*C), be.Alloc(N*KC), be.Alloc(N*KC)
 	be.AttentionBackward(bdq, bdk, bdv, bdy, batt, bq, bk, bv, B, T, H, KVH, hd)
-	closeTo(t, "attention out", HostSlice(bao), ao, 0)
-	closeTo(t, "dq", HostSlice(bdq), dq, 0)
-	closeTo(t, "dk", HostSlice(bdk), dk, 0)
-	closeTo(t, "dv", HostSlice(bdv), dv, 0)
+	// The backend runs attention as sgemm products (another summation order
+	// than the reference's loops), so it agrees to rounding, not bit for bit.
+	closeTo(t, "attention out", HostSlice(bao), ao, 1e-5)
+	closeTo(t, "dq", HostSlice(bdq), dq, 1e-5)
+	closeTo(t, "dk", HostSlice(bdk), dk, 1e-5)
+	closeTo(t, "dv", HostSlice(bdv), dv, 1e-5)
 
 	// RoPE on a row range that does not start at position 0
 	cos64, sin64 := RoPETables(T, hd, 10000)
