@@ -3,10 +3,10 @@ package compress
 import (
 	"encoding/binary"
 	"fmt"
+	"github.com/opencluster/opencluster/internal/atomicfile"
 	"hash/crc32"
 	"math"
 	"os"
-	"path/filepath"
 )
 
 // State is a worker's error-feedback memory, carried from round to round
@@ -162,7 +162,7 @@ func (s *State) Save(path string) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(path, b, 0o600)
+	return atomicfile.WriteFile(path, b, 0o600)
 }
 
 // LoadState reads a state written by Save.
@@ -176,42 +176,4 @@ func LoadState(path string) (*State, error) {
 		return nil, fmt.Errorf("%w (file %s)", err, path)
 	}
 	return s, nil
-}
-
-// writeFileAtomic writes data to path via a synced temporary file in the
-// same directory and a rename.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("compress: write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if err = f.Chmod(perm); err != nil {
-		return fmt.Errorf("compress: write %s: %w", path, err)
-	}
-	if _, err = f.Write(data); err != nil {
-		return fmt.Errorf("compress: write %s: %w", path, err)
-	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("compress: write %s: %w", path, err)
-	}
-	if err = f.Close(); err != nil {
-		return fmt.Errorf("compress: write %s: %w", path, err)
-	}
-	if err = os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("compress: write %s: %w", path, err)
-	}
-	// Sync the directory so the rename itself survives a crash.
-	if d, derr := os.Open(dir); derr == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/opencluster/opencluster/internal/atomicfile"
 	"io"
 	"io/fs"
 	"os"
@@ -51,7 +52,7 @@ func putContent(dir string, data []byte) (string, error) {
 	if fi, err := os.Stat(path); err == nil && fi.Size() == int64(len(data)) {
 		return sum, nil
 	}
-	if err := writeFileAtomic(path, data, 0o644); err != nil {
+	if err := atomicfile.WriteFile(path, data, 0o644); err != nil {
 		return "", err
 	}
 	return sum, nil
@@ -110,41 +111,6 @@ func syncDir(dir string) {
 		d.Sync()
 		d.Close()
 	}
-}
-
-// writeFileAtomic writes data to path via a synced temporary file in the
-// same directory and a rename, so a crash leaves the old file or the new
-// one, never half of one.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("coordinator: write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if err = f.Chmod(perm); err != nil {
-		return fmt.Errorf("coordinator: write %s: %w", path, err)
-	}
-	if _, err = f.Write(data); err != nil {
-		return fmt.Errorf("coordinator: write %s: %w", path, err)
-	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("coordinator: write %s: %w", path, err)
-	}
-	if err = f.Close(); err != nil {
-		return fmt.Errorf("coordinator: write %s: %w", path, err)
-	}
-	if err = os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("coordinator: write %s: %w", path, err)
-	}
-	syncDir(dir)
-	return nil
 }
 
 func notExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }

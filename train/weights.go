@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/opencluster/opencluster/internal/atomicfile"
 	"math"
 	"os"
 	"path/filepath"
@@ -330,7 +331,7 @@ func (m *Model) SaveAdapter(dir, baseName string) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, adapterConfig), append(b, '\n')); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, adapterConfig), append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("train: SaveAdapter: %w", err)
 	}
 	return nil
@@ -517,35 +518,4 @@ func (m *Model) LoadTrainState(path string) (map[string]string, error) {
 		}
 	}
 	return meta, nil
-}
-
-// writeFileAtomic writes data to a temp file in path's folder, fsyncs it
-// and renames it over path, so a crash never leaves a half-written file.
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after a successful rename
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("writing %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("syncing %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("closing %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	if d, err := os.Open(dir); err == nil { // persist the rename itself
-		d.Sync()
-		d.Close()
-	}
-	return nil
 }
