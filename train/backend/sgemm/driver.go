@@ -27,6 +27,48 @@ type engine struct {
 // previous tenant.
 func (e *engine) drive(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int, t int) {
 	kcb := depthBlock(m, n)
+	if t > 1 && splitColumns(m, n, e.nr, t) {
+		e.driveColumns(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, t, kcb)
+		return
+	}
+	e.driveShared(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, t, kcb)
+}
+
+// splitColumns says when each thread should run a whole one-thread product
+// on its own band of columns instead of sharing packed B slices. That needs
+// no barrier and keeps each thread's packed B in its own core's L2, which
+// pays once C outgrows the caches (the blockKCLarge regime): measured on 2
+// cores against OpenBLAS in the same run, 2048^3 went from 0.77x to 0.79-0.81x,
+// while at 1024^3 the shared schedule stayed ahead (0.80x against 0.67-0.75x).
+func splitColumns(m, n, nr, t int) bool {
+	return m*n >= blockKCLargeC && n >= t*splitMinPanels*nr
+}
+
+// splitMinPanels keeps every thread's band at least this many panels wide.
+const splitMinPanels = 8
+
+// driveColumns gives each of t threads a band of whole nr-wide column
+// panels and runs the one-thread schedule on it. Bands start on panel
+// boundaries and use the depth block of the whole product, so every element
+// is summed in the same order as with one thread: results do not depend on t.
+func (e *engine) driveColumns(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int, t, kcb int) {
+	panels := (n + e.nr - 1) / e.nr
+	parallel(t, func(id int) {
+		lo, hi := split(panels, t, id)
+		j0, j1 := lo*e.nr, min(hi*e.nr, n)
+		if j0 >= j1 {
+			return
+		}
+		bs := b[j0:]
+		if transB {
+			bs = b[j0*ldb:]
+		}
+		e.driveShared(transA, transB, m, j1-j0, k, alpha, a, lda, bs, ldb, beta, c[j0:], ldc, 1, kcb)
+	})
+}
+
+// driveShared is the shared-B schedule described above drive.
+func (e *engine) driveShared(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int, t, kcb int) {
 	ws := getWorkspace(t, min(k, kcb), min(n, blockNC))
 	defer putWorkspace(ws)
 	mr, nr := e.mr, e.nr

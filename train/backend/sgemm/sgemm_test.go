@@ -231,18 +231,23 @@ func TestSgemmPoisonedC(t *testing.T) {
 func TestSgemmDeterministic(t *testing.T) {
 	rng := rand.New(rand.NewPCG(7, 8))
 	for _, kind := range kinds() {
-		p := newProblem(rng, true, false, 301, 290, 700, 3, 0.75, 0.5)
-		var first []float32
-		for _, threads := range []int{2, 2, 1, 3} {
-			got := append([]float32(nil), p.c...)
-			run(kind, threads, p.transA, p.transB, p.m, p.n, p.k, p.alpha, p.a, p.lda, p.b, p.ldb, p.beta, got, p.ldc)
-			if first == nil {
-				first = got
-				continue
-			}
-			for i := range got {
-				if math.Float32bits(got[i]) != math.Float32bits(first[i]) {
-					t.Fatalf("%s: threads=%d: C[%d] = %v, first run gave %v", kindName(kind), threads, i, got[i], first[i])
+		for _, p := range []*problem{
+			newProblem(rng, true, false, 301, 290, 700, 3, 0.75, 0.5),
+			// C past blockKCLargeC: the threads take bands of columns (splitColumns).
+			newProblem(rng, false, true, 1100, 1931, 37, 1, 1, 0.5),
+		} {
+			var first []float32
+			for _, threads := range []int{2, 2, 1, 3} {
+				got := append([]float32(nil), p.c...)
+				run(kind, threads, p.transA, p.transB, p.m, p.n, p.k, p.alpha, p.a, p.lda, p.b, p.ldb, p.beta, got, p.ldc)
+				if first == nil {
+					first = got
+					continue
+				}
+				for i := range got {
+					if math.Float32bits(got[i]) != math.Float32bits(first[i]) {
+						t.Fatalf("%s %dx%d: threads=%d: C[%d] = %v, first run gave %v", kindName(kind), p.m, p.n, threads, i, got[i], first[i])
+					}
 				}
 			}
 		}
