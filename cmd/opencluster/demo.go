@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,12 +18,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/opencluster/opencluster/coordinator"
 	"github.com/opencluster/opencluster/coordinator/ledger"
 	"github.com/opencluster/opencluster/netclient"
 	"github.com/opencluster/opencluster/protocol"
 	"github.com/opencluster/opencluster/train"
-	"github.com/opencluster/opencluster/train/backend"
 	"github.com/opencluster/opencluster/train/data"
 	"github.com/spf13/cobra"
 )
@@ -44,13 +41,16 @@ func newDemoCmd() *cobra.Command {
 		Short: "Run a federated QLoRA demo on this machine: one coordinator and N worker processes on loopback",
 		Long: `demo pretrains a tiny base on $GOROOT/doc (cached in --dir), splits a corpus
 into non-IID shards (the Go standard library's source by package group, or
---data DIR by subfolder), starts one coordinator and --workers worker processes
-of this same binary on loopback, and runs --rounds rounds of federated QLoRA
-with compressed, signed updates. After each round it prints the participants,
+--data DIR by subfolder), starts one coordinator (the real opencluster
+coordinator command, HTTP/2 over TLS with the self-signed certificate it
+makes in DIR/coordinator) and --workers worker processes of this same binary
+on loopback, trusting that certificate with --ca, and runs --rounds rounds of
+federated QLoRA with compressed, signed updates. After each round it prints the participants,
 bytes up and down, the compression ratio, the workers' training loss, the
 validation loss of the published global adapter on files no worker trained
 on, and the energy the workers report. It ends with a generation before and
-after, and verifies the ledger.`,
+after, and verifies the ledger, recomputing every round's aggregate from the
+stored updates (ledger verify --coordinator-dir).`,
 		Args: cobra.NoArgs,
 		RunE: runDemo,
 	}
@@ -66,23 +66,6 @@ after, and verifies the ledger.`,
 	f.Int("threads", 1, "CPU threads per worker")
 	f.Duration("timeout", 5*time.Minute, "give up after this long")
 
-	child := &cobra.Command{
-		Use:    "coordinator-process",
-		Short:  "the demo's coordinator (started by demo)",
-		Hidden: true,
-		Args:   cobra.NoArgs,
-		RunE:   runDemoCoordinator,
-	}
-	cf := child.Flags()
-	cf.String("dir", "", "coordinator folder")
-	cf.String("base", "", "base model file")
-	cf.String("listen", "127.0.0.1:0", "address")
-	cf.Int("workers", 4, "cohort size")
-	cf.Int("rounds", 8, "rounds")
-	cf.Int("steps", 10, "local steps")
-	cf.Float64("lr", 1e-2, "local lr")
-	cf.String("codec", demoCodec, "codec")
-	cmd.AddCommand(child)
 	return cmd
 }
 
@@ -91,73 +74,6 @@ func demoTrainConfig() (train.Config, error) {
 	var c train.Config
 	err := loadConfig("tiny", nil, nil, &c)
 	return c, err
-}
-
-// runDemoCoordinator serves one coordinator over plain HTTP on loopback
-// until its last round is closed and the ledger written, then exits.
-func runDemoCoordinator(cmd *cobra.Command, _ []string) error {
-	f := cmd.Flags()
-	dir, _ := f.GetString("dir")
-	base, _ := f.GetString("base")
-	listen, _ := f.GetString("listen")
-	workers, _ := f.GetInt("workers")
-	rounds, _ := f.GetInt("rounds")
-	steps, _ := f.GetInt("steps")
-	lr, _ := f.GetFloat64("lr")
-	codec, _ := f.GetString("codec")
-	ctx := cmd.Context()
-	tc, err := demoTrainConfig()
-	if err != nil {
-		return err
-	}
-	m, err := train.LoadModel(base, backend.NewCPU(1))
-	if err != nil {
-		return err
-	}
-	cfg := coordinator.DefaultConfig()
-	cfg.Shapes = netclient.AdapterShapes(m.Config, tc.LoRA)
-	cfg.CohortSize, cfg.Quorum, cfg.MinWorkers, cfg.MinUpdates = workers, workers, workers, max(1, workers-1)
-	cfg.RoundTimeout = 90 * time.Second
-	cfg.MaxRounds = uint64(rounds)
-	cfg.Recipe = protocol.Recipe{Steps: steps, LR: lr, BatchTokens: tc.Train.BatchSize * tc.Train.SeqLen, Codec: codec, Momentum: 0} // plain error feedback: see netclient/sweep_test.go
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	store, err := coordinator.OpenSQLite(ctx, filepath.Join(dir, "coordinator.db"))
-	if err != nil {
-		return err
-	}
-	defer store.Close()
-	lg, err := ledger.Open(dir)
-	if err != nil {
-		return err
-	}
-	key, _, err := protocol.LoadOrCreateKey(filepath.Join(dir, "coordinator.key"))
-	if err != nil {
-		return err
-	}
-	c, err := coordinator.New(ctx, cfg, coordinator.Options{Dir: dir, Store: store, Ledger: lg, Key: key, BaseModelPath: base})
-	if err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		return err
-	}
-	srv := &http.Server{Handler: coordinator.NewServer(c, coordinator.ServerOptions{}), ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
-	fmt.Fprintln(cmd.OutOrStdout(), "listening", ln.Addr().String())
-	runCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go c.Run(runCtx, 200*time.Millisecond)
-	for !c.Done() && ctx.Err() == nil {
-		time.Sleep(100 * time.Millisecond)
-	}
-	time.Sleep(2 * time.Second) // let the driver read the last record
-	shut, cancel2 := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel2()
-	srv.Shutdown(shut)
-	return nil
 }
 
 // demoRound collects one round's numbers.
@@ -261,13 +177,23 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 
-	// 3. The coordinator process.
+	// 3. The coordinator: the real `opencluster coordinator` command in its
+	// own process, serving HTTP/2 over TLS with the self-signed certificate
+	// it makes in its --dir; the workers and this driver trust exactly that
+	// certificate (--ca), nothing else.
 	coordDir := filepath.Join(dir, "coordinator")
 	os.RemoveAll(coordDir)
 	os.RemoveAll(filepath.Join(dir, "workers"))
-	ccmd := exec.CommandContext(ctx, exe, "demo", "coordinator-process", "--dir", coordDir, "--base", base,
-		"--workers", strconv.Itoa(workers), "--rounds", strconv.Itoa(rounds), "--steps", strconv.Itoa(steps),
-		"--lr", strconv.FormatFloat(lr, 'g', -1, 64), "--codec", codec, "--log-level", "warn", "--device", "cpu")
+	if err := os.MkdirAll(coordDir, 0o755); err != nil {
+		return err
+	}
+	coordCfg := filepath.Join(coordDir, "coordinator.yaml")
+	if err := writeDemoCoordinatorConfig(coordCfg, demoCoordinatorConfig{Base: base, Shapes: tr.Shapes(), Workers: workers,
+		Rounds: rounds, Steps: steps, LR: lr, BatchTokens: tc.Train.BatchSize * tc.Train.SeqLen, Codec: codec}); err != nil {
+		return err
+	}
+	ccmd := exec.CommandContext(ctx, exe, "coordinator", "--dir", coordDir, "--config", coordCfg,
+		"--listen", "127.0.0.1:0", "--log-level", "warn", "--device", "cpu")
 	ccmd.Stderr = os.Stderr
 	cout, err := ccmd.StdoutPipe()
 	if err != nil {
@@ -276,23 +202,41 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 	if err := ccmd.Start(); err != nil {
 		return err
 	}
-	defer func() { ccmd.Process.Signal(syscall.SIGTERM); ccmd.Wait() }()
-	line, err := bufio.NewReader(cout).ReadString('\n')
-	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "listening ")
-	if err != nil || !ok {
-		return fmt.Errorf("the demo coordinator did not start (said %q): %v", line, err)
+	coordExited := false
+	defer func() {
+		if !coordExited {
+			ccmd.Process.Signal(syscall.SIGTERM)
+			ccmd.Wait()
+		}
+	}()
+	url, err := readCoordinatorURL(cout)
+	if err != nil {
+		return err
 	}
-	url := "http://" + addr
-	say("== coordinator on %s (state in %s); %d workers, %d rounds of %d local steps, codec %s", url, coordDir, workers, rounds, steps, codec)
+	go io.Copy(io.Discard, cout)
+	caFile := filepath.Join(coordDir, "tls.crt")
+	hc, err := netclient.NewHTTPClient(url, netclient.TLSOptions{CAFile: caFile})
+	if err != nil {
+		return err
+	}
+	defer hc.CloseIdleConnections()
+	say("== coordinator on %s (HTTP/2 over TLS, certificate %s; state in %s); %d workers, %d rounds of %d local steps, codec %s",
+		url, caFile, coordDir, workers, rounds, steps, codec)
 	say("   round 0: val_loss %.4f (the base alone)", v0)
 
-	// 4. The workers.
+	// 4. The workers. They share this machine with each other, so the
+	// budget must not pause them for "the owner is using the machine".
+	workerCfg := filepath.Join(dir, "worker.yaml")
+	if err := writeFileAtomic(workerCfg, []byte("# Written by `opencluster demo`: keys as in configs/worker.yaml.\n"+
+		"# The demo's workers share this machine; another worker is not its owner.\nbudget:\n  pause_when_user_active: false\n")); err != nil {
+		return err
+	}
 	var mu sync.Mutex
 	events := map[uint64][]netclient.Event{}
 	var procs []*exec.Cmd
 	for i := 0; i < workers; i++ {
-		w := exec.CommandContext(ctx, exe, "worker", "--coordinator", url, "--data", corpus.Shards[i],
-			"--state", filepath.Join(dir, "workers", strconv.Itoa(i)), "--json", "--threads", strconv.Itoa(threads),
+		w := exec.CommandContext(ctx, exe, "worker", "--coordinator", url, "--ca", caFile, "--data", corpus.Shards[i],
+			"--state", filepath.Join(dir, "workers", strconv.Itoa(i)), "--config", workerCfg, "--json", "--threads", strconv.Itoa(threads),
 			"--rounds", strconv.Itoa(rounds), "--idle-exit", "30s", "--poll", "5s", "--name", fmt.Sprintf("demo-%d", i),
 			"--log-level", "warn", "--device", "cpu")
 		w.Stderr = os.Stderr
@@ -331,13 +275,13 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("demo: %d of %d rounds done before the timeout: %w", seen, rounds, err)
 		}
-		recs, err := fetchLedger(ctx, url)
+		recs, err := fetchLedger(ctx, hc, url)
 		if err != nil || len(recs) <= seen {
 			time.Sleep(300 * time.Millisecond)
 			continue
 		}
 		for _, rec := range recs[seen:] {
-			blob, err := httpGet(ctx, url+netclient.PathBlobs+rec.AdapterAfter)
+			blob, err := httpGet(ctx, hc, url+netclient.PathBlobs+rec.AdapterAfter)
 			if err != nil {
 				return err
 			}
@@ -402,8 +346,13 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 		}
 		say("== ledger: %s", ledgerPath)
 	}
-	ccmd.Wait() // the coordinator exits after its last round; the ledger is closed
-	vc := exec.CommandContext(ctx, exe, "ledger", "verify", ledgerPath)
+	// The coordinator serves until stopped: stop it so the ledger and the
+	// database are closed, then check every hash and signature and
+	// recompute every round's aggregate from the stored updates.
+	ccmd.Process.Signal(syscall.SIGTERM)
+	ccmd.Wait()
+	coordExited = true
+	vc := exec.CommandContext(ctx, exe, "ledger", "verify", "--coordinator-dir", coordDir, ledgerPath)
 	vout, verr := vc.CombinedOutput()
 	if !jsonOut {
 		fmt.Fprint(out, "   ledger verify: ", string(vout))
@@ -413,6 +362,64 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 	}
 	say("demo: done in %.0fs", time.Since(start).Seconds())
 	return nil
+}
+
+// demoCoordinatorConfig is what the demo's coordinator.yaml sets.
+type demoCoordinatorConfig struct {
+	Base                                string
+	Shapes                              []protocol.Shape
+	Workers, Rounds, Steps, BatchTokens int
+	LR                                  float64
+	Codec                               string
+}
+
+// writeDemoCoordinatorConfig writes the coordinator's config file
+// (configs/coordinator.yaml's keys) for the demo: the adapter shapes of the
+// tiny model, a cohort of every worker closing at all of them (at least
+// all but one by the deadline), the demo's recipe, and no rate limit (the
+// workers share one loopback address). JSON is valid YAML, so the file is
+// written with encoding/json; `ledger verify --coordinator-dir` reads it
+// back to recompute the aggregates.
+func writeDemoCoordinatorConfig(path string, c demoCoordinatorConfig) error {
+	cfg := map[string]any{
+		"listen":          "127.0.0.1:0",
+		"base_model":      c.Base,
+		"rate_per_second": 0,
+		"tick":            "200ms",
+		"rounds": map[string]any{
+			"model":         "tiny",
+			"shapes":        c.Shapes,
+			"cohort_size":   c.Workers,
+			"quorum":        c.Workers,
+			"min_workers":   c.Workers,
+			"min_updates":   max(1, c.Workers-1),
+			"round_timeout": "90s",
+			"max_rounds":    c.Rounds,
+			// Plain error feedback, no momentum: see netclient/sweep_test.go.
+			"recipe": map[string]any{"steps": c.Steps, "lr": c.LR, "batch_tokens": c.BatchTokens, "codec": c.Codec, "momentum": 0},
+		},
+	}
+	b, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return err
+	}
+	b = append([]byte("# Written by `opencluster demo`; keys as in configs/coordinator.yaml (JSON is YAML).\n"), b...)
+	return writeFileAtomic(path, append(b, '\n'))
+}
+
+// readCoordinatorURL reads the coordinator's stdout until its
+// "coordinator listening on https://ADDR" line and returns the URL.
+func readCoordinatorURL(r io.Reader) (string, error) {
+	br := bufio.NewReader(r)
+	for {
+		line, err := br.ReadString('\n')
+		if _, u, ok := strings.Cut(strings.TrimSpace(line), "listening on "); ok && strings.HasPrefix(u, "https://") {
+			return u, nil
+		}
+		if err != nil {
+			return "", fmt.Errorf("demo: the coordinator exited before it was listening (last output %q): %w", line, err)
+		}
+	}
 }
 
 func demoGenerate(ctx context.Context, tr *netclient.Trainer, adapter []float32) (string, error) {
@@ -431,8 +438,8 @@ func demoGenerate(ctx context.Context, tr *netclient.Trainer, adapter []float32)
 	return data.Printable(b), nil
 }
 
-func fetchLedger(ctx context.Context, url string) ([]ledger.Record, error) {
-	b, err := httpGet(ctx, url+netclient.PathLedger)
+func fetchLedger(ctx context.Context, hc *http.Client, url string) ([]ledger.Record, error) {
+	b, err := httpGet(ctx, hc, url+netclient.PathLedger)
 	if err != nil {
 		return nil, err
 	}
@@ -450,12 +457,12 @@ func fetchLedger(ctx context.Context, url string) ([]ledger.Record, error) {
 	return recs, nil
 }
 
-func httpGet(ctx context.Context, url string) ([]byte, error) {
+func httpGet(ctx context.Context, hc *http.Client, url string) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, err
 	}
@@ -493,4 +500,32 @@ func human(n int64) string {
 		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
 	}
 	return fmt.Sprintf("%d B", n)
+}
+
+// writeFileAtomic writes path through a temporary file in the same folder,
+// synced and renamed, so a killed process never leaves half a file.
+func writeFileAtomic(path string, data []byte) (err error) {
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+			os.Remove(f.Name())
+		}
+	}()
+	if _, err = f.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err = f.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", path, err)
+	}
+	if err = f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", path, err)
+	}
+	if err = os.Chmod(f.Name(), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), path)
 }

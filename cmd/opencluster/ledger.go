@@ -10,9 +10,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/opencluster/opencluster/coordinator"
 	"github.com/opencluster/opencluster/coordinator/ledger"
 	"github.com/spf13/cobra"
 )
@@ -46,7 +48,7 @@ func newLedgerCmd() *cobra.Command {
 
 func newLedgerVerifyCmd() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "verify FILE|URL",
+		Use:   "verify [FILE|URL]",
 		Short: "Check every hash, link and signature of a ledger",
 		Long: `Verify a ledger: a ledger.jsonl file, or the https:// (or http://) URL of a
 coordinator (its /v1/ledger endpoint; a bare host URL gets /v1/ledger added).
@@ -59,9 +61,17 @@ checked too. --coordinator-key pins the key that must sign the chain and
 --head the hash the last record must have (a hash chain alone cannot tell
 that records were cut off the end).
 
+With --coordinator-dir DIR (a coordinator's state directory) FILE defaults to
+DIR/ledger.jsonl, the accepted updates kept in DIR/updates are checked as with
+--updates, and every round's aggregate is recomputed from them: the adapter
+before (DIR/blobs) plus the FedAvg of the stored updates, through the server
+optimizer, must hash to the record's adapter_after. The round policy comes
+from --config (default DIR/coordinator.yaml, the file the coordinator ran
+with).
+
 Exit status: 0 when the ledger verifies, 1 when it does not (the first bad
 record is named), 2 when it could not be read.`,
-		Args: cobra.ExactArgs(1),
+		Args: cobra.RangeArgs(0, 1),
 		RunE: runLedgerVerify,
 	}
 	f := cmd.Flags()
@@ -71,6 +81,8 @@ record is named), 2 when it could not be read.`,
 	f.Bool("insecure", false, "for URLs: accept any TLS certificate (a self-signed local coordinator)")
 	f.String("ca", "", "for URLs: PEM file of the certificate authority (or self-signed certificate) to trust")
 	f.Duration("timeout", time.Minute, "for URLs: time limit for the whole download")
+	f.String("coordinator-dir", "", "a coordinator's state directory: check its stored updates and recompute every aggregate")
+	f.String("config", "", "with --coordinator-dir: the coordinator's config file (default DIR/coordinator.yaml)")
 	return cmd
 }
 
@@ -83,7 +95,42 @@ func runLedgerVerify(cmd *cobra.Command, args []string) error {
 	caFile, _ := f.GetString("ca")
 	timeout, _ := f.GetDuration("timeout")
 
+	coordDir, _ := f.GetString("coordinator-dir")
+
 	opts := ledger.VerifyOptions{CoordinatorKey: coordKey, Head: head}
+	var recomputed int
+	if coordDir != "" {
+		if fi, err := os.Stat(coordDir); err != nil || !fi.IsDir() {
+			return &ledgerError{exitLedgerUnreadable, fmt.Errorf("--coordinator-dir %s: not a readable directory", coordDir)}
+		}
+		if f.Lookup("config").Value.String() == "" {
+			f.Set("config", filepath.Join(coordDir, "coordinator.yaml"))
+		}
+		cfg, err := loadCoordinatorConfig(cmd)
+		if err != nil {
+			return &ledgerError{exitLedgerUnreadable, fmt.Errorf("--coordinator-dir %s: the round policy to recompute with: %w", coordDir, err)}
+		}
+		recompute := coordinator.Recompute(coordDir, cfg.Rounds.Config)
+		opts.Recompute = func(r ledger.Record) (string, error) {
+			h, err := recompute(r)
+			if err == nil {
+				recomputed++
+			}
+			return h, err
+		}
+		if updates == "" {
+			updates = filepath.Join(coordDir, "updates")
+		}
+		if len(args) == 0 {
+			args = []string{filepath.Join(coordDir, "ledger.jsonl")}
+		}
+	} else if f.Changed("config") {
+		return &ledgerError{exitLedgerUnreadable, errors.New("--config applies with --coordinator-dir")}
+	}
+	if len(args) == 0 {
+		// A usage error, like cobra's own argument checks.
+		return errors.New("accepts 1 arg (a ledger FILE or URL) unless --coordinator-dir DIR is given, received 0")
+	}
 	if updates != "" {
 		fi, err := os.Stat(updates)
 		if err != nil {
@@ -125,6 +172,9 @@ func runLedgerVerify(cmd *cobra.Command, args []string) error {
 	checked := ""
 	if updates != "" {
 		checked = ", stored updates checked"
+	}
+	if coordDir != "" {
+		checked += fmt.Sprintf(", %d of %d aggregates recomputed", recomputed, len(recs))
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "ledger OK: %d records, head %s%s\n", len(recs), h, checked)
 	return nil
