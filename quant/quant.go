@@ -85,7 +85,7 @@ type Nested struct {
 // blockSize (a power of two in 32..4096), as bitsandbytes' quantize_4bit does
 // on the GPU; with double set it also double-quantizes the absmax values
 // (compress_statistics=True). NaN or Inf in data is an error naming the
-// element. The padding nibble of an odd length is zero.
+// element. The padding nibble of an odd length codes 0.0, as in bitsandbytes.
 func Quantize4(data []float32, shape []int, f Format, blockSize int, double bool) (*Tensor4, error) {
 	if f != NF4 && f != FP4 {
 		return nil, fmt.Errorf("quant: unknown 4-bit format %d", f)
@@ -142,8 +142,12 @@ func quantizeBlock4(t *Tensor4, data []float32, b int) {
 	for ; i+1 < len(blk); i += 2 {
 		out[i/2] = q(blk[i]*scale)<<4 | q(blk[i+1]*scale)
 	}
-	if i < len(blk) { // odd tail of the whole tensor: padding nibble zero
-		out[i/2] = q(blk[i]*scale) << 4
+	if i < len(blk) {
+		// Odd tail of the whole tensor: bitsandbytes loads the missing
+		// element as 0.0 and codes it like the rest (NF4 code 7, FP4 code 0;
+		// code 0 in an all-zero block, where 0 * Inf is NaN).
+		var pad float32
+		out[i/2] = q(blk[i]*scale)<<4 | q(pad*scale)
 	}
 }
 

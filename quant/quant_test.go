@@ -191,8 +191,9 @@ func TestPartialBlockAndOddLength(t *testing.T) {
 		if want := blockAbsmax(data[last*64:]); q.Absmax[last] != want {
 			t.Fatalf("n=%d: last absmax %v, want %v (max over valid elements only)", n, q.Absmax[last], want)
 		}
-		if n%2 == 1 && q.Packed[n/2]&0x0F != 0 {
-			t.Fatalf("n=%d: padding nibble %x, want 0", n, q.Packed[n/2]&0x0F)
+		// bitsandbytes codes the missing element as 0.0: NF4 code 7.
+		if n%2 == 1 && q.Packed[n/2]&0x0F != 7 {
+			t.Fatalf("n=%d: padding nibble %x, want 7 (NF4 code of 0.0)", n, q.Packed[n/2]&0x0F)
 		}
 		checkRoundTrip(t, q, data)
 	}
@@ -464,6 +465,30 @@ func TestQuantizeNF4FastMatchesTree(t *testing.T) {
 	for _, x := range xs {
 		if a, b := quantizeNF4Fast(x), quantizeNF4(x); a != b {
 			t.Fatalf("x=%v: fast %d, tree %d", x, a, b)
+		}
+	}
+}
+
+// TestPaddingNibbleCodesZero: the nibble after an odd tail holds the code of
+// 0.0 scaled by the block's reciprocal absmax, as bitsandbytes writes it.
+func TestPaddingNibbleCodesZero(t *testing.T) {
+	cases := []struct {
+		name string
+		f    Format
+		data []float32
+		want byte
+	}{
+		{"nf4", NF4, []float32{0.5, -1, 0.25}, 7},
+		{"fp4", FP4, []float32{0.5, -1, 0.25}, 0},
+		{"nf4 all-zero block (0*Inf is NaN: code 0)", NF4, []float32{0, 0, 0}, 0},
+	}
+	for _, tc := range cases {
+		q, err := Quantize4(tc.data, []int{len(tc.data)}, tc.f, 64, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := q.Packed[1] & 0x0F; got != tc.want {
+			t.Errorf("%s: padding nibble %d, want %d", tc.name, got, tc.want)
 		}
 	}
 }
