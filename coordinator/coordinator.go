@@ -69,16 +69,19 @@ type Options struct {
 // Coordinator is one coordinator's rounds. Its methods are safe for
 // concurrent use.
 type Coordinator struct {
-	cfg    Config
-	n      int
-	dir    string
-	store  Store
-	ledger *ledger.Log
-	key    ed25519.PrivateKey
-	clock  Clock
-	log    *slog.Logger
-	base   string // base model hash
-	M      *Metrics
+	cfg Config
+	n   int
+	// shapesDigest is protocol.ShapesDigest(cfg.Shapes): an update's
+	// digest must equal it, since updates no longer carry the shapes.
+	shapesDigest [32]byte
+	dir          string
+	store        Store
+	ledger       *ledger.Log
+	key          ed25519.PrivateKey
+	clock        Clock
+	log          *slog.Logger
+	base         string // base model hash
+	M            *Metrics
 
 	mu        sync.Mutex
 	cur       Round
@@ -103,7 +106,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Coordinator, error) {
 	if opts.Store == nil || opts.Ledger == nil || len(opts.Key) != ed25519.PrivateKeySize || opts.Dir == "" {
 		return nil, errors.New("coordinator: New needs Dir, Store, Ledger and an ed25519 Key")
 	}
-	c := &Coordinator{cfg: cfg, n: cfg.N(), dir: opts.Dir, store: opts.Store, ledger: opts.Ledger, key: opts.Key,
+	c := &Coordinator{cfg: cfg, n: cfg.N(), shapesDigest: protocol.ShapesDigest(cfg.Shapes), dir: opts.Dir, store: opts.Store, ledger: opts.Ledger, key: opts.Key,
 		clock: opts.Clock, log: opts.Logger, M: newMetrics(), changed: make(chan struct{}), kick: make(chan struct{}, 1)}
 	if c.clock == nil {
 		c.clock = SystemClock
@@ -657,7 +660,7 @@ func (c *Coordinator) submit(ctx context.Context, body []byte) (protocol.UploadR
 	u, err := protocol.UnmarshalUpdate(body, c.n)
 	if err != nil {
 		if errors.Is(err, protocol.ErrUnsupportedVersion) {
-			return protocol.UploadResponse{}, reject(400, "unsupported_version", "%v (this coordinator reads version %d)", err, protocol.Version1)
+			return protocol.UploadResponse{}, reject(400, "unsupported_version", "%v (this coordinator reads version %d)", err, protocol.Version2)
 		}
 		return protocol.UploadResponse{}, reject(400, "malformed", "%v", err)
 	}
@@ -784,8 +787,12 @@ func (c *Coordinator) check(u *protocol.Update, rec *UpdateRecord, now time.Time
 	if u.Codec != c.cfg.Recipe.Codec {
 		return false, reject(400, "codec_mismatch", "codec %q, round %d asks for %q", u.Codec, u.Round, c.cfg.Recipe.Codec)
 	}
-	if !shapesEqual(u.Shapes, c.cfg.Shapes) {
-		return false, reject(400, "shape_mismatch", "update's tensor table differs from round %d's shapes (%d tensors, %d elements; want %d, %d)", u.Round, len(u.Shapes), u.N, len(c.cfg.Shapes), c.n)
+	if u.ShapesDigest != c.shapesDigest {
+		return false, reject(400, "shape_mismatch", "wrong shapes: update's shapes digest %x differs from round %d's shapes (digest %x, %d tensors); fetch the round info and train on its shapes",
+			u.ShapesDigest[:8], u.Round, c.shapesDigest[:8], len(c.cfg.Shapes))
+	}
+	if u.N != c.n {
+		return false, reject(400, "shape_mismatch", "wrong shapes: update has %d elements, round %d's shapes have %d", u.N, u.Round, c.n)
 	}
 	if u.Tokens == 0 {
 		return false, reject(400, "zero_tokens", "update claims 0 tokens trained")
@@ -817,10 +824,6 @@ func (c *Config) weight(tokens uint64, late bool) float64 {
 		w *= c.LateWeight
 	}
 	return w
-}
-
-func shapesEqual(a, b []protocol.Shape) bool {
-	return slices.EqualFunc(a, b, func(x, y protocol.Shape) bool { return x.Name == y.Name && slices.Equal(x.Dims, y.Dims) })
 }
 
 // applyRound is the whole aggregation step, shared by the coordinator and

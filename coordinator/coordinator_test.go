@@ -408,6 +408,13 @@ func TestBadUpdatesRejected(t *testing.T) {
 		{"wrong shapes", resign(ws[1], func(u *protocol.Update) {
 			u.Shapes = []protocol.Shape{{Name: "x", Dims: []int{n}}}
 		}), 400, "shape_mismatch"},
+		{"wrong element count", resign(ws[1], func(u *protocol.Update) {
+			// The right digest but one element short: only the N check catches it.
+			u.Shapes, u.N = nil, n-1
+			p, _ := compress.MustParse("dense").Encode(seqDelta(n-1, 1), nil, 0)
+			u.Payload = p.Bytes
+		}), 400, "wrong shapes: update has 15 elements, round 1"},
+		{"version 1", func() []byte { b := bytes.Clone(good); b[4] = 1; return b }(), 400, "unsupported_version"},
 		{"zero tokens", resign(ws[1], func(u *protocol.Update) { u.Tokens = 0 }), 400, "zero_tokens"},
 		{"over norm", resign(ws[1], func(u *protocol.Update) {
 			p, _ := compress.MustParse("dense").Encode(seqDelta(n, 1000), nil, 0)

@@ -197,6 +197,10 @@ func (f *fakeCoordinator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			writeErr(w, 401, err.Error())
 			return
 		}
+		if u.ShapesDigest != protocol.ShapesDigest(f.shapes) || u.N != f.n {
+			writeErr(w, 400, fmt.Sprintf("wrong shapes: digest %x, %d elements", u.ShapesDigest[:8], u.N))
+			return
+		}
 		if u.Round != f.round || hex.EncodeToString(u.BaseSHA256[:]) != f.adapter || u.Codec != f.codec {
 			writeErr(w, 409, fmt.Sprintf("wrong round %d / base / codec %q", u.Round, u.Codec))
 			return

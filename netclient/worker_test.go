@@ -182,6 +182,9 @@ func TestWorkerRounds(t *testing.T) {
 		if err := protocol.Verify(u, pub); err != nil {
 			t.Errorf("update %d: %v", i, err)
 		}
+		if u.ShapesDigest != protocol.ShapesDigest(shapes) {
+			t.Errorf("update %d: shapes digest %x, want the digest of the round's shapes", i, u.ShapesDigest)
+		}
 		if u.Round != uint64(i+1) || u.Tokens != 3*32 || u.Codec != "topk:0.1+int8:64" {
 			t.Errorf("update %d: round %d tokens %d codec %q", i, u.Round, u.Tokens, u.Codec)
 		}

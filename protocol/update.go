@@ -3,16 +3,20 @@
 // files. It has no networking; both sides build on it.
 //
 // An update is one worker's result for one round: a header that says who,
-// for which round, from which base adapter, with what shapes and codec and
-// at what cost, then the compressed delta (package compress), a CRC-32C so
-// accidental corruption is told apart from forgery, and an ed25519
-// signature over everything before it. docs/protocol.md has the byte table.
+// for which round, from which base adapter, with what codec and at what
+// cost, a SHA-256 digest of the tensor shapes it was trained on (the
+// coordinator knows the shapes; sending the digest instead of the table
+// keeps every upload ~2 KB smaller), then the compressed delta (package
+// compress), a CRC-32C so accidental corruption is told apart from forgery,
+// and an ed25519 signature over everything before it. docs/protocol.md has
+// the byte table.
 package protocol
 
 import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -24,10 +28,13 @@ import (
 	"github.com/opencluster/opencluster/compress"
 )
 
-// Magic opens every update; Version1 is the only version this build reads.
+// Magic opens every update. Version2 is the only version this build reads
+// and writes; Version1 (which carried the whole shapes table) is refused
+// with ErrUnsupportedVersion.
 const (
 	Magic    = "OCU1"
 	Version1 = 1
+	Version2 = 2
 )
 
 // Limits on header fields. Every length read from an update is checked
@@ -36,7 +43,7 @@ const (
 const (
 	MaxWorkerIDLen = 128  // bytes of WorkerID
 	MaxCodecLen    = 128  // bytes of the codec spec
-	MaxShapes      = 4096 // tensors in the shapes table
+	MaxShapes      = 4096 // tensors in a shapes list
 	MaxNameLen     = 255  // bytes of a tensor name
 	MaxDims        = 8    // dimensions per tensor
 	NonceSize      = 16
@@ -52,7 +59,7 @@ var (
 	// ErrMalformed is wrapped by every error about an update's bytes or
 	// fields: truncation, bad magic, limits, shapes, checksum, payload.
 	ErrMalformed = errors.New("malformed update")
-	// ErrUnsupportedVersion is wrapped when the version is not Version1.
+	// ErrUnsupportedVersion is wrapped when the version is not Version2.
 	ErrUnsupportedVersion = errors.New("unsupported update version")
 	// ErrBadSignature is wrapped when Verify rejects a signature.
 	ErrBadSignature = errors.New("bad update signature")
@@ -61,7 +68,7 @@ var (
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Shape names one tensor of the adapter and its dimensions. The update's
-// vector is the tensors' elements concatenated in table order, so the
+// vector is the tensors' elements concatenated in list order, so the
 // products of the dims sum to the update's N.
 type Shape struct {
 	Name string `json:"name"`
@@ -70,7 +77,7 @@ type Shape struct {
 
 // Update is one worker's signed result for one round.
 type Update struct {
-	// Version is set by UnmarshalUpdate; MarshalUpdate always writes Version1.
+	// Version is set by UnmarshalUpdate; MarshalUpdate always writes Version2.
 	Version uint16
 	// Round is the round this update answers; with Nonce it is the replay
 	// protection: the coordinator accepts one update per (worker, round)
@@ -86,8 +93,15 @@ type Update struct {
 	WorkerID string
 	// N is the number of elements in the dense delta.
 	N int
-	// Shapes is the tensors table; the products of their dims sum to N.
+	// Shapes is the sender's tensor list. It is not encoded: when it is
+	// non-empty MarshalUpdate checks that the products of the dims sum to
+	// N and sets ShapesDigest from it. UnmarshalUpdate leaves it nil.
 	Shapes []Shape
+	// ShapesDigest is ShapesDigest(shapes) of the tensors the delta is laid
+	// out in; the receiver compares it with the digest of the shapes it
+	// expects. MarshalUpdate sets it from Shapes, or uses it as given when
+	// Shapes is empty.
+	ShapesDigest [32]byte
 	// Codec is the canonical compress spec of Payload, e.g. "topk:0.01+int8:256".
 	Codec string
 	// Seed is the seed the payload was encoded with (normally the round's).
@@ -112,9 +126,10 @@ func malformed(format string, args ...any) error {
 }
 
 // MarshalUpdate checks u, fills u.Nonce from crypto/rand when it is all
-// zero, and returns the signed encoding. It sets u.Version and u.Signature.
-// The payload is decoded once to check it matches the codec, N and the
-// shapes, so what MarshalUpdate emits UnmarshalUpdate accepts.
+// zero, and returns the signed encoding. It sets u.Version and u.Signature,
+// and u.ShapesDigest when u.Shapes is non-empty (after checking the shapes
+// sum to u.N). The payload is decoded once to check it matches the codec
+// and N, so what MarshalUpdate emits UnmarshalUpdate accepts.
 func MarshalUpdate(u *Update, priv ed25519.PrivateKey) ([]byte, error) {
 	if len(priv) != ed25519.PrivateKeySize {
 		return nil, fmt.Errorf("protocol: marshal update: private key has %d bytes, want %d", len(priv), ed25519.PrivateKeySize)
@@ -124,6 +139,16 @@ func MarshalUpdate(u *Update, priv ed25519.PrivateKey) ([]byte, error) {
 			return nil, fmt.Errorf("protocol: marshal update: nonce: %w", err)
 		}
 	}
+	if len(u.Shapes) > 0 {
+		total, err := CheckShapes(u.Shapes, compress.MaxN)
+		if err != nil {
+			return nil, err
+		}
+		if total != u.N {
+			return nil, malformed("shapes add up to %d elements, header says %d", total, u.N)
+		}
+		u.ShapesDigest = ShapesDigest(u.Shapes)
+	}
 	if _, err := checkUpdate(u, compress.MaxN); err != nil {
 		return nil, err
 	}
@@ -132,7 +157,7 @@ func MarshalUpdate(u *Update, priv ed25519.PrivateKey) ([]byte, error) {
 		return nil, err
 	}
 	sig := ed25519.Sign(priv, body)
-	u.Version = Version1
+	u.Version = Version2
 	copy(u.Signature[:], sig)
 	return append(body, sig...), nil
 }
@@ -156,13 +181,13 @@ func Verify(u *Update, pub ed25519.PublicKey) error {
 // appendBody appends the encoding of u up to and including the CRC-32C:
 // the bytes the signature covers. u's lengths must already be checked.
 func appendBody(b []byte, u *Update) ([]byte, error) {
-	if len(u.WorkerID) > MaxWorkerIDLen || len(u.Codec) > MaxCodecLen || len(u.Shapes) > MaxShapes || uint64(len(u.Payload)) > math.MaxUint32 {
+	if len(u.WorkerID) > MaxWorkerIDLen || len(u.Codec) > MaxCodecLen || uint64(len(u.Payload)) > math.MaxUint32 {
 		return nil, malformed("field too long to encode")
 	}
 	start := len(b)
 	le := binary.LittleEndian
 	b = append(b, Magic...)
-	b = le.AppendUint16(b, Version1)
+	b = le.AppendUint16(b, Version2)
 	b = le.AppendUint16(b, 0) // flags
 	b = le.AppendUint64(b, u.Round)
 	b = append(b, u.Nonce[:]...)
@@ -178,11 +203,28 @@ func appendBody(b []byte, u *Update) ([]byte, error) {
 	b = append(b, u.WorkerID...)
 	b = append(b, byte(len(u.Codec)))
 	b = append(b, u.Codec...)
-	b = le.AppendUint16(b, uint16(len(u.Shapes)))
-	for _, s := range u.Shapes {
-		if len(s.Name) > MaxNameLen || len(s.Dims) > MaxDims {
-			return nil, malformed("shape %q too long to encode", s.Name)
-		}
+	b = append(b, u.ShapesDigest[:]...)
+	b = le.AppendUint32(b, uint32(len(u.Payload)))
+	b = append(b, u.Payload...)
+	return le.AppendUint32(b, crc32.Checksum(b[start:], castagnoli)), nil
+}
+
+// ShapesDigest is the SHA-256 of the canonical encoding of shapes, the
+// bytes version 1 of the format carried as its shapes table: a uint16
+// tensor count, then per tensor a uint8 name length, the name, a uint8 rank
+// and each dim as a uint64, all little-endian. Two lists have the same
+// digest exactly when they have the same names and dims in the same order.
+// The encoding is unambiguous only for lists CheckShapes accepts (counts
+// and lengths that fit their fields); callers check first.
+func ShapesDigest(shapes []Shape) [32]byte {
+	return sha256.Sum256(appendShapes(nil, shapes))
+}
+
+// appendShapes appends the canonical encoding ShapesDigest hashes.
+func appendShapes(b []byte, shapes []Shape) []byte {
+	le := binary.LittleEndian
+	b = le.AppendUint16(b, uint16(len(shapes)))
+	for _, s := range shapes {
 		b = append(b, byte(len(s.Name)))
 		b = append(b, s.Name...)
 		b = append(b, byte(len(s.Dims)))
@@ -190,9 +232,44 @@ func appendBody(b []byte, u *Update) ([]byte, error) {
 			b = le.AppendUint64(b, uint64(d))
 		}
 	}
-	b = le.AppendUint32(b, uint32(len(u.Payload)))
-	b = append(b, u.Payload...)
-	return le.AppendUint32(b, crc32.Checksum(b[start:], castagnoli)), nil
+	return b
+}
+
+// CheckShapes checks a shapes list against the limits (1..MaxShapes
+// tensors, unique 1..MaxNameLen-byte UTF-8 names, 1..MaxDims dims each
+// >= 1) and returns its element total, which must be at most maxElems.
+func CheckShapes(shapes []Shape, maxElems int) (int, error) {
+	if len(shapes) == 0 || len(shapes) > MaxShapes {
+		return 0, malformed("shapes list has %d entries: want 1..%d", len(shapes), MaxShapes)
+	}
+	seen := make(map[string]bool, len(shapes))
+	total := 0
+	for i, s := range shapes {
+		if s.Name == "" || len(s.Name) > MaxNameLen || !utf8.ValidString(s.Name) {
+			return 0, malformed("shape %d name %q: want 1..%d bytes of UTF-8", i, s.Name, MaxNameLen)
+		}
+		if seen[s.Name] {
+			return 0, malformed("shape %d: duplicate tensor name %q", i, s.Name)
+		}
+		seen[s.Name] = true
+		if len(s.Dims) == 0 || len(s.Dims) > MaxDims {
+			return 0, malformed("tensor %q has %d dims: want 1..%d", s.Name, len(s.Dims), MaxDims)
+		}
+		size := 1
+		for _, d := range s.Dims {
+			// Each factor is at most maxElems and the running product is
+			// kept at most maxElems, so nothing here can overflow.
+			if d < 1 || d > maxElems || size > maxElems/d {
+				return 0, malformed("tensor %q dims %v: each must be >= 1 and the product at most %d", s.Name, s.Dims, maxElems)
+			}
+			size *= d
+		}
+		if total > maxElems-size {
+			return 0, malformed("tensor %q: shapes add up to more than %d elements", s.Name, maxElems)
+		}
+		total += size
+	}
+	return total, nil
 }
 
 // unixNano maps the zero time to 0 and others to Unix nanoseconds.
@@ -219,38 +296,8 @@ func checkUpdate(u *Update, maxElems int) (*compress.Sparse, error) {
 	if u.N < 1 || u.N > maxElems {
 		return nil, malformed("element count %d: want 1..%d", u.N, maxElems)
 	}
-	if len(u.Shapes) == 0 || len(u.Shapes) > MaxShapes {
-		return nil, malformed("shapes table has %d entries: want 1..%d", len(u.Shapes), MaxShapes)
-	}
-	seen := make(map[string]bool, len(u.Shapes))
-	total := 0
-	for i, s := range u.Shapes {
-		if s.Name == "" || len(s.Name) > MaxNameLen || !utf8.ValidString(s.Name) {
-			return nil, malformed("shape %d name %q: want 1..%d bytes of UTF-8", i, s.Name, MaxNameLen)
-		}
-		if seen[s.Name] {
-			return nil, malformed("shape %d: duplicate tensor name %q", i, s.Name)
-		}
-		seen[s.Name] = true
-		if len(s.Dims) == 0 || len(s.Dims) > MaxDims {
-			return nil, malformed("tensor %q has %d dims: want 1..%d", s.Name, len(s.Dims), MaxDims)
-		}
-		size := 1
-		for _, d := range s.Dims {
-			// Each factor is at most maxElems and the running product is
-			// kept at most maxElems, so nothing here can overflow.
-			if d < 1 || d > maxElems || size > maxElems/d {
-				return nil, malformed("tensor %q dims %v: each must be >= 1 and the product at most %d", s.Name, s.Dims, maxElems)
-			}
-			size *= d
-		}
-		if total > maxElems-size {
-			return nil, malformed("tensor %q: shapes add up to more than %d elements", s.Name, maxElems)
-		}
-		total += size
-	}
-	if total != u.N {
-		return nil, malformed("shapes add up to %d elements, header says %d", total, u.N)
+	if u.ShapesDigest == [32]byte{} {
+		return nil, malformed("shapes digest is all zero: set Shapes or ShapesDigest")
 	}
 	c, err := compress.Parse(u.Codec)
 	if err != nil {
@@ -328,10 +375,12 @@ func (r *reader) u64(field string) uint64 {
 
 // UnmarshalUpdate parses and validates an update of at most maxElems
 // elements: magic, version, checksum, every length against the limits and
-// the bytes present, shapes against N, the codec spec, and the decoded
-// payload (no NaN or Inf). It allocates at most O(len(b) + maxElems). It
-// does not check the signature: look up the key for u.WorkerID and call
-// Verify. Errors wrap ErrMalformed or ErrUnsupportedVersion.
+// the bytes present, the codec spec, and the decoded payload (no NaN or
+// Inf). It allocates at most O(len(b) + maxElems). It does not know the
+// shapes: the receiver compares u.ShapesDigest with ShapesDigest of the
+// shapes it expects, and u.N with their element total. Nor does it check
+// the signature: look up the key for u.WorkerID and call Verify. Errors
+// wrap ErrMalformed or ErrUnsupportedVersion.
 func UnmarshalUpdate(b []byte, maxElems int) (*Update, error) {
 	if maxElems < 1 || maxElems > compress.MaxN {
 		return nil, fmt.Errorf("protocol: unmarshal update: maxElems %d out of range [1, %d]", maxElems, compress.MaxN)
@@ -342,10 +391,10 @@ func UnmarshalUpdate(b []byte, maxElems int) (*Update, error) {
 	if len(b) < 6 {
 		return nil, malformed("truncated in version")
 	}
-	if v := binary.LittleEndian.Uint16(b[4:]); v != Version1 {
-		return nil, fmt.Errorf("protocol: update version %d (this build reads %d): %w", v, Version1, ErrUnsupportedVersion)
+	if v := binary.LittleEndian.Uint16(b[4:]); v != Version2 {
+		return nil, fmt.Errorf("protocol: update version %d (this build reads %d): %w", v, Version2, ErrUnsupportedVersion)
 	}
-	if len(b) < fixedHeader+2+trailer {
+	if len(b) < fixedHeader+2+1+1+1+32+4+trailer { // worker id and codec at least 1 byte each
 		return nil, malformed("%d bytes is shorter than the smallest update", len(b))
 	}
 	// Nothing follows the signature, so the checksum sits at a fixed
@@ -356,9 +405,9 @@ func UnmarshalUpdate(b []byte, maxElems int) (*Update, error) {
 	}
 
 	r := &reader{b: b[:crcAt], off: 6}
-	u := &Update{Version: Version1}
+	u := &Update{Version: Version2}
 	if flags := r.u16("flags"); flags != 0 {
-		return nil, malformed("flags %#x: version 1 defines none", flags)
+		return nil, malformed("flags %#x: version 2 defines none", flags)
 	}
 	u.Round = r.u64("round")
 	copy(u.Nonce[:], r.take(NonceSize, "nonce"))
@@ -384,34 +433,7 @@ func UnmarshalUpdate(b []byte, maxElems int) (*Update, error) {
 		return nil, malformed("codec length %d: want 1..%d", cl, MaxCodecLen)
 	}
 	u.Codec = string(r.take(cl, "codec"))
-	ns := r.u16("shape count")
-	if r.err == nil && (ns < 1 || ns > MaxShapes) {
-		return nil, malformed("shape count %d: want 1..%d", ns, MaxShapes)
-	}
-	// Each shape takes at least 1+1+1+8 bytes: bound the table by the
-	// bytes present before allocating it.
-	if r.err == nil && ns*11 > len(r.b)-r.off {
-		return nil, malformed("truncated in shapes table: %d shapes cannot fit in %d bytes", ns, len(r.b)-r.off)
-	}
-	if r.err == nil {
-		u.Shapes = make([]Shape, ns)
-	}
-	for i := 0; i < ns && r.err == nil; i++ {
-		s := &u.Shapes[i]
-		s.Name = string(r.take(r.u8("shape name length"), "shape name"))
-		nd := r.u8("shape rank")
-		if r.err == nil && (nd < 1 || nd > MaxDims) {
-			return nil, malformed("tensor %q rank %d: want 1..%d", s.Name, nd, MaxDims)
-		}
-		s.Dims = make([]int, 0, nd)
-		for range nd {
-			d := r.u64("shape dims")
-			if r.err == nil && (d < 1 || d > uint64(maxElems)) {
-				return nil, malformed("tensor %q dim %d: want 1..%d", s.Name, d, maxElems)
-			}
-			s.Dims = append(s.Dims, int(d))
-		}
-	}
+	copy(u.ShapesDigest[:], r.take(32, "shapes digest"))
 	pl := r.u32("payload length")
 	u.Payload = bytes.Clone(r.take(int(pl), "payload"))
 	if r.err != nil {

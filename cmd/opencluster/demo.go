@@ -83,7 +83,7 @@ type demoRound struct {
 	BytesUp          int64   `json:"bytes_up"`
 	BytesDown        int64   `json:"bytes_down"`
 	CompressionRatio float64 `json:"compression_ratio"` // dense fp32 delta / codec payload
-	WireRatio        float64 `json:"wire_ratio"`        // dense fp32 delta / whole signed update (header, shapes, signature)
+	WireRatio        float64 `json:"wire_ratio"`        // dense fp32 delta / whole signed update (header, shapes digest, signature)
 	TrainLoss        float64 `json:"train_loss"`
 	ValLoss          float64 `json:"val_loss"`
 	EnergyJ          float64 `json:"energy_j"`
