@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/opencluster/opencluster/internal/atomicfile"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -91,7 +92,7 @@ func (s *StateDir) Save() error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(s.Dir, stateFile), append(b, '\n'), 0o600)
+	return atomicfile.WriteFile(filepath.Join(s.Dir, stateFile), append(b, '\n'), 0o600)
 }
 
 // LoadEF returns the committed error-feedback state for n elements with
@@ -127,7 +128,7 @@ func (s *StateDir) SavePending(p pendingRound, body []byte, ef *compress.State) 
 	dir := filepath.Join(s.Dir, pendingDir)
 	// Meta last: its presence says the other two are complete.
 	os.Remove(filepath.Join(dir, pendingMeta))
-	if err := writeFileAtomic(filepath.Join(dir, pendingBody), body, 0o600); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, pendingBody), body, 0o600); err != nil {
 		return err
 	}
 	if err := ef.Save(filepath.Join(dir, pendingEF)); err != nil {
@@ -137,7 +138,7 @@ func (s *StateDir) SavePending(p pendingRound, body []byte, ef *compress.State) 
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, pendingMeta), b, 0o600)
+	return atomicfile.WriteFile(filepath.Join(dir, pendingMeta), b, 0o600)
 }
 
 // Pending returns the stored update, if a complete one is there.

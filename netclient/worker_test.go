@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"github.com/opencluster/opencluster/internal/atomicfile"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -26,7 +27,7 @@ func writeFileAtomicMkdir(p string, b []byte) error {
 	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 		return err
 	}
-	return writeFileAtomic(p, b, 0o644)
+	return atomicfile.WriteFile(p, b, 0o644)
 }
 
 func TestBackoffDelay(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/opencluster/opencluster/internal/atomicfile"
 	"io"
 	"log/slog"
 	"net/http"
@@ -227,8 +228,8 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 	// 4. The workers. They share this machine with each other, so the
 	// budget must not pause them for "the owner is using the machine".
 	workerCfg := filepath.Join(dir, "worker.yaml")
-	if err := writeFileAtomic(workerCfg, []byte("# Written by `opencluster demo`: keys as in configs/worker.yaml.\n"+
-		"# The demo's workers share this machine; another worker is not its owner.\nbudget:\n  pause_when_user_active: false\n")); err != nil {
+	if err := atomicfile.WriteFile(workerCfg, []byte("# Written by `opencluster demo`: keys as in configs/worker.yaml.\n"+
+		"# The demo's workers share this machine; another worker is not its owner.\nbudget:\n  pause_when_user_active: false\n"), 0o644); err != nil {
 		return err
 	}
 	var mu sync.Mutex
@@ -404,7 +405,7 @@ func writeDemoCoordinatorConfig(path string, c demoCoordinatorConfig) error {
 		return err
 	}
 	b = append([]byte("# Written by `opencluster demo`; keys as in configs/coordinator.yaml (JSON is YAML).\n"), b...)
-	return writeFileAtomic(path, append(b, '\n'))
+	return atomicfile.WriteFile(path, append(b, '\n'), 0o644)
 }
 
 // readCoordinatorURL reads the coordinator's stdout until its
@@ -500,32 +501,4 @@ func human(n int64) string {
 		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
 	}
 	return fmt.Sprintf("%d B", n)
-}
-
-// writeFileAtomic writes path through a temporary file in the same folder,
-// synced and renamed, so a killed process never leaves half a file.
-func writeFileAtomic(path string, data []byte) (err error) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err = f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = f.Sync(); err != nil {
-		return fmt.Errorf("sync %s: %w", path, err)
-	}
-	if err = f.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", path, err)
-	}
-	if err = os.Chmod(f.Name(), 0o644); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
 }
