@@ -160,54 +160,7 @@ func benchGPU(cmd *cobra.Command, dev string) (bool, error) {
 		Info: info, Kernels: kern, Quick: quick, QLoRA: presets,
 		Open: func() (bench.GPUBackend, error) { return bench.OpenCUDA(idx) },
 	}
-	return true, emitRows(cmd, asJSON, out, func(emit func(bench.Row)) error {
+	return true, emitRows(cmd, asJSON, out, "bench: measuring the GPU (a few minutes; --quick for less)...", func(emit func(bench.Row)) error {
 		return bench.RunGPU(ctx, opt, emit)
 	})
-}
-
-// emitRows prints rows as bench does on the CPU: a table, or one JSON
-// object per line; with out, the JSON rows are also written atomically.
-func emitRows(cmd *cobra.Command, asJSON bool, out string, run func(func(bench.Row)) error) error {
-	w := cmd.OutOrStdout()
-	table := bench.NewTable(w)
-	var rows []bench.Row
-	var writeErr error
-	emit := func(r bench.Row) {
-		rows = append(rows, r)
-		if asJSON {
-			if err := bench.WriteJSON(w, r); err != nil && writeErr == nil {
-				writeErr = err
-			}
-			return
-		}
-		table.Row(r)
-	}
-	if !asJSON {
-		fmt.Fprintln(cmd.ErrOrStderr(), "bench: measuring the GPU (a few minutes; --quick for less)...")
-	}
-	err := run(emit)
-	if !asJSON {
-		if ferr := table.Flush(); ferr != nil && writeErr == nil {
-			writeErr = ferr
-		}
-	}
-	if err != nil {
-		return fmt.Errorf("bench: %w", err)
-	}
-	if writeErr != nil {
-		return fmt.Errorf("bench: writing the results: %w", writeErr)
-	}
-	if out != "" {
-		var sb strings.Builder
-		for _, r := range rows {
-			if err := bench.WriteJSON(&sb, r); err != nil {
-				return err
-			}
-		}
-		if err := bench.WriteFileAtomic(out, []byte(sb.String())); err != nil {
-			return fmt.Errorf("bench --out: %w", err)
-		}
-		fmt.Fprintln(cmd.ErrOrStderr(), "bench: rows written to", out)
-	}
-	return nil
 }

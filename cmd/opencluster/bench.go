@@ -103,6 +103,14 @@ func runBench(cmd *cobra.Command, _ []string) error {
 		})
 		opt.StepPresets = bench.DefaultStepNames
 	}
+	return emitRows(cmd, asJSON, out, "bench: measuring (about a minute; --quick for less)...", func(emit func(bench.Row)) error {
+		return bench.Run(cmd.Context(), opt, emit)
+	})
+}
+
+// emitRows runs a bench and prints its rows as they come: a table, or one
+// JSON object per line; with out, the JSON rows are also written atomically.
+func emitRows(cmd *cobra.Command, asJSON bool, out, intro string, run func(func(bench.Row)) error) error {
 	w := cmd.OutOrStdout()
 	table := bench.NewTable(w)
 	var rows []bench.Row
@@ -118,9 +126,9 @@ func runBench(cmd *cobra.Command, _ []string) error {
 		table.Row(r)
 	}
 	if !asJSON {
-		fmt.Fprintln(cmd.ErrOrStderr(), "bench: measuring (about a minute; --quick for less)...")
+		fmt.Fprintln(cmd.ErrOrStderr(), intro)
 	}
-	err := bench.Run(cmd.Context(), opt, emit)
+	err := run(emit)
 	if !asJSON {
 		if ferr := table.Flush(); ferr != nil && writeErr == nil {
 			writeErr = ferr
