@@ -38,12 +38,7 @@ func GEMM(ctx context.Context, n int, opt Options) (Row, error) {
 		return nil
 	}
 	var peer func() error
-	if opt.NoPeer {
-		row.Extra["peer_missing"] = "skipped (--no-peer)"
-	} else if ob, err := loadOpenBLAS(t); err != nil {
-		row.Extra["peer_missing"] = err.Error()
-	} else {
-		row.Peer = ob.Name()
+	if ob := attachPeer(&row, opt, t, ""); ob != nil {
 		peer = func() error { return ob.Sgemm(false, false, n, n, n, 1, a, n, b, n, 0, cp, n) }
 	}
 
@@ -119,4 +114,20 @@ func maxRelDiff(x, y []float32) float64 {
 		scale = math.Max(scale, math.Abs(float64(y[i])))
 	}
 	return d / scale
+}
+
+// attachPeer loads OpenBLAS for a row unless --no-peer; when it cannot be
+// had, the row says why in extra.peer_missing and nil is returned.
+func attachPeer(row *Row, opt Options, threads int, note string) *openBLAS {
+	if opt.NoPeer {
+		row.Extra["peer_missing"] = "skipped (--no-peer)"
+		return nil
+	}
+	ob, err := loadOpenBLAS(threads)
+	if err != nil {
+		row.Extra["peer_missing"] = err.Error()
+		return nil
+	}
+	row.Peer = ob.Name() + note
+	return ob
 }

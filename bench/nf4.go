@@ -208,12 +208,7 @@ func NF4Matmul(ctx context.Context, opt Options) (Row, error) {
 		return nil
 	}
 	var peer func() error
-	if opt.NoPeer {
-		row.Extra["peer_missing"] = "skipped (--no-peer)"
-	} else if ob, err := loadOpenBLAS(t); err != nil {
-		row.Extra["peer_missing"] = err.Error()
-	} else {
-		row.Peer = ob.Name() + ", on the dequantized fp32 weight"
+	if ob := attachPeer(&row, opt, t, ", on the dequantized fp32 weight"); ob != nil {
 		peer = func() error { return ob.Sgemm(false, true, tokens, out, in, 1, x, in, wd, in, 0, yPeer, out) }
 	}
 

@@ -1,38 +1,17 @@
 package netclient
 
 import (
-	"context"
+	"github.com/opencluster/opencluster/device/budget"
 	"math/rand/v2"
 	"time"
 )
 
-// Clock is the time source the worker sleeps on; tests inject a fake one.
-type Clock interface {
-	Now() time.Time
-	// Sleep waits d or until ctx ends (then it returns ctx's error).
-	Sleep(ctx context.Context, d time.Duration) error
-}
-
-// RealClock is the wall clock.
-type RealClock struct{}
-
-// Now is time.Now.
-func (RealClock) Now() time.Time { return time.Now() }
-
-// Sleep waits d or until ctx is done.
-func (RealClock) Sleep(ctx context.Context, d time.Duration) error {
-	if d <= 0 {
-		return ctx.Err()
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+// Clock is the time source the worker sleeps on (the budget controller's
+// clock, so one fake drives both in tests); RealClock is the wall clock.
+type (
+	Clock     = budget.Clock
+	RealClock = budget.RealClock
+)
 
 // Backoff spaces out retries: attempt a (from 0) waits a random time in
 // [d/2, d] where d = min(Max, Base·2^a) ("equal jitter"), so a crowd of
