@@ -92,6 +92,9 @@ type Snapshot struct {
 	// History holds the closed rounds so far, oldest first (at most the
 	// last 500), for the charts.
 	History []RoundSummary `json:"history,omitempty"`
+	// Summary is the finished simulation's summary event, if it ended
+	// before the viewer connected.
+	Summary *RunSummary `json:"summary,omitempty"`
 }
 
 // NodeEvent is one node's state. Live workers are placed only by the
@@ -162,8 +165,10 @@ type RoundSummary struct {
 	// ValLoss is the new global model's validation loss (nats/token).
 	ValLoss *float64 `json:"val_loss,omitempty"`
 	// EnergyKWh and CO2Kg are the round's energy and emissions;
-	// EnergySource says "metered", "estimated" or "simulated", and
-	// GridGPerKWh the carbon intensity used (a cohort mean).
+	// EnergySource says "metered", "estimated", "simulated" or "reported"
+	// (the workers' own claims, each metered or estimated on the worker;
+	// a live coordinator cannot tell which), and GridGPerKWh the carbon
+	// intensity used (a cohort mean, or the operator's setting).
 	EnergyKWh    float64  `json:"energy_kwh"`
 	CO2Kg        *float64 `json:"co2_kg,omitempty"`
 	EnergySource string   `json:"energy_source"`
