@@ -21,16 +21,24 @@ import (
 // Row is one measurement. Fields that do not apply to a row are zero and
 // left out of its JSON.
 type Row struct {
-	Name           string         `json:"name"`
-	Size           string         `json:"size,omitempty"`
-	GFLOPS         float64        `json:"gflops,omitempty"`
-	GBps           float64        `json:"gbps,omitempty"`
-	Peer           string         `json:"peer,omitempty"`
-	PeerGFLOPS     float64        `json:"peer_gflops,omitempty"`
-	Ratio          float64        `json:"ratio,omitempty"` // ours / peer
-	PeakGFLOPS     float64        `json:"peak_gflops,omitempty"`
-	FractionOfPeak float64        `json:"fraction_of_peak,omitempty"`
-	Extra          map[string]any `json:"extra,omitempty"`
+	Name           string  `json:"name"`
+	Size           string  `json:"size,omitempty"`
+	GFLOPS         float64 `json:"gflops,omitempty"`
+	GBps           float64 `json:"gbps,omitempty"`
+	Peer           string  `json:"peer,omitempty"`
+	PeerGFLOPS     float64 `json:"peer_gflops,omitempty"`
+	Ratio          float64 `json:"ratio,omitempty"` // ours / peer
+	PeakGFLOPS     float64 `json:"peak_gflops,omitempty"`
+	FractionOfPeak float64 `json:"fraction_of_peak,omitempty"`
+	// Kernel is the kernel family ours ran (sgemm's avx512, avx2 or go, or
+	// avx512-bf16 for bf16 products); PeerKernel is the peer's (OpenBLAS's
+	// core type, e.g. SkylakeX).
+	Kernel     string         `json:"kernel,omitempty"`
+	PeerKernel string         `json:"peer_kernel,omitempty"`
+	Extra      map[string]any `json:"extra,omitempty"`
+	// Warning says why a figure should not be trusted as it stands (an
+	// implausible ratio, a peer on kernels older than the CPU).
+	Warning string `json:"warning,omitempty"`
 	// Error says why the row could not be measured (the rest is then empty
 	// or partial); a missing peer is not an error, see Extra["peer_missing"].
 	Error string `json:"error,omitempty"`
@@ -58,6 +66,13 @@ type Options struct {
 	StepPresets []string
 	// NoPeer skips OpenBLAS even when it is installed.
 	NoPeer bool
+	// PeerCoreType is the OpenBLAS core policy: "auto" (default: when the
+	// library's own choice is older than the CPU, force the newest core the
+	// CPU supports), "keep", or a core name to force (e.g. SkylakeX).
+	PeerCoreType string
+	// Probe runs the child process that reports which core OpenBLAS picks
+	// (nil: no look-ahead; the loaded core is still checked).
+	Probe ProbeFunc
 }
 
 func (o Options) reps() int {
@@ -93,6 +108,9 @@ func (o Options) gemmSizes() []int {
 func Run(ctx context.Context, opt Options, emit func(Row)) error {
 	m := DescribeMachine()
 	emit(m.Row())
+	if !opt.NoPeer {
+		emit(preparePeer(ctx, opt, m))
+	}
 	for _, n := range opt.gemmSizes() {
 		if err := ctx.Err(); err != nil {
 			return err

@@ -30,7 +30,8 @@ func GEMM(ctx context.Context, n int, opt Options) (Row, error) {
 		Name:       "fp32_gemm",
 		Size:       fmt.Sprintf("%dx%dx%d", n, n, n),
 		PeakGFLOPS: m.PeakGFLOPS(),
-		Extra:      map[string]any{"threads": t, "kernel": sgemm.Implementation()},
+		Kernel:     sgemm.Implementation(),
+		Extra:      map[string]any{"threads": t},
 	}
 
 	ours := func() error {
@@ -83,6 +84,7 @@ func GEMM(ctx context.Context, n int, opt Options) (Row, error) {
 	if peer != nil {
 		row.PeerGFLOPS = flop / median(peerS) / 1e9
 		row.Ratio = row.GFLOPS / row.PeerGFLOPS
+		checkPlausible(&row)
 	}
 	row.Extra["reps"] = opt.reps()
 	row.Extra["calls_per_rep"] = iters
@@ -128,6 +130,14 @@ func attachPeer(row *Row, opt Options, threads int, note string) *openBLAS {
 		row.Extra["peer_missing"] = err.Error()
 		return nil
 	}
+	pc := settlePeer(ob.Core())
 	row.Peer = ob.Name() + note
+	row.PeerKernel = ob.Core()
+	if pc.Forced != "" {
+		row.Extra["peer_coretype_forced"] = pc.Forced
+	}
+	if pc.Stale {
+		row.Warning = appendSentence(row.Warning, "the peer runs OpenBLAS's "+ob.Core()+" kernels, older than this CPU ("+pc.CPU+"): "+pc.Note)
+	}
 	return ob
 }

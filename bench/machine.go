@@ -26,6 +26,8 @@ type Machine struct {
 	FlopsPerCycle float64
 	ISA           string // the widest vector ISA the peak assumes
 	Kernel        string // the kernel sgemm runs: avx512, avx2 or go
+	// Flags are the CPU's feature flags (/proc/cpuinfo "flags"), nil when unknown.
+	Flags map[string]bool
 }
 
 // PeakGFLOPS is the theoretical fp32 peak, or 0 when the clock is unknown.
@@ -101,6 +103,7 @@ func parseCPUInfo(data []byte, cores int) Machine {
 			}
 		}
 	}
+	m.Flags = flags
 	switch {
 	case flags["avx512f"]:
 		m.FlopsPerCycle, m.ISA = 64, "avx512f"

@@ -176,6 +176,7 @@ func NF4Matmul(ctx context.Context, opt Options) (Row, error) {
 		Name:       "nf4_matmul",
 		Size:       fmt.Sprintf("%dx%d * (%dx%d NF4)^T", tokens, in, out, in),
 		PeakGFLOPS: DescribeMachine().PeakGFLOPS(),
+		Kernel:     sgemm.Implementation(),
 		Extra:      map[string]any{"threads": t, "tile_rows": nf4Tile, "block": nf4Block},
 	}
 	rng := rand.New(rand.NewPCG(4, 5))
@@ -252,6 +253,7 @@ func NF4Matmul(ctx context.Context, opt Options) (Row, error) {
 	if peer != nil {
 		row.PeerGFLOPS = flop / median(peerS) / 1e9
 		row.Ratio = row.GFLOPS / row.PeerGFLOPS
+		checkPlausible(&row)
 	}
 	row.Extra["reps"] = opt.reps()
 	return row, nil

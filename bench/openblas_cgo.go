@@ -62,9 +62,11 @@ var (
 	obOnce sync.Once
 	obErr  error
 	obDesc string
+	obCore string
 )
 
-// loadOpenBLAS opens the library once and sets its thread count.
+// loadOpenBLAS opens the library once and sets its thread count. The core
+// type it runs is fixed at that moment (see choosePeerCore).
 func loadOpenBLAS(threads int) (*openBLAS, error) {
 	obOnce.Do(func() {
 		var msgs []string
@@ -74,13 +76,13 @@ func loadOpenBLAS(threads int) (*openBLAS, error) {
 			C.free(unsafe.Pointer(cs))
 			if msg == nil {
 				cfg := strings.TrimSpace(C.GoString(C.ob_cfg()))
-				core := strings.TrimSpace(C.GoString(C.ob_core()))
+				obCore = strings.TrimSpace(C.GoString(C.ob_core()))
 				obDesc = "OpenBLAS"
 				if cfg != "" {
 					obDesc = cfg
 				}
-				if core != "" && !strings.Contains(cfg, core) {
-					obDesc += " (" + core + ")"
+				if obCore != "" && !strings.Contains(cfg, obCore) {
+					obDesc += " (" + obCore + ")"
 				}
 				return
 			}
@@ -92,10 +94,22 @@ func loadOpenBLAS(threads int) (*openBLAS, error) {
 		return nil, obErr
 	}
 	C.ob_threads(C.int(threads))
-	return &openBLAS{desc: obDesc}, nil
+	return &openBLAS{desc: obDesc, core: obCore}, nil
 }
 
-type openBLAS struct{ desc string }
+// openBLASCore loads the library and reports its core type and build config.
+func openBLASCore() (core, config string, err error) {
+	ob, err := loadOpenBLAS(1)
+	if err != nil {
+		return "", "", err
+	}
+	return ob.core, ob.desc, nil
+}
+
+type openBLAS struct{ desc, core string }
+
+// Core is the core type (kernel family) the library runs, e.g. "SkylakeX".
+func (o *openBLAS) Core() string { return o.core }
 
 func (o *openBLAS) Name() string { return o.desc }
 

@@ -29,9 +29,10 @@ func WriteJSON(w io.Writer, r Row) error {
 // Table prints rows as an aligned, readable table. Call Row for each row,
 // then Flush.
 type Table struct {
-	tw     *tabwriter.Writer
-	header bool
-	notes  []string
+	tw       *tabwriter.Writer
+	header   bool
+	notes    []string
+	peerDesc string // the peer row's library, not repeated per row
 }
 
 // NewTable starts a table on w.
@@ -48,17 +49,46 @@ func (t *Table) Row(r Row) {
 	case "peak_rss":
 		t.notes = append(t.notes, fmt.Sprintf("peak RSS: %.0f MiB", r.Extra["mib"]))
 		return
+	case "peer":
+		if r.Peer == "" {
+			t.notes = append(t.notes, fmt.Sprintf("peer: none (%v)", r.Extra["peer_missing"]))
+			return
+		}
+		t.peerDesc = r.Peer
+		t.notes = appendOnce(t.notes, fmt.Sprintf("peer: %s, running its %s kernels; %v", r.Peer, r.PeerKernel, r.Extra["note"]))
+		return
 	}
 	if !t.header {
-		fmt.Fprintln(t.tw, "row\tsize\tGFLOPS\tGB/s\tpeer GFLOPS\tours/peer\t% of peak\tnotes")
+		fmt.Fprintln(t.tw, "row\tsize\tGFLOPS\tGB/s\tpeer GFLOPS\tours/peer\t% of peak\tkernel ours/peer\tnotes")
 		t.header = true
 	}
-	fmt.Fprintf(t.tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Size,
+	fmt.Fprintf(t.tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Size,
 		num(r.GFLOPS, "%.1f"), num(r.GBps, "%.1f"), num(r.PeerGFLOPS, "%.1f"), num(r.Ratio, "%.2fx"),
-		num(100*r.FractionOfPeak, "%.0f%%"), notes(r))
-	if r.Peer != "" {
+		num(100*r.FractionOfPeak, "%.0f%%"), kernels(r), notes(r))
+	if r.Peer != "" && r.Peer != t.peerDesc {
 		t.notes = appendOnce(t.notes, "peer: "+r.Peer)
 	}
+	if r.Warning != "" {
+		t.notes = append(t.notes, fmt.Sprintf("WARNING %s %s: %s", r.Name, r.Size, r.Warning))
+	}
+}
+
+// kernels is the "ours / peer" kernel column.
+func kernels(r Row) string {
+	switch {
+	case r.Kernel == "" && r.PeerKernel == "":
+		return "-"
+	case r.PeerKernel == "":
+		return r.Kernel
+	}
+	return orDash(r.Kernel) + " / " + r.PeerKernel
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // Flush writes the table and its notes.
@@ -118,7 +148,7 @@ func notes(r Row) string {
 		switch k {
 		case "dense_gflops", "copy_gbps":
 			parts = append(parts, fmt.Sprintf("%s %.1f", k, r.Extra[k]))
-		case "tokens_per_s":
+		case "tokens_per_s", "tokens_per_s_incl_warmup", "peer_tokens_per_s":
 			parts = append(parts, fmt.Sprintf("%s %.0f", k, r.Extra[k]))
 		case "max_rel_diff_vs_peer":
 			parts = append(parts, fmt.Sprintf("diff vs peer %.1e", r.Extra[k]))

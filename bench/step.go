@@ -22,6 +22,7 @@ import (
 
 	"github.com/opencluster/opencluster/train"
 	"github.com/opencluster/opencluster/train/backend"
+	"github.com/opencluster/opencluster/train/backend/sgemm"
 )
 
 // Step modes, the part after the slash in a step name ("small/qlora").
@@ -239,7 +240,7 @@ func stepTarget(quick bool) (seconds float64, maxSteps int) {
 // (0.5 s with Quick; always at least one), each timed alone, and the median.
 // tokens/s = batch_size*seq_len / median step time.
 func TrainStep(ctx context.Context, preset, mode string, cfg train.Config, sc StepConfig) (Row, error) {
-	row := Row{Name: "train_step", Size: preset + "/" + mode, PeakGFLOPS: sc.PeakGFLOPS}
+	row := Row{Name: "train_step", Size: preset + "/" + mode, PeakGFLOPS: sc.PeakGFLOPS, Kernel: sgemm.Implementation()}
 	if mode != ModePretrain && mode != ModeQLoRA {
 		return row, fmt.Errorf("train step %s: mode %q is not %s or %s", preset, mode, ModePretrain, ModeQLoRA)
 	}
@@ -255,9 +256,11 @@ func TrainStep(ctx context.Context, preset, mode string, cfg train.Config, sc St
 		return row, fmt.Errorf("train step %s/%s: %w", preset, mode, err)
 	}
 	st := newStepper(m, cfg)
+	w0 := time.Now()
 	if err := st.run(); err != nil { // warm-up
 		return row, fmt.Errorf("train step %s/%s: %w", preset, mode, err)
 	}
+	warm := time.Since(w0).Seconds()
 	target, maxSteps := stepTarget(sc.Quick)
 	var times []float64
 	var total float64
@@ -285,17 +288,19 @@ func TrainStep(ctx context.Context, preset, mode string, cfg train.Config, sc St
 		row.FractionOfPeak = row.GFLOPS / row.PeakGFLOPS
 	}
 	row.Extra = map[string]any{
-		"tokens_per_s":     tokens / sec,
-		"seconds_per_step": sec,
-		"steps_timed":      len(times),
-		"batch":            st.B,
-		"seq_len":          st.T,
-		"params":           cfg.Model.NumParams(),
-		"trainable":        m.NumTrainable(),
-		"flops_per_token":  fl.PerToken,
-		"flops_formula":    fl.Formula,
-		"threads":          threadsOf(sc.Threads),
-		"loss":             st.lastLoss,
+		"tokens_per_s":             tokens / sec,
+		"tokens_per_s_incl_warmup": tokens * float64(1+len(times)) / (warm + total),
+		"warmup_seconds":           warm,
+		"seconds_per_step":         sec,
+		"steps_timed":              len(times),
+		"batch":                    st.B,
+		"seq_len":                  st.T,
+		"params":                   cfg.Model.NumParams(),
+		"trainable":                m.NumTrainable(),
+		"flops_per_token":          fl.PerToken,
+		"flops_formula":            fl.Formula,
+		"threads":                  threadsOf(sc.Threads),
+		"loss":                     st.lastLoss,
 	}
 	if mode == ModeQLoRA {
 		row.Extra["quant"] = fmt.Sprintf("%s block %d double_quant %v", cfg.Quant.Format, cfg.Quant.BlockSize, cfg.Quant.DoubleQuant)

@@ -16,6 +16,13 @@ import (
 const stepChildEnv = "OPENCLUSTER_BENCH_TEST_STEP_CHILD"
 
 func TestMain(m *testing.M) {
+	if os.Getenv(probeChildEnv) != "" {
+		if err := ProbeOpenBLAS(os.Stdout); err != nil {
+			os.Stderr.WriteString(err.Error() + "\n")
+			os.Exit(3)
+		}
+		os.Exit(0)
+	}
 	if base := os.Getenv(stepChildEnv); base != "" {
 		if err := RunStepChild(context.Background(), "tiny", tinyConfig(), base, 1, os.Stdout); err != nil {
 			os.Stderr.WriteString(err.Error() + "\n")

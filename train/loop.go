@@ -255,7 +255,8 @@ func Run(ctx context.Context, opts RunOptions) (Result, error) {
 	res.ValLoss = res.InitialValLoss
 	report(Event{Kind: EventEval, Step: step, ValLoss: res.InitialValLoss, HasVal: true})
 
-	var busyTotal time.Duration
+	var busyTotal, busyWarmup time.Duration
+	done := 0 // steps this run
 	scale := float32(1) / float32(tc.GradAccum)
 	tokensPerStep := int64(tc.GradAccum * tc.BatchSize * tc.SeqLen)
 	for step < tc.Steps {
@@ -306,6 +307,10 @@ func Run(ctx context.Context, opts RunOptions) (Result, error) {
 		m.OptimizerStep(tc, lr, next)
 		busy := time.Since(t0)
 		busyTotal += busy
+		if done < WarmupSteps {
+			busyWarmup += busy
+		}
+		done++
 		if opts.Governor != nil {
 			opts.Governor.StepDone(busy)
 		}
@@ -314,8 +319,8 @@ func Run(ctx context.Context, opts RunOptions) (Result, error) {
 		res.Tokens += tokensPerStep
 		res.Losses = append(res.Losses, loss)
 
-		e := Event{Kind: EventStep, Step: step, Loss: loss, LR: lr, GradNorm: norm,
-			TokensPerS: float64(res.Tokens) / math.Max(busyTotal.Seconds(), 1e-9)}
+		steady, incl := rates(res.Tokens, tokensPerStep, done, busyTotal, busyWarmup)
+		e := Event{Kind: EventStep, Step: step, Loss: loss, LR: lr, GradNorm: norm, TokensPerS: steady, TokensPerSInclWarmup: incl}
 		if (tc.EvalEvery > 0 && step%tc.EvalEvery == 0) || step == tc.Steps {
 			v, err := evaluate()
 			if err != nil {
@@ -345,13 +350,27 @@ func Run(ctx context.Context, opts RunOptions) (Result, error) {
 	}
 	res.Out = opts.Out
 	res.Elapsed = time.Since(start)
-	tps := 0.0
-	if busyTotal > 0 {
-		tps = float64(res.Tokens) / busyTotal.Seconds()
-	}
+	steady, incl := rates(res.Tokens, tokensPerStep, done, busyTotal, busyWarmup)
 	report(Event{Kind: EventSummary, Step: step, Loss: lastOr(res.Losses, math.NaN()), ValLoss: res.ValLoss, HasVal: true,
-		InitialValLoss: res.InitialValLoss, Tokens: res.Tokens, TokensPerS: tps, Out: opts.Out})
+		InitialValLoss: res.InitialValLoss, Tokens: res.Tokens, TokensPerS: steady, TokensPerSInclWarmup: incl, Out: opts.Out})
 	return res, nil
+}
+
+// WarmupSteps is how many first steps of a run the steady tokens/s leaves
+// out: the first step allocates the activations and AdamW moments, faults
+// their pages in and runs on cold caches (2x slower or more on a 113M model).
+const WarmupSteps = 1
+
+// rates returns the steady tokens/s (steps after the warm-up; 0 while there
+// are none) and the rate over every step of the run.
+func rates(tokens, tokensPerStep int64, steps int, busy, busyWarmup time.Duration) (steady, incl float64) {
+	if busy > 0 {
+		incl = float64(tokens) / busy.Seconds()
+	}
+	if steps > WarmupSteps && busy > busyWarmup {
+		steady = float64(tokens-int64(WarmupSteps)*tokensPerStep) / (busy - busyWarmup).Seconds()
+	}
+	return steady, incl
 }
 
 func lastOr(xs []float64, def float64) float64 {

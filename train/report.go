@@ -25,16 +25,22 @@ const (
 
 // Event is one progress record of a training run.
 type Event struct {
-	Kind       EventKind
-	Step       int           // optimizer steps done so far (resumed steps included)
-	Steps      int           // train.steps: where the run ends
-	Loss       float64       // mean training loss of this step (summary: of the last step)
-	ValLoss    float64       // validation loss, when HasVal
-	HasVal     bool          // an evaluation ran at this step
-	LR         float64       // learning rate used by this step
-	GradNorm   float64       // global gradient norm before clipping
-	TokensPerS float64       // training tokens per second of compute in this run
-	Elapsed    time.Duration // wall time since Run started
+	Kind     EventKind
+	Step     int     // optimizer steps done so far (resumed steps included)
+	Steps    int     // train.steps: where the run ends
+	Loss     float64 // mean training loss of this step (summary: of the last step)
+	ValLoss  float64 // validation loss, when HasVal
+	HasVal   bool    // an evaluation ran at this step
+	LR       float64 // learning rate used by this step
+	GradNorm float64 // global gradient norm before clipping
+	// TokensPerS is the steady rate: training tokens per second of compute
+	// in this run, leaving out its first step (which allocates activations
+	// and optimizer moments and faults their pages in, and runs cold; see
+	// WarmupSteps). It is 0 until a step after the warm-up is done.
+	TokensPerS float64
+	// TokensPerSInclWarmup counts every step of this run, the first included.
+	TokensPerSInclWarmup float64
+	Elapsed              time.Duration // wall time since Run started
 
 	// Summary only.
 	InitialValLoss float64 // validation loss before this run's first step
@@ -63,6 +69,7 @@ type jsonEvent struct {
 	LR             *float64  `json:"lr,omitempty"`
 	GradNorm       *float64  `json:"grad_norm,omitempty"`
 	TokensPerS     *float64  `json:"tokens_per_s,omitempty"`
+	TokensInclWU   *float64  `json:"tokens_per_s_incl_warmup,omitempty"`
 	ElapsedS       float64   `json:"elapsed_s"`
 	InitialValLoss *float64  `json:"initial_val_loss,omitempty"`
 	Tokens         *int64    `json:"tokens,omitempty"`
@@ -75,6 +82,23 @@ func finite(x float64) *float64 {
 		return nil
 	}
 	return &x
+}
+
+// positive is finite for a rate: 0 (not measured yet) is left out too.
+func positive(x float64) *float64 {
+	if !(x > 0) {
+		return nil
+	}
+	return finite(x)
+}
+
+// steadyOr is the steady rate, or the rate with the warm-up while no later
+// step is done (for displays that always show a figure).
+func steadyOr(e Event) float64 {
+	if e.TokensPerS > 0 {
+		return e.TokensPerS
+	}
+	return e.TokensPerSInclWarmup
 }
 
 // JSONReporter writes one JSON object per line: every step with step, loss,
@@ -96,9 +120,11 @@ func (r *JSONReporter) Report(e Event) {
 	}
 	switch e.Kind {
 	case EventStep:
-		j.Loss, j.LR, j.GradNorm, j.TokensPerS = finite(e.Loss), finite(e.LR), finite(e.GradNorm), finite(e.TokensPerS)
+		j.Loss, j.LR, j.GradNorm, j.TokensPerS = finite(e.Loss), finite(e.LR), finite(e.GradNorm), positive(e.TokensPerS)
+		j.TokensInclWU = positive(e.TokensPerSInclWarmup)
 	case EventSummary:
-		j.Loss, j.TokensPerS, j.InitialValLoss = finite(e.Loss), finite(e.TokensPerS), finite(e.InitialValLoss)
+		j.Loss, j.TokensPerS, j.InitialValLoss = finite(e.Loss), positive(e.TokensPerS), finite(e.InitialValLoss)
+		j.TokensInclWU = positive(e.TokensPerSInclWarmup)
 		j.Tokens, j.Out = &e.Tokens, e.Out
 	}
 	r.mu.Lock()
@@ -122,10 +148,10 @@ func (r LogReporter) Report(e Event) {
 		l.Info("evaluation", "step", e.Step, "val_loss", round4(e.ValLoss))
 	case e.Kind == EventStep && e.HasVal:
 		l.Info("training", "step", e.Step, "steps", e.Steps, "loss", round4(e.Loss), "val_loss", round4(e.ValLoss),
-			"lr", e.LR, "grad_norm", round4(e.GradNorm), "tokens_per_s", math.Round(e.TokensPerS), "elapsed", e.Elapsed.Round(time.Millisecond))
+			"lr", e.LR, "grad_norm", round4(e.GradNorm), "tokens_per_s", math.Round(steadyOr(e)), "elapsed", e.Elapsed.Round(time.Millisecond))
 	case e.Kind == EventSummary:
 		l.Info("done", "steps", e.Step, "initial_val_loss", round4(e.InitialValLoss), "val_loss", round4(e.ValLoss),
-			"tokens", e.Tokens, "tokens_per_s", math.Round(e.TokensPerS), "elapsed", e.Elapsed.Round(time.Millisecond), "out", e.Out)
+			"tokens", e.Tokens, "tokens_per_s", math.Round(steadyOr(e)), "tokens_per_s_incl_warmup", math.Round(e.TokensPerSInclWarmup), "elapsed", e.Elapsed.Round(time.Millisecond), "out", e.Out)
 	}
 }
 
@@ -167,8 +193,8 @@ func (p *ProgressBar) Report(e Event) {
 		p.lastDrawAt = e.Elapsed
 		fmt.Fprint(p.W, "\r"+p.line(e)+"\x1b[K")
 	case EventSummary:
-		fmt.Fprintf(p.W, "\rdone: %d steps, val loss %.4f -> %.4f, %.0f tokens/s, %s\x1b[K\n",
-			e.Step, e.InitialValLoss, e.ValLoss, e.TokensPerS, e.Elapsed.Round(time.Second))
+		fmt.Fprintf(p.W, "\rdone: %d steps, val loss %.4f -> %.4f, %.0f tokens/s (%.0f with the first step), %s\x1b[K\n",
+			e.Step, e.InitialValLoss, e.ValLoss, steadyOr(e), e.TokensPerSInclWarmup, e.Elapsed.Round(time.Second))
 	}
 }
 
@@ -191,7 +217,7 @@ func (p *ProgressBar) line(e Event) string {
 	if p.hasVal {
 		s += fmt.Sprintf(" val %.4f", p.val)
 	}
-	s += fmt.Sprintf(" %.0f tok/s", e.TokensPerS)
+	s += fmt.Sprintf(" %.0f tok/s", steadyOr(e))
 	if done := e.Step - p.first; done > 0 && e.Step < e.Steps {
 		per := (e.Elapsed - p.firstAt) / time.Duration(done)
 		s += " ETA " + fmtDuration(per*time.Duration(e.Steps-e.Step))

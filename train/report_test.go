@@ -95,3 +95,33 @@ func TestProgressBar(t *testing.T) {
 		t.Errorf("fmtDuration = %q", got)
 	}
 }
+
+func TestRatesLeaveOutTheWarmup(t *testing.T) {
+	// Five steps of 100 tokens: the first took 2 s, the other four 0.5 s each.
+	steady, incl := rates(500, 100, 5, 4*time.Second, 2*time.Second)
+	if math.Abs(steady-200) > 1e-9 || math.Abs(incl-125) > 1e-9 {
+		t.Fatalf("steady %v incl %v, want 200 and 125", steady, incl)
+	}
+	if steady, incl := rates(100, 100, 1, 2*time.Second, 2*time.Second); steady != 0 || incl != 50 {
+		t.Fatalf("after one step: steady %v incl %v, want 0 (not measured yet) and 50", steady, incl)
+	}
+
+	var buf bytes.Buffer
+	r := NewJSONReporter(&buf)
+	r.Report(Event{Kind: EventStep, Step: 1, Steps: 5, Loss: 5, TokensPerSInclWarmup: 50})
+	r.Report(Event{Kind: EventSummary, Step: 5, Steps: 5, Loss: 4, TokensPerS: 200, TokensPerSInclWarmup: 125})
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	var first, sum map[string]any
+	if err := json.Unmarshal([]byte(lines[0]), &first); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(lines[1]), &sum); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := first["tokens_per_s"]; ok || first["tokens_per_s_incl_warmup"] != 50.0 {
+		t.Errorf("first step: %s; want no steady rate yet and tokens_per_s_incl_warmup 50", lines[0])
+	}
+	if sum["tokens_per_s"] != 200.0 || sum["tokens_per_s_incl_warmup"] != 125.0 {
+		t.Errorf("summary %s", lines[1])
+	}
+}

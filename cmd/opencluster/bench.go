@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -37,13 +38,17 @@ func init() {
 	f.Bool("quick", false, "fewer repetitions and smaller sizes (for CI)")
 	f.Int("threads", 0, "threads for our kernels and the peer (0: every core)")
 	f.Bool("no-peer", false, "skip the OpenBLAS peer even when it is installed")
+	f.String("peer-coretype", bench.PeerCoreAuto, "OpenBLAS kernels for the peer: auto (when the library's own choice is older than this CPU, force the newest core the CPU runs), keep, or a core name such as SkylakeX")
 	f.String("out", "", "also write the JSON rows to this file (atomically)")
 	f.Bool("no-steps", false, "skip the training-step rows")
 	// The child process behind the train_step_peak_rss row (bench.RunStepChild).
 	f.String("step-child", "", "internal: run one QLoRA step of this preset and print its peak RSS")
 	f.String("step-base", "", "internal: the packed 4-bit base the step child loads")
+	// The child process that reports which core OpenBLAS picks (bench.ProbeOpenBLAS).
+	f.Bool("peer-probe", false, "internal: load OpenBLAS and print the core type it picked")
 	_ = f.MarkHidden("step-child")
 	_ = f.MarkHidden("step-base")
+	_ = f.MarkHidden("peer-probe")
 	rootCmd.AddCommand(benchCmd)
 }
 
@@ -62,6 +67,10 @@ func runBench(cmd *cobra.Command, _ []string) error {
 	noPeer, _ := f.GetBool("no-peer")
 	out, _ := f.GetString("out")
 	noSteps, _ := f.GetBool("no-steps")
+	coretype, _ := f.GetString("peer-coretype")
+	if probe, _ := f.GetBool("peer-probe"); probe {
+		return bench.ProbeOpenBLAS(cmd.OutOrStdout())
+	}
 	if child, _ := f.GetString("step-child"); child != "" {
 		base, _ := f.GetString("step-base")
 		cfg, err := loadPreset(child)
@@ -84,7 +93,7 @@ func runBench(cmd *cobra.Command, _ []string) error {
 		return fmt.Errorf("--threads %d: must be 0 (every core) or more", threads)
 	}
 
-	opt := bench.Options{Quick: quick, Threads: threads, NoPeer: noPeer}
+	opt := bench.Options{Quick: quick, Threads: threads, NoPeer: noPeer, PeerCoreType: coretype, Probe: peerProbe}
 	if !noSteps {
 		presets := map[string]train.Config{}
 		for _, name := range []string{"tiny", "small"} {
@@ -176,4 +185,25 @@ func stepChild(threads int) func(ctx context.Context, preset, base string) *exec
 		return exec.CommandContext(ctx, exe, "bench", "--device", "cpu", "--threads", strconv.Itoa(threads),
 			"--step-child", preset, "--step-base", base)
 	}
+}
+
+// peerProbe runs this binary as the OpenBLAS probe child: a fresh process,
+// since the library fixes its core type when it loads.
+func peerProbe(ctx context.Context, coretype string, inherit bool) (bench.ProbeResult, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		exe = os.Args[0]
+	}
+	cmd := exec.CommandContext(ctx, exe, "bench", "--device", "cpu", "--peer-probe")
+	env := bench.ProbeEnv(os.Environ(), coretype, inherit)
+	cmd.Env = env
+	out, err := cmd.Output()
+	if err != nil {
+		return bench.ProbeResult{}, fmt.Errorf("%s --peer-probe: %w", exe, err)
+	}
+	var res bench.ProbeResult
+	if err := json.Unmarshal(out, &res); err != nil {
+		return res, fmt.Errorf("%s --peer-probe printed %q: %w", exe, out, err)
+	}
+	return res, nil
 }
