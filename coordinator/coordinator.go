@@ -64,6 +64,11 @@ type Options struct {
 	BaseModelPath string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
+	// Events receives the dashboard events (docs/events.md); nil for none.
+	Events EventSink
+	// GridGPerKWh is the carbon intensity the dashboard's CO2 figures use
+	// (grams per kWh); 0 leaves CO2 out as unknown.
+	GridGPerKWh float64
 }
 
 // Coordinator is one coordinator's rounds. Its methods are safe for
@@ -82,6 +87,7 @@ type Coordinator struct {
 	log          *slog.Logger
 	base         string // base model hash
 	M            *Metrics
+	ev           *events // dashboard events
 
 	mu        sync.Mutex
 	cur       Round
@@ -114,6 +120,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Coordinator, error) {
 	if c.log == nil {
 		c.log = slog.Default()
 	}
+	c.ev = newEvents(opts.Events, c.clock, opts.GridGPerKWh)
 	for _, d := range []string{blobsDir, updatesDir} {
 		if err := os.MkdirAll(filepath.Join(c.dir, d), 0o755); err != nil {
 			return nil, fmt.Errorf("coordinator: %w", err)
@@ -142,6 +149,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Coordinator, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.ev.replay(ctx, c)
 	return c, nil
 }
 
@@ -260,6 +268,7 @@ func (c *Coordinator) setRound(r Round) {
 	}
 	c.accepted, c.rejected, c.nAccepted = map[string]bool{}, map[string]int{}, 0
 	c.notify()
+	c.ev.roundChanged(r)
 }
 
 // notify wakes every long-poll waiting on Changed.
@@ -312,6 +321,8 @@ func (c *Coordinator) putBlob(ctx context.Context, kind string, data []byte) (st
 func (c *Coordinator) Step(ctx context.Context) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	now := c.clock.Now()
+	c.ev.sweep(now, c.cfg.SeenWithin/4, func() ([]Worker, error) { return c.store.Workers(ctx, now.Add(-c.cfg.SeenWithin)) })
 	for i := 0; i < 8; i++ { // a few transitions per call at most
 		moved, err := c.stepLocked(ctx)
 		if err != nil || !moved {
@@ -376,6 +387,7 @@ func (c *Coordinator) stepLocked(ctx context.Context) (bool, error) {
 				return false, err
 			}
 			c.cur = r
+			c.ev.roundChanged(r)
 			c.log.Warn("coordinator: too few updates at the deadline; extended", "round", r.ID, "accepted", c.nAccepted, "min_updates", c.cfg.MinUpdates, "extension", r.Extensions)
 			return false, nil
 		}
@@ -423,6 +435,7 @@ func (c *Coordinator) restart(ctx context.Context, now time.Time) error {
 		c.cohort[w] = true
 	}
 	c.notify()
+	c.ev.roundChanged(r)
 	c.log.Warn("coordinator: round restarted with a new cohort", "round", r.ID, "accepted", c.nAccepted, "min_updates", c.cfg.MinUpdates, "cohort", len(r.Cohort))
 	return nil
 }
@@ -441,6 +454,7 @@ func (c *Coordinator) aggregate(ctx context.Context, why string) error {
 		}
 		c.cur = r
 		c.notify()
+		c.ev.roundChanged(r)
 	}
 	ups, err := c.store.Updates(ctx, r.ID)
 	if err != nil {
@@ -505,6 +519,11 @@ func (c *Coordinator) aggregate(ctx context.Context, why string) error {
 		return err
 	}
 	c.M.roundClosed(now.Sub(r.Started))
+	if last, ok := c.ledger.Last(); ok && last.Round == r.ID {
+		c.ev.closed(r, &last, ups, c.n)
+	} else {
+		c.ev.closed(r, nil, ups, c.n)
+	}
 	c.log.Info("coordinator: round closed", "round", r.ID, "why", why, "updates", len(cs), "bytes", bytesIn, "adapter", newHash[:12])
 	c.adapter, c.opt, c.optHash = theta, opt, optHash
 	return c.openNext(ctx, r)
@@ -570,6 +589,10 @@ func (c *Coordinator) Register(ctx context.Context, req protocol.RegisterRequest
 	if len(req.Name) > 128 || len(req.Device) > 256 || len(req.ClientVersion) > 64 {
 		return protocol.RegisterResponse{}, reject(400, "malformed", "register: name (<=128), device (<=256) or client_version (<=64) too long")
 	}
+	region, placed, err := protocol.LookupRegion(req.Region)
+	if err != nil {
+		return protocol.RegisterResponse{}, reject(400, "bad_region", "register: %v", err)
+	}
 	now := c.clock.Now()
 	id := "w-" + protocol.KeyID(pub)
 	w, err := c.store.RegisterWorker(ctx, Worker{ID: id, PublicKey: pub, Name: req.Name, Device: req.Device, Registered: now, LastSeen: now})
@@ -585,6 +608,7 @@ func (c *Coordinator) Register(ctx context.Context, req protocol.RegisterRequest
 	if n, err := c.store.CountWorkers(ctx); err == nil {
 		c.M.workers.Store(int64(n))
 	}
+	c.ev.registered(id, region, placed, req.Device)
 	select { // an open round may now have enough workers
 	case c.kick <- struct{}{}:
 	default:
@@ -605,12 +629,14 @@ func (c *Coordinator) Work(ctx context.Context, workerID string) (*protocol.Roun
 	if err := c.store.TouchWorker(ctx, workerID, c.clock.Now()); err != nil {
 		return nil, err
 	}
+	c.ev.seen(workerID)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	r := c.cur
 	if r.State != StateCollecting || !c.cohort[workerID] || c.accepted[workerID] {
 		return nil, nil
 	}
+	c.ev.took(r, workerID, blobSize(c.blobDir(), r.BaseAdapter))
 	return c.roundInfo(), nil
 }
 
@@ -724,6 +750,7 @@ func (c *Coordinator) submit(ctx context.Context, body []byte) (protocol.UploadR
 	}
 	c.nAccepted++
 	c.accepted[u.WorkerID] = true
+	c.ev.accepted(c.cur, u.WorkerID, int64(len(body)), late)
 	if c.nAccepted >= c.quorum() {
 		select {
 		case c.kick <- struct{}{}:

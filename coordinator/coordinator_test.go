@@ -73,7 +73,7 @@ type env struct {
 	client *http.Client
 }
 
-func newEnv(t *testing.T, dir string, cfg Config, clock *fakeClock, openStore func() Store) *env {
+func newEnv(t *testing.T, dir string, cfg Config, clock *fakeClock, openStore func() Store, with ...func(*Options)) *env {
 	t.Helper()
 	e := &env{t: t, dir: dir, cfg: cfg, clock: clock}
 	if openStore != nil {
@@ -94,7 +94,11 @@ func newEnv(t *testing.T, dir string, cfg Config, clock *fakeClock, openStore fu
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.c, err = New(context.Background(), cfg, Options{Dir: dir, Store: e.store, Ledger: led, Key: key, Clock: clock, Logger: quiet})
+	opts := Options{Dir: dir, Store: e.store, Ledger: led, Key: key, Clock: clock, Logger: quiet}
+	for _, f := range with {
+		f(&opts)
+	}
+	e.c, err = New(context.Background(), cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

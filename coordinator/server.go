@@ -313,7 +313,9 @@ func (s *Server) blob(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("ETag", `"`+sha+`"`)
 	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
 	w.Header().Set("X-OpenCluster-Kind", b.Kind)
-	http.ServeContent(w, r, "", b.Created, f)
+	cw := &countingWriter{ResponseWriter: w}
+	http.ServeContent(cw, r, "", b.Created, f)
+	s.c.ev.served(cw.n)
 }
 
 // upload is POST /v1/updates with one binary update as the body.
@@ -438,3 +440,17 @@ func makeSelfSigned(certFile, keyFile string, extraHosts []string) error {
 	}
 	return atomicfile.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
 }
+
+// countingWriter counts the body bytes written (the dashboard's bytes down).
+type countingWriter struct {
+	http.ResponseWriter
+	n int64
+}
+
+func (w *countingWriter) Write(b []byte) (int, error) {
+	n, err := w.ResponseWriter.Write(b)
+	w.n += int64(n)
+	return n, err
+}
+
+func (w *countingWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }

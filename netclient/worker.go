@@ -39,6 +39,9 @@ type Options struct {
 	State *StateDir
 	// Name, Device and Version describe the worker at registration.
 	Name, Device, Version string
+	// Region is the country code the owner chose to be shown in on the
+	// dashboard (protocol.LookupRegion), or "" to stay unplaced.
+	Region string
 	// LoadConfig returns the train, lora and quant sections for a round's
 	// model name (a configs/ preset such as "tiny").
 	LoadConfig func(model string) (train.Config, error)
@@ -166,7 +169,7 @@ func (w *Worker) Register(ctx context.Context) error {
 	w.report(Event{Phase: PhaseRegister})
 	req := protocol.RegisterRequest{
 		PublicKey: protocol.EncodePublicKey(st.Public()), Name: w.o.Name,
-		ClientVersion: w.o.Version, Device: w.o.Device,
+		ClientVersion: w.o.Version, Device: w.o.Device, Region: w.o.Region,
 	}
 	var resp protocol.RegisterResponse
 	err := w.retry(ctx, "register", 0, time.Time{}, func() error {

@@ -21,6 +21,10 @@ type RegisterRequest struct {
 	Device string `json:"device,omitempty"`
 	// MemoryBytes is the memory available for training on that device.
 	MemoryBytes int64 `json:"memory_bytes,omitempty"`
+	// Region is the country the volunteer chose to be shown in on the
+	// dashboard (ISO 3166-1 alpha-2, see LookupRegion), or "" to stay
+	// unplaced. Opt-in: the coordinator never derives it from an address.
+	Region string `json:"region,omitempty"`
 }
 
 // RegisterResponse gives the worker its id.

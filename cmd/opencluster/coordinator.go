@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -14,6 +16,7 @@ import (
 	"github.com/opencluster/opencluster/coordinator"
 	"github.com/opencluster/opencluster/coordinator/ledger"
 	"github.com/opencluster/opencluster/protocol"
+	"github.com/opencluster/opencluster/web"
 	"github.com/spf13/cobra"
 )
 
@@ -30,6 +33,7 @@ type coordinatorConfig struct {
 	RatePerSecond  float64       `mapstructure:"rate_per_second"`
 	RateBurst      int           `mapstructure:"rate_burst"`
 	Tick           time.Duration `mapstructure:"tick"`
+	GridGPerKWh    float64       `mapstructure:"grid_g_per_kwh"`
 	Rounds         roundsConfig  `mapstructure:"rounds"`
 }
 
@@ -87,6 +91,9 @@ func loadCoordinatorConfig(cmd *cobra.Command) (coordinatorConfig, error) {
 	}
 	if cfg.Tick <= 0 {
 		return cfg, fmt.Errorf("tick %v: want > 0", cfg.Tick)
+	}
+	if math.IsNaN(cfg.GridGPerKWh) || cfg.GridGPerKWh < 0 || cfg.GridGPerKWh > 2000 {
+		return cfg, fmt.Errorf("grid_g_per_kwh %v: want 0 (unknown) to 2000 grams of CO2 per kWh", cfg.GridGPerKWh)
 	}
 	if cfg.RatePerSecond < 0 || cfg.RateBurst < 0 || (cfg.RatePerSecond > 0 && cfg.RateBurst < 1) {
 		return cfg, fmt.Errorf("rate_per_second %v, rate_burst %d: want >= 0, and a burst >= 1 when limiting", cfg.RatePerSecond, cfg.RateBurst)
@@ -146,8 +153,11 @@ func runCoordinator(cmd *cobra.Command, _ []string) error {
 			return fmt.Errorf("initial_adapter %s: %w", cfg.InitialAdapter, err)
 		}
 	}
+	hub := web.NewHub(web.HubOptions{Source: protocol.SourceLive, CoordinatorKey: protocol.EncodePublicKey(key.Public().(ed25519.PublicKey)),
+		Model: cfg.Rounds.Model})
+	defer hub.Close()
 	c, err := coordinator.New(ctx, cfg.Rounds.Config, coordinator.Options{Dir: dir, Store: store, Ledger: led, Key: key,
-		InitialAdapter: init, BaseModelPath: cfg.BaseModel})
+		InitialAdapter: init, BaseModelPath: cfg.BaseModel, Events: hub, GridGPerKWh: cfg.GridGPerKWh})
 	if err != nil {
 		return err
 	}
@@ -162,7 +172,8 @@ func runCoordinator(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", cfg.Listen, err)
 	}
-	srv := coordinator.HTTPServer(coordinator.NewServer(c, coordinator.ServerOptions{RatePerSecond: cfg.RatePerSecond, Burst: cfg.RateBurst}), tlsCfg)
+	api := coordinator.NewServer(c, coordinator.ServerOptions{RatePerSecond: cfg.RatePerSecond, Burst: cfg.RateBurst})
+	srv := coordinator.HTTPServer(web.Handler(hub, api), tlsCfg)
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go c.Run(runCtx, cfg.Tick)
@@ -171,6 +182,7 @@ func runCoordinator(cmd *cobra.Command, _ []string) error {
 	slog.Info("coordinator: serving", "url", "https://"+ln.Addr().String(), "dir", dir, "db", cfg.DB,
 		"key", protocol.EncodePublicKey(c.PublicKey()))
 	fmt.Fprintf(cmd.OutOrStdout(), "coordinator listening on https://%s\n", ln.Addr())
+	fmt.Fprintf(cmd.OutOrStdout(), "dashboard: open https://%s/ (live; the certificate is %s)\n", ln.Addr(), certNote(cfg.TLSCert, filepath.Join(dir, "tls.crt")))
 	select {
 	case err := <-errc:
 		if !errors.Is(err, http.ErrServerClosed) {
@@ -180,10 +192,19 @@ func runCoordinator(cmd *cobra.Command, _ []string) error {
 	}
 	slog.Info("coordinator: shutting down")
 	cancel()
+	hub.Close() // end the dashboards' streams so Shutdown need not wait for them
 	shCtx, shCancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer shCancel()
 	if err := srv.Shutdown(shCtx); err != nil {
 		srv.Close()
 	}
 	return nil
+}
+
+// certNote says which certificate a browser must trust for the dashboard.
+func certNote(operatorCert, selfSigned string) string {
+	if operatorCert != "" {
+		return operatorCert
+	}
+	return "self-signed, " + selfSigned + ": trust it in the browser or pass tls_cert/tls_key"
 }

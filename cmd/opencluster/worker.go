@@ -19,6 +19,7 @@ import (
 
 	"github.com/opencluster/opencluster/device"
 	"github.com/opencluster/opencluster/netclient"
+	"github.com/opencluster/opencluster/protocol"
 	"github.com/opencluster/opencluster/train"
 	"github.com/spf13/cobra"
 )
@@ -55,6 +56,7 @@ for a loopback coordinator.`,
 	f.String("pin", "", "SHA-256 fingerprint of the coordinator's certificate (hex)")
 	f.Bool("insecure", false, "skip certificate checks (loopback coordinators only)")
 	f.String("name", "", "display name sent at registration")
+	f.String("region", "", "opt in to being shown on the dashboard's globe in this country (ISO 3166-1 alpha-2, e.g. DE); never looked up from your address")
 	f.Int("threads", 0, "CPU threads for training; 0 uses every core")
 	f.Int("rounds", 0, "stop after this many rounds (0: run until interrupted)")
 	f.Duration("idle-exit", 0, "stop after this long without work (0: never)")
@@ -73,6 +75,7 @@ func runWorker(cmd *cobra.Command, _ []string) error {
 	pin, _ := f.GetString("pin")
 	insecure, _ := f.GetBool("insecure")
 	name, _ := f.GetString("name")
+	region, _ := f.GetString("region")
 	threads, _ := f.GetInt("threads")
 	rounds, _ := f.GetInt("rounds")
 	idle, _ := f.GetDuration("idle-exit")
@@ -82,6 +85,11 @@ func runWorker(cmd *cobra.Command, _ []string) error {
 	}
 	if dataDir == "" {
 		return errors.New("--data is required: a directory of your text files")
+	}
+	if r, ok, err := protocol.LookupRegion(region); err != nil {
+		return fmt.Errorf("--region: %w", err)
+	} else if ok {
+		region = r.Code
 	}
 	if stateDir == "" {
 		d, err := os.UserConfigDir()
@@ -121,7 +129,7 @@ func runWorker(cmd *cobra.Command, _ []string) error {
 		rep = netclient.NewJSONReporter(cmd.OutOrStdout())
 	}
 	w, err := netclient.New(netclient.Options{
-		Coordinator: coord, HTTP: hc, DataDir: dataDir, State: st, Name: name,
+		Coordinator: coord, HTTP: hc, DataDir: dataDir, State: st, Name: name, Region: region,
 		Device: fmt.Sprintf("cpu %d cores", runtime.NumCPU()), Version: workerVersion,
 		LoadConfig: func(model string) (train.Config, error) {
 			var c train.Config
