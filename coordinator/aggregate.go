@@ -1,11 +1,13 @@
 package coordinator
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
 	"math"
+	"slices"
 
 	"github.com/opencluster/opencluster/compress"
 )
@@ -14,9 +16,15 @@ import (
 // adapter concatenated in RoundInfo.Shapes order. A worker's update is the
 // displacement it trained, delta = local - global. The coordinator
 //
-//  1. bounds each delta's L2 norm (clip, or the update was rejected earlier),
-//  2. averages the deltas weighted by tokens trained (FedAvg), and
-//  3. hands the average to a server optimizer that moves the global adapter.
+//  1. bounds each delta's L2 norm by norm_bound, or by default by
+//     norm_bound_factor times the median norm of the round's updates
+//     (clipped to it, or left out under norm_policy reject),
+//  2. combines the deltas: their mean weighted by tokens trained (FedAvg),
+//     or a coordinate-wise trimmed mean or median (the aggregator key), and
+//  3. hands the result to a server optimizer that moves the global adapter.
+//
+// A round whose updates give no finite adapter closes as failed, its
+// adapter unchanged (ErrCannotAggregate), and the next round opens.
 //
 // With the plain "fedavg" optimizer and lr 1 the new global adapter is the
 // token-weighted mean of the workers' local adapters. The other optimizers
@@ -55,29 +63,47 @@ func ClipFactor(norm, bound float64) float64 {
 // of n elements. Weights must be finite and non-negative with a positive
 // sum; every delta must have n elements.
 func FedAvg(n int, cs []Contribution, bound float64) ([]float32, error) {
-	if len(cs) == 0 {
-		return nil, errors.New("coordinator: fedavg: no contributions")
+	if err := checkContributions(n, cs); err != nil {
+		return nil, err
 	}
-	var total float64
+	scale := make([]float64, len(cs))
+	for i, c := range cs {
+		scale[i] = ClipFactor(L2Norm(c.Delta), bound)
+	}
+	return weightedMean(n, cs, scale)
+}
+
+func checkContributions(n int, cs []Contribution) error {
+	if len(cs) == 0 {
+		return errors.New("coordinator: fedavg: no contributions")
+	}
 	for i, c := range cs {
 		if c.Delta == nil {
-			return nil, fmt.Errorf("coordinator: fedavg: contribution %d has no delta", i)
+			return fmt.Errorf("coordinator: fedavg: contribution %d has no delta", i)
 		}
 		if c.Delta.N != n {
-			return nil, fmt.Errorf("coordinator: fedavg: contribution %d has %d elements, want %d", i, c.Delta.N, n)
+			return fmt.Errorf("coordinator: fedavg: contribution %d has %d elements, want %d", i, c.Delta.N, n)
 		}
 		if math.IsNaN(c.Weight) || math.IsInf(c.Weight, 0) || c.Weight < 0 {
-			return nil, fmt.Errorf("coordinator: fedavg: contribution %d has weight %v, want finite and >= 0", i, c.Weight)
+			return fmt.Errorf("coordinator: fedavg: contribution %d has weight %v, want finite and >= 0", i, c.Weight)
 		}
+	}
+	return nil
+}
+
+// weightedMean is sum_i w_i*scale_i*delta_i / sum_i w_i, accumulated in
+// float64 so thousands of updates do not lose precision.
+func weightedMean(n int, cs []Contribution, scale []float64) ([]float32, error) {
+	var total float64
+	for _, c := range cs {
 		total += c.Weight
 	}
 	if total <= 0 {
 		return nil, errors.New("coordinator: fedavg: weights sum to 0")
 	}
-	// Accumulate in float64 so thousands of updates do not lose precision.
 	acc := make([]float64, n)
-	for _, c := range cs {
-		w := c.Weight / total * ClipFactor(L2Norm(c.Delta), bound)
+	for k, c := range cs {
+		w := c.Weight / total * scale[k]
 		if c.Delta.Index == nil {
 			for i, v := range c.Delta.Values {
 				acc[i] += w * float64(v)
@@ -93,6 +119,184 @@ func FedAvg(n int, cs []Contribution, bound float64) ([]float32, error) {
 		out[i] = float32(v)
 	}
 	return out, nil
+}
+
+// Aggregators: how the bounded deltas of a round become one.
+const (
+	// AggFedAvg is the token-weighted mean (FedAvg).
+	AggFedAvg = "fedavg"
+	// AggTrimmedMean is, per coordinate, the token-weighted mean of the
+	// values left after dropping the trim_fraction largest and smallest
+	// (Yin et al. 2018): a few outliers per coordinate cannot move it.
+	AggTrimmedMean = "trimmed_mean"
+	// AggMedian is the per-coordinate median, unweighted: robust while
+	// fewer than half the updates are hostile. With sparse codecs most
+	// coordinates are zero in most updates, so the median is mostly zero:
+	// it suits dense codecs or large cohorts.
+	AggMedian = "median"
+)
+
+// ErrCannotAggregate wraps the reason a round's updates give no usable
+// adapter: none is left after the norm bound, or the result is not
+// finite. The round then closes as failed with its adapter unchanged.
+var ErrCannotAggregate = errors.New("cannot aggregate")
+
+// Ledger reasons of updates that were accepted on upload but are not in
+// the aggregate. DroppedPrefix: the aggregation rule left it out (over the
+// norm bound with norm_policy reject); it still counts towards the
+// adaptive bound's median, so Recompute includes it in the candidates.
+// UnreadablePrefix: its stored copy could not be read back at aggregation
+// time; it is not a candidate.
+const (
+	DroppedPrefix    = "dropped:"
+	UnreadablePrefix = "unreadable:"
+)
+
+// aggOutcome is what the aggregation rule did besides the average.
+type aggOutcome struct {
+	// Bound is the L2 norm bound applied to every delta.
+	Bound float64
+	// Clipped counts the deltas scaled down to the bound.
+	Clipped int
+	// Dropped maps a contribution's index to why it was left out.
+	Dropped map[int]string
+}
+
+// normBound is the bound for a round whose deltas have these L2 norms:
+// norm_bound when set, else norm_bound_factor times their median (the
+// lower median: with two updates, the smaller norm), so a bound follows
+// the scale of honest updates without being configured and one hostile
+// update cannot raise it.
+func (c *Config) normBound(norms []float64) float64 {
+	if c.NormBound > 0 || len(norms) == 0 {
+		return c.NormBound
+	}
+	s := slices.Clone(norms)
+	slices.Sort(s)
+	return c.NormBoundFactor * s[(len(s)-1)/2]
+}
+
+// combine is the aggregation rule: bound every delta's L2 norm (clip it
+// to the bound, or drop it under norm_policy reject), then combine what is
+// left with the configured aggregator. Errors wrapping ErrCannotAggregate
+// mean the round's updates give nothing usable.
+func (c *Config) combine(n int, cs []Contribution) ([]float32, aggOutcome, error) {
+	out := aggOutcome{Dropped: map[int]string{}}
+	if err := checkContributions(n, cs); err != nil {
+		return nil, out, fmt.Errorf("%w: %v", ErrCannotAggregate, err)
+	}
+	norms := make([]float64, len(cs))
+	for i, ct := range cs {
+		norms[i] = L2Norm(ct.Delta)
+	}
+	out.Bound = c.normBound(norms)
+	var kept []Contribution
+	var scale []float64
+	for i, ct := range cs {
+		nm := norms[i]
+		switch {
+		case math.IsNaN(nm) || math.IsInf(nm, 0):
+			out.Dropped[i] = fmt.Sprintf("%s L2 norm is %v", DroppedPrefix, nm)
+			continue
+		case nm <= out.Bound:
+			scale = append(scale, 1)
+		case c.NormPolicy == NormReject:
+			out.Dropped[i] = fmt.Sprintf("%s L2 norm %.6g over the bound %.6g", DroppedPrefix, nm, out.Bound)
+			continue
+		default:
+			scale = append(scale, out.Bound/nm)
+			out.Clipped++
+		}
+		kept = append(kept, ct)
+	}
+	if len(kept) == 0 {
+		return nil, out, fmt.Errorf("%w: all %d updates are over the norm bound %.6g", ErrCannotAggregate, len(cs), out.Bound)
+	}
+	var avg []float32
+	var err error
+	switch c.Aggregator {
+	case AggTrimmedMean, AggMedian:
+		avg = coordinateWise(n, kept, scale, c.Aggregator, c.TrimFraction)
+	default:
+		avg, err = weightedMean(n, kept, scale)
+	}
+	if err != nil {
+		return nil, out, fmt.Errorf("%w: %v", ErrCannotAggregate, err)
+	}
+	for i, v := range avg {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return nil, out, fmt.Errorf("%w: the aggregate's element %d is %v", ErrCannotAggregate, i, v)
+		}
+	}
+	return avg, out, nil
+}
+
+// coordinateWise computes the trimmed mean or the median of the scaled
+// deltas coordinate by coordinate. It densifies a block of coordinates at
+// a time, so memory stays O(len(cs) * block) whatever n is. Ties sort by
+// contribution index, so the result never depends on sort stability.
+func coordinateWise(n int, cs []Contribution, scale []float64, kind string, trim float64) []float32 {
+	const block = 4096
+	k := len(cs)
+	out := make([]float32, n)
+	buf := make([]float64, k*block)
+	cursor := make([]int, k) // next position in each sparse Index
+	type val struct {
+		v, w float64
+		i    int
+	}
+	col := make([]val, k)
+	cut := int(trim * float64(k))
+	if 2*cut >= k {
+		cut = (k - 1) / 2
+	}
+	for lo := 0; lo < n; lo += block {
+		hi := min(lo+block, n)
+		clear(buf)
+		for j, ct := range cs {
+			row := buf[j*block : j*block+block]
+			if ct.Delta.Index == nil {
+				for i := lo; i < hi; i++ {
+					row[i-lo] = scale[j] * float64(ct.Delta.Values[i])
+				}
+				continue
+			}
+			p := cursor[j]
+			for p < len(ct.Delta.Index) && int(ct.Delta.Index[p]) < hi {
+				row[int(ct.Delta.Index[p])-lo] = scale[j] * float64(ct.Delta.Values[p])
+				p++
+			}
+			cursor[j] = p
+		}
+		for i := lo; i < hi; i++ {
+			for j := range cs {
+				col[j] = val{buf[j*block+i-lo], cs[j].Weight, j}
+			}
+			slices.SortFunc(col, func(a, b val) int {
+				if a.v != b.v {
+					return cmp.Compare(a.v, b.v)
+				}
+				return a.i - b.i
+			})
+			if kind == AggMedian {
+				m := col[(k-1)/2].v
+				if k%2 == 0 {
+					m = (m + col[k/2].v) / 2
+				}
+				out[i] = float32(m)
+				continue
+			}
+			var sum, wsum float64
+			for _, x := range col[cut : k-cut] {
+				sum += x.w * x.v
+				wsum += x.w
+			}
+			if wsum > 0 {
+				out[i] = float32(sum / wsum)
+			}
+		}
+	}
+	return out
 }
 
 // Server optimizer kinds.

@@ -71,10 +71,18 @@ type Config struct {
 	Late       string        `mapstructure:"late" json:"late"`
 	LateWeight float64       `mapstructure:"late_weight" json:"late_weight"`
 	LateGrace  time.Duration `mapstructure:"late_grace" json:"late_grace"`
-	// NormBound is the per-update L2 norm bound (0: none); NormPolicy is
+	// NormBound is a fixed per-update L2 norm bound; 0 (the default) makes
+	// the bound adaptive: NormBoundFactor times the median L2 norm of the
+	// round's updates. There is no unbounded setting. NormPolicy is
 	// NormClip or NormReject.
-	NormBound  float64 `mapstructure:"norm_bound" json:"norm_bound"`
-	NormPolicy string  `mapstructure:"norm_policy" json:"norm_policy"`
+	NormBound       float64 `mapstructure:"norm_bound" json:"norm_bound"`
+	NormBoundFactor float64 `mapstructure:"norm_bound_factor" json:"norm_bound_factor"`
+	NormPolicy      string  `mapstructure:"norm_policy" json:"norm_policy"`
+	// Aggregator combines the bounded deltas: AggFedAvg, AggTrimmedMean
+	// (dropping TrimFraction of the values at each end, per coordinate)
+	// or AggMedian.
+	Aggregator   string  `mapstructure:"aggregator" json:"aggregator"`
+	TrimFraction float64 `mapstructure:"trim_fraction" json:"trim_fraction"`
 	// Optimizer is the server optimizer.
 	Optimizer ServerOptimizer `mapstructure:"optimizer" json:"optimizer"`
 	// MaxUpdateBytes is the largest update body accepted.
@@ -107,12 +115,17 @@ func DefaultConfig() Config {
 		MaxExtensions: 2,
 		Recipe: protocol.Recipe{Steps: 20, LR: 1e-2, BatchTokens: 2048, MaxTokens: 1 << 20,
 			Codec: "topk:0.01+int8:256", Momentum: 0.9},
-		Late:           LateReject,
-		LateWeight:     0.5,
-		LateGrace:      time.Minute,
-		NormPolicy:     NormClip,
-		Optimizer:      ServerOptimizer{Kind: OptFedAvg, LR: 1, Momentum: 0.9, Beta1: 0.9, Beta2: 0.99, Eps: 1e-3},
-		MaxUpdateBytes: 64 << 20,
+		Late:       LateReject,
+		LateWeight: 0.5,
+		LateGrace:  time.Minute,
+		NormPolicy: NormClip,
+		// 3x the median: in `make demo` the largest honest update of a
+		// round is under 1.5x the median; a hostile one is cut to 3x.
+		NormBoundFactor: 3,
+		Aggregator:      AggFedAvg,
+		TrimFraction:    0.2,
+		Optimizer:       ServerOptimizer{Kind: OptFedAvg, LR: 1, Momentum: 0.9, Beta1: 0.9, Beta2: 0.99, Eps: 1e-3},
+		MaxUpdateBytes:  64 << 20,
 	}
 }
 
@@ -221,7 +234,18 @@ func (c *Config) Validate() error {
 		return bad("late_grace", c.LateGrace, ">= 0")
 	}
 	if math.IsNaN(c.NormBound) || math.IsInf(c.NormBound, 0) || c.NormBound < 0 {
-		return bad("norm_bound", c.NormBound, ">= 0 (0: no bound)")
+		return bad("norm_bound", c.NormBound, "a finite bound > 0, or 0 for norm_bound_factor x the round's median norm")
+	}
+	if c.NormBound == 0 && (math.IsNaN(c.NormBoundFactor) || c.NormBoundFactor < 1 || c.NormBoundFactor > 1000) {
+		return bad("norm_bound_factor", c.NormBoundFactor, "in [1, 1000] (with norm_bound 0 the bound is this times the round's median update norm)")
+	}
+	switch c.Aggregator {
+	case AggFedAvg, AggTrimmedMean, AggMedian:
+	default:
+		return bad("aggregator", fmt.Sprintf("%q", c.Aggregator), fmt.Sprintf("%q, %q or %q", AggFedAvg, AggTrimmedMean, AggMedian))
+	}
+	if math.IsNaN(c.TrimFraction) || c.TrimFraction < 0 || c.TrimFraction >= 0.5 {
+		return bad("trim_fraction", c.TrimFraction, "in [0, 0.5)")
 	}
 	if c.NormPolicy != NormClip && c.NormPolicy != NormReject {
 		return bad("norm_policy", fmt.Sprintf("%q", c.NormPolicy), `"clip" or "reject"`)

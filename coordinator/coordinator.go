@@ -69,6 +69,10 @@ type Options struct {
 	// GridGPerKWh is the carbon intensity the dashboard's CO2 figures use
 	// (grams per kWh); 0 leaves CO2 out as unknown.
 	GridGPerKWh float64
+	// AfterClose, when set, is called with a round's id once the round is
+	// stored as closed and before the next one is created: the window a
+	// crash must not corrupt. Fault tests use it to stop the process there.
+	AfterClose func(round uint64)
 }
 
 // Coordinator is one coordinator's rounds. Its methods are safe for
@@ -88,6 +92,7 @@ type Coordinator struct {
 	base         string // base model hash
 	M            *Metrics
 	ev           *events // dashboard events
+	afterClose   func(round uint64)
 
 	mu        sync.Mutex
 	cur       Round
@@ -113,7 +118,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Coordinator, error) {
 		return nil, errors.New("coordinator: New needs Dir, Store, Ledger and an ed25519 Key")
 	}
 	c := &Coordinator{cfg: cfg, n: cfg.N(), shapesDigest: protocol.ShapesDigest(cfg.Shapes), dir: opts.Dir, store: opts.Store, ledger: opts.Ledger, key: opts.Key,
-		clock: opts.Clock, log: opts.Logger, M: newMetrics(), changed: make(chan struct{}), kick: make(chan struct{}, 1)}
+		clock: opts.Clock, log: opts.Logger, M: newMetrics(), changed: make(chan struct{}), kick: make(chan struct{}, 1), afterClose: opts.AfterClose}
 	if c.clock == nil {
 		c.clock = SystemClock
 	}
@@ -208,23 +213,44 @@ func (c *Coordinator) startFresh(ctx context.Context, init []float32) error {
 	return nil
 }
 
-// resume rebuilds the in-memory state from the store after a restart.
+// resume rebuilds the in-memory state from the store after a restart. A
+// round still in flight continues from its starting adapter and the
+// optimizer state the previous round left; a closed round (the last one
+// of a finished run, or a crash between closing a round and opening the
+// next) continues from its result and the optimizer state after it, so
+// the next round aggregates onto what the ledger says it starts from.
 func (c *Coordinator) resume(ctx context.Context, cur Round) error {
-	b, err := readContent(c.blobDir(), cur.BaseAdapter)
-	if err != nil {
-		return fmt.Errorf("coordinator: resume round %d: %w", cur.ID, err)
+	if cur.State == StateAggregating {
+		if rec, ok := c.ledger.Last(); ok && rec.Round == cur.ID {
+			// Crashed after appending the record, before storing the
+			// round as closed: the signed record says how it ended.
+			cur.State, cur.Closed, cur.NewAdapter, cur.OptState = StateClosed, rec.Time, rec.AdapterAfter, rec.Aggregation.Options["opt_state_after"]
+			if err := c.store.UpdateRound(ctx, cur); err != nil {
+				return fmt.Errorf("coordinator: resume round %d: %w", cur.ID, err)
+			}
+			c.log.Info("coordinator: closed round from its ledger record", "round", cur.ID, "adapter", shortHash(cur.NewAdapter))
+		}
 	}
-	if c.adapter, err = DecodeAdapter(b, c.n); err != nil {
-		return fmt.Errorf("coordinator: resume round %d: adapter %s: %w (did the shapes change?)", cur.ID, cur.BaseAdapter, err)
-	}
-	if cur.ID > 1 {
+	adapterHash, optHash := cur.BaseAdapter, ""
+	switch {
+	case cur.State == StateClosed:
+		adapterHash, optHash = cur.NewAdapter, cur.OptState
+	case cur.ID > 1:
 		prev, err := c.store.Round(ctx, cur.ID-1)
 		if err != nil {
 			return fmt.Errorf("coordinator: resume round %d: %w", cur.ID, err)
 		}
-		if err := c.loadOpt(prev.OptState); err != nil {
-			return fmt.Errorf("coordinator: resume round %d: %w", cur.ID, err)
-		}
+		optHash = prev.OptState
+	}
+	b, err := readContent(c.blobDir(), adapterHash)
+	if err != nil {
+		return fmt.Errorf("coordinator: resume round %d: adapter: %w", cur.ID, err)
+	}
+	if c.adapter, err = DecodeAdapter(b, c.n); err != nil {
+		return fmt.Errorf("coordinator: resume round %d: adapter %s: %w (did the shapes change?)", cur.ID, adapterHash, err)
+	}
+	if err := c.loadOpt(optHash); err != nil {
+		return fmt.Errorf("coordinator: resume round %d: optimizer state: %w", cur.ID, err)
 	}
 	c.setRound(cur)
 	ups, err := c.store.Updates(ctx, cur.ID)
@@ -239,13 +265,15 @@ func (c *Coordinator) resume(ctx context.Context, cur Round) error {
 			c.rejected[u.WorkerID]++
 		}
 	}
-	c.log.Info("coordinator: resumed", "round", cur.ID, "state", cur.State, "accepted", c.nAccepted)
+	c.log.Info("coordinator: resumed", "round", cur.ID, "state", cur.State, "accepted", c.nAccepted, "adapter", shortHash(adapterHash))
 	if cur.State == StateClosed {
-		// Crashed between closing a round and opening the next.
 		return c.openNext(ctx, cur)
 	}
 	return nil
 }
+
+// shortHash is a hash's first 12 digits, for logs.
+func shortHash(h string) string { return h[:min(12, len(h))] }
 
 func (c *Coordinator) loadOpt(hash string) error {
 	c.opt, c.optHash = OptState{}, hash
@@ -461,6 +489,7 @@ func (c *Coordinator) aggregate(ctx context.Context, why string) error {
 		return err
 	}
 	var cs []Contribution
+	var at []int // the entry of each contribution
 	var entries []ledger.UpdateEntry
 	var bytesIn int64
 	for _, u := range ups {
@@ -474,39 +503,61 @@ func (c *Coordinator) aggregate(ctx context.Context, why string) error {
 			continue
 		}
 		b, err := readContent(c.updateDir(), u.SHA256)
-		if err != nil {
-			return fmt.Errorf("coordinator: aggregate round %d: %w", r.ID, err)
+		var up *protocol.Update
+		if err == nil {
+			up, err = protocol.UnmarshalUpdate(b, c.n)
 		}
-		up, err := protocol.UnmarshalUpdate(b, c.n)
 		if err != nil {
-			return fmt.Errorf("coordinator: aggregate round %d: stored update %s: %w", r.ID, u.SHA256, err)
+			// Retrying cannot bring the bytes back: leave the update out
+			// and say so in the record, rather than stall the run.
+			e := &entries[len(entries)-1]
+			e.Accepted, e.Reason = false, ledgerReason(UnreadablePrefix+" stored copy: "+err.Error())
+			c.log.Error("coordinator: an accepted update's stored copy is unreadable; left out of the aggregate", "round", r.ID, "update", u.SHA256, "err", err)
+			continue
 		}
 		cs = append(cs, Contribution{Delta: up.Delta, Weight: u.Weight})
+		at = append(at, len(entries)-1)
 		bytesIn += u.Bytes
 	}
 	theta := slices.Clone(c.adapter)
 	opt := OptState{Steps: c.opt.Steps, M: slices.Clone(c.opt.M), V: slices.Clone(c.opt.V)}
-	if err := c.cfg.applyRound(theta, cs, &opt); err != nil {
-		return fmt.Errorf("coordinator: aggregate round %d: %w", r.ID, err)
+	out, aerr := c.cfg.applyRound(theta, cs, &opt)
+	for i, why := range out.Dropped {
+		entries[at[i]].Accepted, entries[at[i]].Reason = false, ledgerReason(why)
 	}
-	newHash, err := c.putBlob(ctx, BlobAdapter, EncodeAdapter(theta))
-	if err != nil {
-		return err
-	}
-	optHash := ""
-	if c.cfg.Optimizer.Kind != OptFedAvg {
-		ob, err := opt.MarshalBinary()
-		if err != nil {
+	result, newHash, optHash := "ok", r.BaseAdapter, c.optHash
+	switch {
+	case errors.Is(aerr, ErrCannotAggregate):
+		// The round closes as failed: the adapter and the optimizer state
+		// stay as they were, and the next round opens on them.
+		result = "failed: " + aerr.Error()
+		if len(result) > ledger.MaxParamLen {
+			result = result[:ledger.MaxParamLen]
+		}
+		theta, opt = c.adapter, c.opt
+		c.M.roundsFailed.Add(1)
+		c.log.Error("coordinator: round failed; its adapter stays and the next round opens", "round", r.ID, "why", aerr)
+	case aerr != nil:
+		return fmt.Errorf("coordinator: aggregate round %d: %w", r.ID, aerr)
+	default:
+		if newHash, err = c.putBlob(ctx, BlobAdapter, EncodeAdapter(theta)); err != nil {
 			return err
 		}
-		if optHash, err = c.putBlob(ctx, BlobOptState, ob); err != nil {
-			return err
+		optHash = ""
+		if c.cfg.Optimizer.Kind != OptFedAvg {
+			ob, err := opt.MarshalBinary()
+			if err != nil {
+				return err
+			}
+			if optHash, err = c.putBlob(ctx, BlobOptState, ob); err != nil {
+				return err
+			}
 		}
 	}
 	now := c.clock.Now()
 	if last, ok := c.ledger.Last(); !ok || last.Round < r.ID {
 		rec := &ledger.Record{Round: r.ID, Time: now, AdapterBefore: r.BaseAdapter, AdapterAfter: newHash, Cohort: r.Cohort,
-			Seed: r.Seed, Aggregation: c.cfg.aggregation(c.optHash, optHash), Updates: entries}
+			Seed: r.Seed, Aggregation: c.cfg.aggregation(c.optHash, optHash, out, result), Updates: entries}
 		if rec.Cohort == nil {
 			rec.Cohort = []string{}
 		}
@@ -515,6 +566,9 @@ func (c *Coordinator) aggregate(ctx context.Context, why string) error {
 		}
 	}
 	r.State, r.Closed, r.NewAdapter, r.OptState = StateClosed, now, newHash, optHash
+	if result != "ok" {
+		r.Note = result
+	}
 	if err := c.store.UpdateRound(ctx, r); err != nil {
 		return err
 	}
@@ -524,8 +578,13 @@ func (c *Coordinator) aggregate(ctx context.Context, why string) error {
 	} else {
 		c.ev.closed(r, nil, ups, c.n)
 	}
-	c.log.Info("coordinator: round closed", "round", r.ID, "why", why, "updates", len(cs), "bytes", bytesIn, "adapter", newHash[:12])
+	c.log.Info("coordinator: round closed", "round", r.ID, "why", why, "result", result, "updates", len(cs), "clipped", out.Clipped,
+		"dropped", len(out.Dropped), "norm_bound", out.Bound, "bytes", bytesIn, "adapter", shortHash(newHash))
 	c.adapter, c.opt, c.optHash = theta, opt, optHash
+	c.cur = r
+	if c.afterClose != nil {
+		c.afterClose(r.ID)
+	}
 	return c.openNext(ctx, r)
 }
 
@@ -839,6 +898,14 @@ func (c *Coordinator) check(u *protocol.Update, rec *UpdateRecord, now time.Time
 // Recompute applies late_weight to exactly those entries.
 const LatePrefix = "late:"
 
+// ledgerReason cuts a reason to what a ledger entry holds.
+func ledgerReason(s string) string {
+	if len(s) > ledger.MaxReasonLen {
+		s = s[:ledger.MaxReasonLen]
+	}
+	return s
+}
+
 // weight is an update's aggregation weight: tokens capped at the data
 // budget (a worker cannot outweigh others by claiming more than it was
 // asked to read), times late_weight when late.
@@ -854,28 +921,31 @@ func (c *Config) weight(tokens uint64, late bool) float64 {
 }
 
 // applyRound is the whole aggregation step, shared by the coordinator and
-// Recompute: FedAvg (clipping when norm_policy is clip) then the server
-// optimizer, in place on theta and st.
-func (c *Config) applyRound(theta []float32, cs []Contribution, st *OptState) error {
-	bound := 0.0
-	if c.NormPolicy == NormClip {
-		bound = c.NormBound
-	}
-	avg, err := FedAvg(len(theta), cs, bound)
+// Recompute: the aggregation rule (bound, then combine) and the server
+// optimizer, in place on theta and st. Errors wrapping ErrCannotAggregate
+// mean the round fails; theta and st are then garbage.
+func (c *Config) applyRound(theta []float32, cs []Contribution, st *OptState) (aggOutcome, error) {
+	avg, out, err := c.combine(len(theta), cs)
 	if err != nil {
-		return err
+		return out, err
 	}
-	return c.Optimizer.Step(theta, avg, st)
+	if err := c.Optimizer.Step(theta, avg, st); err != nil {
+		return out, fmt.Errorf("%w: %v", ErrCannotAggregate, err)
+	}
+	return out, nil
 }
 
-// aggregation is the ledger's description of applyRound's settings.
-func (c *Config) aggregation(optBefore, optAfter string) ledger.Aggregation {
+// aggregation is the ledger's description of applyRound's settings and
+// of what it did: the bound it applied and the result ("ok", or
+// "failed: why" for a round that closed with its adapter unchanged).
+func (c *Config) aggregation(optBefore, optAfter string, out aggOutcome, result string) ledger.Aggregation {
 	o := c.Optimizer
-	return ledger.Aggregation{Method: "fedavg+" + o.Kind,
+	return ledger.Aggregation{Method: c.Aggregator + "+" + o.Kind,
 		Params: map[string]float64{"lr": o.LR, "momentum": o.Momentum, "beta1": o.Beta1, "beta2": o.Beta2, "eps": o.Eps,
-			"norm_bound": c.NormBound, "late_weight": c.LateWeight, "max_tokens": float64(c.Recipe.MaxTokens)},
-		Options: map[string]string{"weighting": "tokens", "norm_policy": c.NormPolicy, "codec": c.Recipe.Codec,
-			"opt_state_before": optBefore, "opt_state_after": optAfter}}
+			"norm_bound": c.NormBound, "norm_bound_factor": c.NormBoundFactor, "norm_bound_applied": out.Bound, "trim_fraction": c.TrimFraction,
+			"late_weight": c.LateWeight, "max_tokens": float64(c.Recipe.MaxTokens)},
+		Options: map[string]string{"weighting": "tokens", "norm_policy": c.NormPolicy, "codec": c.Recipe.Codec, "aggregator": c.Aggregator,
+			"opt_state_before": optBefore, "opt_state_after": optAfter, "result": result}}
 }
 
 // Status is what GET /v1/status reports.
@@ -957,9 +1027,13 @@ func Recompute(dir string, cfg Config) func(ledger.Record) (string, error) {
 				return "", err
 			}
 		}
+		// The candidates are the updates the coordinator aggregated and
+		// those its rule dropped; the rule must drop exactly the same.
 		var cs []Contribution
-		for _, e := range rec.Updates {
-			if !e.Accepted {
+		var entry []*ledger.UpdateEntry
+		for i := range rec.Updates {
+			e := &rec.Updates[i]
+			if !e.Accepted && !strings.HasPrefix(e.Reason, DroppedPrefix) {
 				continue
 			}
 			ub, err := load(updatesDir, e.UpdateHash)
@@ -971,9 +1045,22 @@ func Recompute(dir string, cfg Config) func(ledger.Record) (string, error) {
 				return "", fmt.Errorf("update %s: %w", e.UpdateHash, err)
 			}
 			cs = append(cs, Contribution{Delta: u.Delta, Weight: cfg.weight(u.Tokens, strings.HasPrefix(e.Reason, LatePrefix))})
+			entry = append(entry, e)
 		}
-		if err := cfg.applyRound(theta, cs, &st); err != nil {
+		out, err := cfg.applyRound(theta, cs, &st)
+		for i, e := range entry {
+			if _, dropped := out.Dropped[i]; dropped == e.Accepted {
+				return "", fmt.Errorf("update %s (worker %q): the record has accepted=%v, recomputing the norm bound %.6g gives the opposite", e.UpdateHash, e.WorkerID, e.Accepted, out.Bound)
+			}
+		}
+		failed := strings.HasPrefix(rec.Aggregation.Options["result"], "failed")
+		switch {
+		case errors.Is(err, ErrCannotAggregate) && failed:
+			return rec.AdapterBefore, nil // failed rounds keep their adapter
+		case err != nil:
 			return "", err
+		case failed:
+			return "", fmt.Errorf("the record says the round failed (%s), but recomputing it succeeds", rec.Aggregation.Options["result"])
 		}
 		return sha256Hex(EncodeAdapter(theta)), nil
 	}

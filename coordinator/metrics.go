@@ -14,6 +14,7 @@ import (
 // library.
 type Metrics struct {
 	roundsTotal     atomic.Int64
+	roundsFailed    atomic.Int64
 	updatesAccepted atomic.Int64
 	bytesReceived   atomic.Int64
 	workers         atomic.Int64
@@ -60,6 +61,7 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 		n += int64(k)
 	}
 	p("# HELP opencluster_rounds_total Rounds aggregated and published.\n# TYPE opencluster_rounds_total counter\nopencluster_rounds_total %d\n", m.roundsTotal.Load())
+	p("# HELP opencluster_rounds_failed_total Rounds closed as failed (no usable aggregate; adapter unchanged).\n# TYPE opencluster_rounds_failed_total counter\nopencluster_rounds_failed_total %d\n", m.roundsFailed.Load())
 	p("# HELP opencluster_updates_accepted_total Updates accepted for aggregation.\n# TYPE opencluster_updates_accepted_total counter\nopencluster_updates_accepted_total %d\n", m.updatesAccepted.Load())
 	p("# HELP opencluster_updates_rejected_total Updates refused, by reason.\n# TYPE opencluster_updates_rejected_total counter\n")
 	m.mu.Lock()

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -22,10 +23,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencluster/opencluster/compress"
 	"github.com/opencluster/opencluster/configs"
 	"github.com/opencluster/opencluster/coordinator"
 	"github.com/opencluster/opencluster/coordinator/ledger"
 	"github.com/opencluster/opencluster/netclient"
+	"github.com/opencluster/opencluster/protocol"
 	"github.com/opencluster/opencluster/train"
 	"github.com/spf13/viper"
 )
@@ -158,9 +161,10 @@ func (c *cluster) start(name string, env []string, args ...string) *proc {
 	return p
 }
 
-// newCluster writes the data, a base model and the coordinator's config,
-// and starts the coordinator.
-func newCluster(t *testing.T) *cluster {
+// newCluster writes the data, a base model and the coordinator's config
+// (rounds holds keys that override its round policy), and starts the
+// coordinator with coordEnv added to its environment.
+func newCluster(t *testing.T, rounds map[string]any, coordEnv ...string) *cluster {
 	if testing.Short() {
 		t.Skip("fault tests start real processes; skipped with -short")
 	}
@@ -189,13 +193,13 @@ func newCluster(t *testing.T) *cluster {
 	if err := os.MkdirAll(c.coord, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	writeCoordinatorConfig(t, filepath.Join(c.coord, "coordinator.yaml"), c.base)
+	writeCoordinatorConfig(t, filepath.Join(c.coord, "coordinator.yaml"), c.base, rounds)
 	// The workers share this machine with each other (and with other
 	// tests): the budget must not pause them as "the owner is active".
 	if err := os.WriteFile(filepath.Join(dir, "worker.yaml"), []byte("budget:\n  pause_when_user_active: false\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	c.startCoordinator()
+	c.startCoordinator(coordEnv...)
 	hc, err := netclient.NewHTTPClient(c.url, netclient.TLSOptions{CAFile: filepath.Join(c.coord, "tls.crt")})
 	if err != nil {
 		t.Fatal(err)
@@ -213,11 +217,11 @@ func newCluster(t *testing.T) *cluster {
 	return c
 }
 
-// startCoordinator runs `opencluster coordinator` on c.coord and waits
-// for its listening line.
-func (c *cluster) startCoordinator() {
+// startCoordinator runs `opencluster coordinator` on c.coord, with env
+// added to its environment, and waits for its listening line.
+func (c *cluster) startCoordinator(env ...string) {
 	c.t.Helper()
-	c.coordP = c.start("coordinator", nil, "coordinator", "--dir", c.coord,
+	c.coordP = c.start("coordinator", env, "coordinator", "--dir", c.coord,
 		"--config", filepath.Join(c.coord, "coordinator.yaml"), "--listen", c.addr)
 	c.waitFor("the coordinator to listen", func() bool {
 		return strings.Contains(c.coordP.out.String(), "listening on "+c.url)
@@ -345,7 +349,7 @@ func (c *cluster) finish(keep map[string]bool) []ledger.Record {
 // resends the update it stored before uploading, the round closes with
 // the whole cohort, and the updates accepted before the kill are kept.
 func TestFaultWorkerKilledMidUpload(t *testing.T) {
-	c := newCluster(t)
+	c := newCluster(t, nil)
 	c.startWorker(0)
 	c.startWorker(1)
 	victim := c.startWorker(2, "OPENCLUSTER_TEST_STALL_UPLOAD=100")
@@ -390,7 +394,7 @@ func TestFaultWorkerKilledMidUpload(t *testing.T) {
 // directory and port; it resumes the round with both updates counted,
 // takes the third (the worker's retry) and closes the round.
 func TestFaultCoordinatorKilledMidRound(t *testing.T) {
-	c := newCluster(t)
+	c := newCluster(t, nil)
 	c.startWorker(0)
 	c.startWorker(1)
 	// Worker 2's first upload hangs half sent, holding the round open
@@ -416,11 +420,105 @@ func TestFaultCoordinatorKilledMidRound(t *testing.T) {
 	}
 }
 
+// TestFaultCoordinatorKilledBetweenCloseAndOpen: the coordinator is
+// killed (SIGKILL) right after it stored round 1 as closed and before it
+// created round 2 (a test hook stops it there). Restarted, it must open
+// round 2 on round 1's result and its server-momentum state, so the
+// record it signs for round 2 recomputes from the stored updates.
+func TestFaultCoordinatorKilledBetweenCloseAndOpen(t *testing.T) {
+	c := newCluster(t, map[string]any{"optimizer": map[string]any{"kind": "nesterov", "lr": 0.7, "momentum": 0.9}},
+		"OPENCLUSTER_TEST_PAUSE_AFTER_CLOSE=1")
+	for i := range nWorkers {
+		c.startWorker(i)
+	}
+	c.waitFor("the coordinator to stop between closing round 1 and opening round 2", func() bool {
+		return strings.Contains(c.coordP.out.String(), "paused after closing round 1")
+	})
+	c.coordP.kill9(t)
+	c.startCoordinator()
+	recs := c.finish(nil)
+	if recs[1].AdapterBefore != recs[0].AdapterAfter || recs[1].Aggregation.Options["opt_state_before"] != recs[0].Aggregation.Options["opt_state_after"] {
+		t.Errorf("round 2 does not start where round 1 ended: %+v", recs)
+	}
+}
+
+// TestFaultPoisoningWorker: one worker of the federation is hostile: every
+// update it sends has each travelling value set to +-1e30 (correctly
+// encoded and signed). With the shipped norm policy (the adaptive bound,
+// clip) its updates are clipped to the bound in every round, the adapter
+// stays finite and moves no more than the bound, and the run finishes
+// with every aggregate recomputed.
+func TestFaultPoisoningWorker(t *testing.T) {
+	c := newCluster(t, nil)
+	c.startWorker(0)
+	c.startWorker(1)
+	hostile := c.startWorker(2, "OPENCLUSTER_TEST_POISON_UPDATES=1e30")
+	recs := c.finish(nil)
+	if !strings.Contains(hostile.out.String(), "poisoned an update") {
+		t.Fatalf("the hostile worker's hook never ran:\n%s", tail(hostile.out.String(), 2048))
+	}
+	hostileID := ""
+	for _, r := range recs {
+		bound := r.Aggregation.Params["norm_bound_applied"]
+		if r.Aggregation.Options["result"] != "ok" || bound <= 0 {
+			t.Fatalf("round %d: result %q, bound %v", r.Round, r.Aggregation.Options["result"], bound)
+		}
+		clipped := 0
+		for _, e := range r.Updates {
+			b, err := os.ReadFile(filepath.Join(c.coord, "updates", e.UpdateHash))
+			if err != nil {
+				t.Fatal(err)
+			}
+			u, err := protocol.UnmarshalUpdate(b, compress.MaxN)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if norm := coordinator.L2Norm(u.Delta); norm > bound {
+				clipped++
+				hostileID = e.WorkerID
+				if norm < 1e30 {
+					t.Errorf("round %d: an update of norm %.3g (not the hostile one) is over the bound %.3g", r.Round, norm, bound)
+				}
+			}
+		}
+		if clipped != 1 {
+			t.Errorf("round %d: %d updates over the bound %.3g, want the hostile worker's alone", r.Round, clipped, bound)
+		}
+		before, after := c.adapterBlob(r.AdapterBefore), c.adapterBlob(r.AdapterAfter)
+		var move float64
+		for i := range after {
+			if math.IsNaN(float64(after[i])) || math.IsInf(float64(after[i]), 0) {
+				t.Fatalf("round %d: adapter element %d is %v", r.Round, i, after[i])
+			}
+			d := float64(after[i] - before[i])
+			move += d * d
+		}
+		if move = math.Sqrt(move); move > bound*1.0001 {
+			t.Errorf("round %d: the adapter moved by %.4g, more than the bound %.4g", r.Round, move, bound)
+		}
+		t.Logf("round %d: bound %.4g, adapter moved by %.4g, hostile worker %s clipped", r.Round, bound, move, hostileID)
+	}
+}
+
+// adapterBlob reads an adapter vector from the coordinator's blobs.
+func (c *cluster) adapterBlob(hash string) []float32 {
+	c.t.Helper()
+	b, err := os.ReadFile(filepath.Join(c.coord, "blobs", hash))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	v, err := coordinator.DecodeAdapter(b, len(b)/4)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return v
+}
+
 // writeCoordinatorConfig writes the coordinator's config: the tiny
 // preset's adapter shapes, a cohort of every worker that closes when all
 // of them delivered, short local training, no rate limit (every worker
-// shares 127.0.0.1).
-func writeCoordinatorConfig(t *testing.T, path, base string) {
+// shares 127.0.0.1), and the round keys in extra.
+func writeCoordinatorConfig(t *testing.T, path, base string, extra map[string]any) {
 	t.Helper()
 	b, err := configs.Preset("tiny")
 	if err != nil {
@@ -443,6 +541,9 @@ func writeCoordinatorConfig(t *testing.T, path, base string) {
 			"round_timeout": "60s", "max_rounds": nRounds,
 			"recipe": map[string]any{"steps": localSteps, "lr": 1e-2, "batch_tokens": 4 * tc.Train.SeqLen, "codec": codec, "momentum": 0},
 		},
+	}
+	for k, v := range extra {
+		cfg["rounds"].(map[string]any)[k] = v
 	}
 	j, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {

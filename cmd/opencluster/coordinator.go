@@ -156,8 +156,12 @@ func runCoordinator(cmd *cobra.Command, _ []string) error {
 	hub := web.NewHub(web.HubOptions{Source: protocol.SourceLive, CoordinatorKey: protocol.EncodePublicKey(key.Public().(ed25519.PublicKey)),
 		Model: cfg.Rounds.Model})
 	defer hub.Close()
+	afterClose, err := pauseAfterCloseHook()
+	if err != nil {
+		return err
+	}
 	c, err := coordinator.New(ctx, cfg.Rounds.Config, coordinator.Options{Dir: dir, Store: store, Ledger: led, Key: key,
-		InitialAdapter: init, BaseModelPath: cfg.BaseModel, Events: hub, GridGPerKWh: cfg.GridGPerKWh})
+		InitialAdapter: init, BaseModelPath: cfg.BaseModel, Events: hub, GridGPerKWh: cfg.GridGPerKWh, AfterClose: afterClose})
 	if err != nil {
 		return err
 	}

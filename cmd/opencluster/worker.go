@@ -1,19 +1,12 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
-	"strconv"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -124,6 +117,11 @@ func runWorker(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
+	if v, ok := os.LookupEnv(poisonUpdatesEnv); ok {
+		if err := poisonUploads(hc, v, st.Key); err != nil {
+			return err
+		}
+	}
 	var rep netclient.Reporter = netclient.LogReporter{Logger: slog.Default()}
 	if jsonOut {
 		rep = netclient.NewJSONReporter(cmd.OutOrStdout())
@@ -176,78 +174,3 @@ func energyMeter(powercapRoot string) func() (float64, bool) {
 		return cpu.Seconds() * cpuWattsPerCore, false
 	}
 }
-
-// stallUploadEnv is a test hook for the fault tests (faults/): when set to
-// a byte count N, the process's first update upload sends its first N
-// bytes (at most all but one) and then hangs, after saying so on stderr,
-// so a test can kill the worker (or the coordinator) with part of an
-// update on the wire; retries send the whole body. Never set it otherwise.
-const stallUploadEnv = "OPENCLUSTER_TEST_STALL_UPLOAD"
-
-// stallUploads wraps hc's transport with the stallUploadEnv hook.
-func stallUploads(hc *http.Client, n string) error {
-	limit, err := strconv.Atoi(n)
-	if err != nil || limit < 0 {
-		return fmt.Errorf("%s=%q: want a byte count", stallUploadEnv, n)
-	}
-	next := hc.Transport
-	if next == nil {
-		next = http.DefaultTransport
-	}
-	var stalled atomic.Bool
-	hc.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
-		if r.Method != http.MethodPost || r.URL.Path != netclient.PathUpdates || r.Body == nil || stalled.Swap(true) {
-			return next.RoundTrip(r)
-		}
-		body, err := io.ReadAll(r.Body)
-		r.Body.Close()
-		if err != nil {
-			return nil, err
-		}
-		k := min(limit, len(body)-1)
-		r = r.Clone(r.Context())
-		st := &stallBody{ctx: r.Context(), sent: k, all: len(body), closed: make(chan struct{})}
-		st.r = io.MultiReader(bytes.NewReader(body[:k]), readerFunc(st.stall))
-		r.Body = st
-		r.GetBody = nil
-		return next.RoundTrip(r)
-	})
-	return nil
-}
-
-type roundTripFunc func(*http.Request) (*http.Response, error)
-
-func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
-
-// stallBody is the request body the hook sends: the first bytes, then a
-// read that blocks until the request ends or the transport closes the
-// body (as it does when the connection dies), so the upload fails the
-// way a real stall on a dead connection does.
-type stallBody struct {
-	ctx       context.Context
-	sent, all int
-	r         io.Reader
-	once      sync.Once
-	closed    chan struct{}
-}
-
-func (s *stallBody) Read(p []byte) (int, error) { return s.r.Read(p) }
-
-func (s *stallBody) Close() error {
-	s.once.Do(func() { close(s.closed) })
-	return nil
-}
-
-func (s *stallBody) stall([]byte) (int, error) {
-	fmt.Fprintf(os.Stderr, "opencluster: test hook: upload stalled after %d of %d bytes\n", s.sent, s.all)
-	select {
-	case <-s.ctx.Done():
-		return 0, s.ctx.Err()
-	case <-s.closed:
-		return 0, errors.New("test hook: stalled upload body closed")
-	}
-}
-
-type readerFunc func([]byte) (int, error)
-
-func (f readerFunc) Read(p []byte) (int, error) { return f(p) }

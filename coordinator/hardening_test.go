@@ -1,0 +1,407 @@
+package coordinator
+
+import (
+	"context"
+	"math"
+	"math/rand/v2"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencluster/opencluster/compress"
+	"github.com/opencluster/opencluster/coordinator/ledger"
+	"github.com/opencluster/opencluster/protocol"
+)
+
+// verifyLedger checks dir's ledger with the stored updates and every
+// aggregate recomputed, pinning the coordinator key.
+func (e *env) verifyLedger() []ledger.Record {
+	e.t.Helper()
+	recs, err := ledger.VerifyFile(filepath.Join(e.dir, ledger.FileName), ledger.VerifyOptions{
+		CoordinatorKey: protocol.EncodePublicKey(e.c.PublicKey()),
+		UpdateStore:    ledger.DirStore(filepath.Join(e.dir, "updates")),
+		Recompute:      Recompute(e.dir, e.cfg)})
+	if err != nil {
+		e.t.Fatalf("ledger verify with recomputation: %v", err)
+	}
+	return recs
+}
+
+func constDelta(n int, v float32) []float32 {
+	d := make([]float32, n)
+	for i := range d {
+		d[i] = v
+	}
+	return d
+}
+
+func finite(v []float32) bool {
+	for _, x := range v {
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			return false
+		}
+	}
+	return true
+}
+
+func l2(v []float32) float64 {
+	var s float64
+	for _, x := range v {
+		s += float64(x) * float64(x)
+	}
+	return math.Sqrt(s)
+}
+
+// A worker that sends entries near the float32 maximum, and claims the
+// whole data budget so its weight dominates, must neither take over the
+// adapter nor wedge the run with the shipped default policy: round after
+// round, its delta is bounded, the adapter stays finite and close to the
+// honest workers' mean, and the next round opens. (Before the default
+// bound, round 1 made the adapter ~3e38 and round 2 overflowed it: Step
+// failed on every tick, forever.)
+func TestPoisonedUpdateIsBoundedAndRunGoesOn(t *testing.T) {
+	cfg := testConfig() // the shipped defaults' norm policy
+	e := newEnv(t, t.TempDir(), cfg, &fakeClock{t: time.Unix(1_750_000_000, 0)}, nil)
+	ws, info := e.startRound(3)
+	n := e.cfg.N()
+	for round := 1; round <= 3; round++ {
+		before, _ := e.c.Adapter()
+		honest := [][]float32{seqDelta(n, 0.01), seqDelta(n, 0.02)}
+		for i, w := range ws {
+			delta, tokens := constDelta(n, 3e38), uint64(cfg.Recipe.MaxTokens)
+			if i < 2 {
+				delta, tokens = honest[i], 10
+			}
+			body, _ := makeUpdate(t, w, info, delta, tokens)
+			if status, msg := e.upload(body); status != 200 {
+				t.Fatalf("round %d upload %d: %d %s", round, i, status, msg)
+			}
+		}
+		if err := e.c.Step(context.Background()); err != nil {
+			t.Fatalf("round %d: Step: %v (a poisoned update must not stop the run)", round, err)
+		}
+		st := e.c.Status()
+		if st.Round != uint64(round+1) || st.State != StateCollecting {
+			t.Fatalf("after round %d: status %+v, want round %d collecting", round, st, round+1)
+		}
+		after, _ := e.c.Adapter()
+		if !finite(after) {
+			t.Fatalf("round %d: the adapter is not finite", round)
+		}
+		// The bound is a few times the honest norms: the adapter moves by
+		// no more than that, however large the poisoned entries were.
+		move := make([]float32, n)
+		for i := range move {
+			move[i] = after[i] - before[i]
+		}
+		if got, limit := l2(move), 3*l2(honest[1])*1.0001; got > limit {
+			t.Fatalf("round %d: the adapter moved by L2 %.4g, more than the bound %.4g", round, got, limit)
+		}
+		var ok int
+		info, ok = e.poll(ws[0], "0s")
+		if ok != 200 {
+			t.Fatalf("round %d: poll for the next round: %d", round+1, ok)
+		}
+	}
+	recs := e.verifyLedger()
+	if len(recs) != 3 {
+		t.Fatalf("ledger has %d records, want 3", len(recs))
+	}
+}
+
+// A round whose updates cannot give a finite adapter (here: a fixed,
+// huge bound and Nesterov momentum push the aggregate past the float32
+// range) closes as failed, keeps its adapter, is recorded as failed in
+// the ledger, and the next round opens: Step never loops on it.
+func TestRoundThatCannotAggregateClosesAsFailed(t *testing.T) {
+	cfg := testConfig()
+	cfg.NormBound, cfg.NormPolicy = 1e40, NormClip
+	cfg.Optimizer = ServerOptimizer{Kind: OptNesterov, LR: 1, Momentum: 0.9}
+	e := newEnv(t, t.TempDir(), cfg, &fakeClock{t: time.Unix(1_750_000_000, 0)}, nil)
+	ws, info := e.startRound(3)
+	n := e.cfg.N()
+	before, beforeHash := e.c.Adapter()
+	for _, w := range ws {
+		body, _ := makeUpdate(t, w, info, constDelta(n, 3e38), 10)
+		if status, msg := e.upload(body); status != 200 {
+			t.Fatalf("upload: %d %s", status, msg)
+		}
+	}
+	for tick := 0; tick < 3; tick++ {
+		if err := e.c.Step(context.Background()); err != nil {
+			t.Fatalf("tick %d: Step: %v (a round that cannot aggregate must close as failed)", tick, err)
+		}
+	}
+	st := e.c.Status()
+	if st.Round != 2 || st.State != StateCollecting || st.AdapterSHA256 != beforeHash {
+		t.Fatalf("after the failed round: %+v, want round 2 collecting on the unchanged adapter %s", st, beforeHash)
+	}
+	after, _ := e.c.Adapter()
+	for i := range after {
+		if after[i] != before[i] {
+			t.Fatalf("adapter[%d] changed from %v to %v in a failed round", i, before[i], after[i])
+		}
+	}
+	recs := e.verifyLedger()
+	if len(recs) != 1 || recs[0].AdapterAfter != recs[0].AdapterBefore || !strings.HasPrefix(recs[0].Aggregation.Options["result"], "failed") {
+		t.Fatalf("ledger after a failed round: %+v", recs)
+	}
+	// Round 2 works normally from the same adapter.
+	info2, _ := e.poll(ws[0], "0s")
+	for i, w := range ws {
+		body, _ := makeUpdate(t, w, info2, seqDelta(n, float32(i+1)), 10)
+		if status, msg := e.upload(body); status != 200 {
+			t.Fatalf("round 2 upload: %d %s", status, msg)
+		}
+	}
+	e.step()
+	if recs := e.verifyLedger(); len(recs) != 2 || recs[1].AdapterAfter == recs[1].AdapterBefore {
+		t.Fatalf("round 2 after a failed round: %+v", recs)
+	}
+}
+
+// A finished run restarted with max_rounds raised must aggregate round
+// N+1 onto round N's result (and its optimizer state), so the record it
+// signs recomputes. (It used to aggregate onto round N's starting adapter
+// and sign a record that fails recomputation.)
+func TestRestartAfterTheLastRoundContinuesFromItsResult(t *testing.T) {
+	for _, kind := range []string{OptFedAvg, OptFedAvgM} {
+		t.Run(kind, func(t *testing.T) {
+			cfg := testConfig()
+			cfg.MaxRounds = 1
+			cfg.Optimizer = ServerOptimizer{Kind: kind, LR: 1, Momentum: 0.9}
+			dir := t.TempDir()
+			clock := &fakeClock{t: time.Unix(1_750_000_000, 0)}
+			e := newEnv(t, dir, cfg, clock, nil)
+			ws, info := e.startRound(3)
+			n := e.cfg.N()
+			for i, w := range ws {
+				body, _ := makeUpdate(t, w, info, seqDelta(n, float32(i+1)), 10)
+				if status, msg := e.upload(body); status != 200 {
+					t.Fatal(status, msg)
+				}
+			}
+			e.step()
+			_, result := e.c.Adapter()
+			if !e.c.Done() || e.led.Len() != 1 {
+				t.Fatalf("after the last round: done %v, %d records", e.c.Done(), e.led.Len())
+			}
+			e.close()
+
+			cfg.MaxRounds = 2
+			e2 := newEnv(t, dir, cfg, clock, nil)
+			if _, h := e2.c.Adapter(); h != result {
+				t.Fatalf("resumed adapter %s, want round 1's result %s", h, result)
+			}
+			for _, w := range ws {
+				e2.poll(w, "0s") // seen again
+			}
+			e2.step()
+			info2, status := e2.poll(ws[0], "0s")
+			if status != 200 || info2.Round != 2 || info2.AdapterSHA256 != result {
+				t.Fatalf("round 2 info: %d %+v, want round 2 on %s", status, info2, result)
+			}
+			for i, w := range ws {
+				body, _ := makeUpdate(t, w, info2, seqDelta(n, float32(i+2)), 10)
+				if status, msg := e2.upload(body); status != 200 {
+					t.Fatal(status, msg)
+				}
+			}
+			e2.step()
+			if recs := e2.verifyLedger(); len(recs) != 2 {
+				t.Fatalf("%d records, want 2", len(recs))
+			}
+		})
+	}
+}
+
+// A coordinator that stops between storing a round as closed and
+// creating the next one (here: its goroutine ends inside the AfterClose
+// hook, as a crash would) resumes on the closed round's result and
+// optimizer state, and round 2's record recomputes.
+func TestCrashBetweenCloseAndOpen(t *testing.T) {
+	cfg := testConfig()
+	cfg.Optimizer = ServerOptimizer{Kind: OptFedAvgM, LR: 1, Momentum: 0.9}
+	dir := t.TempDir()
+	clock := &fakeClock{t: time.Unix(1_750_000_000, 0)}
+	e := newEnv(t, dir, cfg, clock, nil)
+	crashed := make(chan uint64, 1)
+	e.c.afterClose = func(round uint64) {
+		crashed <- round
+		runtime.Goexit() // deferred unlocks run; nothing after the hook does
+	}
+	ws, info := e.startRound(3)
+	n := e.cfg.N()
+	for i, w := range ws {
+		body, _ := makeUpdate(t, w, info, seqDelta(n, float32(i+1)), 10)
+		if status, msg := e.upload(body); status != 200 {
+			t.Fatal(status, msg)
+		}
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); e.c.Step(context.Background()) }()
+	<-done
+	if r := <-crashed; r != 1 {
+		t.Fatalf("hook ran for round %d", r)
+	}
+	if r, err := e.store.LatestRound(context.Background()); err != nil || r.ID != 1 || r.State != StateClosed {
+		t.Fatalf("the store after the crash: %+v %v, want round 1 closed and no round 2", r, err)
+	}
+	_, result := e.c.Adapter()
+	e.close()
+
+	e2 := newEnv(t, dir, cfg, clock, nil)
+	if _, h := e2.c.Adapter(); h != result {
+		t.Fatalf("resumed on adapter %s, want round 1's result %s", h, result)
+	}
+	e2.step()
+	info2, status := e2.poll(ws[0], "0s")
+	if status != 200 || info2.Round != 2 || info2.AdapterSHA256 != result {
+		t.Fatalf("round 2: %d %+v", status, info2)
+	}
+	for i, w := range ws {
+		body, _ := makeUpdate(t, w, info2, seqDelta(n, float32(3-i)), 10)
+		if status, msg := e2.upload(body); status != 200 {
+			t.Fatal(status, msg)
+		}
+	}
+	e2.step()
+	recs := e2.verifyLedger()
+	if len(recs) != 2 || recs[1].Aggregation.Options["opt_state_before"] != recs[0].Aggregation.Options["opt_state_after"] {
+		t.Fatalf("records: %+v", recs)
+	}
+}
+
+// refCoordinateWise is the textbook definition, written independently of
+// coordinateWise: for every coordinate, list the scaled values, sort them,
+// and take the median, or drop floor(trim*k) from each end and take the
+// weighted mean of the rest.
+func refCoordinateWise(dense [][]float64, weights []float64, kind string, trim float64) []float64 {
+	k, n := len(dense), len(dense[0])
+	out := make([]float64, n)
+	for i := 0; i < n; i++ {
+		type vw struct{ v, w float64 }
+		col := make([]vw, k)
+		for j := range dense {
+			col[j] = vw{dense[j][i], weights[j]}
+		}
+		sort.SliceStable(col, func(a, b int) bool { return col[a].v < col[b].v })
+		if kind == AggMedian {
+			if k%2 == 1 {
+				out[i] = col[k/2].v
+			} else {
+				out[i] = (col[k/2-1].v + col[k/2].v) / 2
+			}
+			continue
+		}
+		cut := int(math.Floor(trim * float64(k)))
+		var s, ws float64
+		for _, x := range col[cut : k-cut] {
+			s += x.v * x.w
+			ws += x.w
+		}
+		out[i] = s / ws
+	}
+	return out
+}
+
+func TestCoordinateWiseAggregatorsMatchTheDefinition(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	n := 10000 // more than one block
+	for _, k := range []int{1, 2, 5, 8} {
+		var cs []Contribution
+		var dense [][]float64
+		var weights, scale []float64
+		for j := 0; j < k; j++ {
+			d := make([]float32, n)
+			sp := &compress.Sparse{N: n}
+			for i := range d {
+				if j%2 == 0 || r.IntN(10) == 0 { // every other delta sparse
+					d[i] = float32(r.NormFloat64())
+					if j%2 == 1 {
+						sp.Index = append(sp.Index, uint32(i))
+						sp.Values = append(sp.Values, d[i])
+					}
+				}
+			}
+			if j%2 == 0 {
+				sp.Values = d
+			} else if sp.Index == nil {
+				sp.Index = []uint32{}
+			}
+			s := 0.5 + r.Float64()
+			w := float64(1 + r.IntN(100))
+			cs = append(cs, Contribution{Delta: sp, Weight: w})
+			row := make([]float64, n)
+			for i := range d {
+				row[i] = s * float64(d[i])
+			}
+			dense, weights, scale = append(dense, row), append(weights, w), append(scale, s)
+		}
+		for _, kind := range []string{AggMedian, AggTrimmedMean} {
+			got := coordinateWise(n, cs, scale, kind, 0.25)
+			want := refCoordinateWise(dense, weights, kind, 0.25)
+			for i := range got {
+				if math.Abs(float64(got[i])-want[i]) > 1e-6*(1+math.Abs(want[i])) {
+					t.Fatalf("k=%d %s: element %d = %v, want %v", k, kind, i, got[i], want[i])
+				}
+			}
+		}
+	}
+}
+
+// With the robust aggregators and the adaptive bound under norm_policy
+// reject, a hostile update is left out (listed in the ledger as dropped),
+// the adapter follows the honest majority, and every record recomputes;
+// a record that drops an update the rule keeps does not.
+func TestRobustAggregationRecomputes(t *testing.T) {
+	for _, agg := range []string{AggMedian, AggTrimmedMean} {
+		t.Run(agg, func(t *testing.T) {
+			cfg := testConfig()
+			cfg.Aggregator, cfg.TrimFraction, cfg.NormPolicy = agg, 0.34, NormReject
+			dir := t.TempDir()
+			e := newEnv(t, dir, cfg, &fakeClock{t: time.Unix(1_750_000_000, 0)}, nil)
+			ws, info := e.startRound(3)
+			n := e.cfg.N()
+			before, _ := e.c.Adapter()
+			deltas := [][]float32{seqDelta(n, 0.1), seqDelta(n, 0.12), constDelta(n, 1e30)}
+			for i, w := range ws {
+				body, _ := makeUpdate(t, w, info, deltas[i], 10)
+				if status, msg := e.upload(body); status != 200 {
+					t.Fatal(status, msg)
+				}
+			}
+			e.step()
+			after, _ := e.c.Adapter()
+			for i := range after {
+				lo, hi := min(deltas[0][i], deltas[1][i]), max(deltas[0][i], deltas[1][i])
+				if d := after[i] - before[i]; d < lo-1e-6 || d > hi+1e-6 {
+					t.Fatalf("element %d moved by %v, outside the honest range [%v, %v]", i, d, lo, hi)
+				}
+			}
+			recs := e.verifyLedger()
+			var dropped []ledger.UpdateEntry
+			for _, u := range recs[0].Updates {
+				if !u.Accepted {
+					dropped = append(dropped, u)
+				}
+			}
+			if len(dropped) != 1 || !strings.HasPrefix(dropped[0].Reason, DroppedPrefix) || dropped[0].WorkerID != ws[2].id {
+				t.Fatalf("dropped entries %+v, want worker %s's", dropped, ws[2].id)
+			}
+			// A lying record: an honest update marked dropped.
+			rec := recs[0]
+			for i := range rec.Updates {
+				if rec.Updates[i].WorkerID == ws[0].id {
+					rec.Updates[i].Accepted, rec.Updates[i].Reason = false, DroppedPrefix+" made up"
+				}
+			}
+			if _, err := Recompute(dir, e.cfg)(rec); err == nil || !strings.Contains(err.Error(), "accepted=false") {
+				t.Fatalf("recompute of a record that drops an honest update: %v", err)
+			}
+		})
+	}
+}
