@@ -38,6 +38,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime 500000x ./compress/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 300000x ./quant/safetensors/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 100000x ./coordinator/ledger/
+	$(GO) test -run '^$$' -fuzz '^FuzzServerReceive$$' -fuzztime 50000x ./secagg/
+	$(GO) test -run '^$$' -fuzz '^FuzzDecoders$$' -fuzztime 200000x ./secagg/
 
 test-short:
 	$(GO) test -short -count=1 ./...
