@@ -12,6 +12,7 @@ import (
 
 	"github.com/opencluster/opencluster/bench"
 	"github.com/opencluster/opencluster/train"
+	"github.com/opencluster/opencluster/train/backend/sgemm"
 	"github.com/spf13/cobra"
 )
 
@@ -41,6 +42,7 @@ func init() {
 	f.String("peer-coretype", bench.PeerCoreAuto, "OpenBLAS kernels for the peer: auto (when the library's own choice is older than this CPU, force the newest core the CPU runs), keep, or a core name such as SkylakeX")
 	f.String("out", "", "also write the JSON rows to this file (atomically)")
 	f.Bool("no-steps", false, "skip the training-step rows")
+	f.String("sgemm-kernel", "auto", "our kernel family: auto (the widest this CPU runs), avx512, avx2 or go; a narrower one measures that path on this CPU")
 	// The child process behind the train_step_peak_rss row (bench.RunStepChild).
 	f.String("step-child", "", "internal: run one QLoRA step of this preset and print its peak RSS")
 	f.String("step-base", "", "internal: the packed 4-bit base the step child loads")
@@ -91,6 +93,11 @@ func runBench(cmd *cobra.Command, _ []string) error {
 	}
 	if threads < 0 {
 		return fmt.Errorf("--threads %d: must be 0 (every core) or more", threads)
+	}
+	if kernel, _ := f.GetString("sgemm-kernel"); kernel != "auto" {
+		if err := sgemm.SetImplementation(kernel); err != nil {
+			return fmt.Errorf("--sgemm-kernel: %w", err)
+		}
 	}
 
 	opt := bench.Options{Quick: quick, Threads: threads, NoPeer: noPeer, PeerCoreType: coretype, Probe: peerProbe}

@@ -216,3 +216,30 @@ func TestEnvOverridesConfig(t *testing.T) {
 		t.Errorf("--steps 2 over OPENCLUSTER_TRAIN_STEPS=3 ran %d steps", n)
 	}
 }
+
+func TestPretrainWritesProfiles(t *testing.T) {
+	dir := t.TempDir()
+	cfg := smallConfig(t, dir)
+	data := writeCorpus(t, filepath.Join(dir, "a"), 1, false)
+	cpu, mem := filepath.Join(dir, "cpu.prof"), filepath.Join(dir, "mem.prof")
+	_, _, err := execute(t, "pretrain", "--config", cfg, "--data", data, "--out", filepath.Join(dir, "base.safetensors"),
+		"--steps", "3", "--json", "--cpuprofile", cpu, "--memprofile", mem)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{cpu, mem} {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// pprof files are gzip-compressed protocol buffers.
+		if len(b) < 20 || b[0] != 0x1f || b[1] != 0x8b {
+			t.Errorf("%s is not a pprof profile (%d bytes)", p, len(b))
+		}
+	}
+	_, _, err = execute(t, "pretrain", "--config", cfg, "--data", data, "--out", filepath.Join(dir, "b2.safetensors"),
+		"--steps", "1", "--cpuprofile", filepath.Join(dir, "missing", "cpu.prof"))
+	if err == nil || !strings.Contains(err.Error(), "--cpuprofile") {
+		t.Errorf("unwritable --cpuprofile: error %v, want one naming the flag", err)
+	}
+}

@@ -46,6 +46,7 @@ func addRunFlags(f *pflag.FlagSet) {
 	f.Bool("resume", false, "continue from the checkpoint beside --out")
 	f.String("checkpoint", "", "training-state file (default: beside or inside --out)")
 	f.String("budget", "", "obey a power, temperature and schedule budget: a worker config file or preset (worker); default none")
+	addProfileFlags(f)
 }
 
 func newTrainCmd() *cobra.Command {
@@ -124,10 +125,17 @@ func runTraining(cmd *cobra.Command, mode train.Mode) error {
 	if gov != nil {
 		governor = gov
 	}
+	stopProfiles, err := startProfiles(f)
+	if err != nil {
+		return err
+	}
 	res, err := train.Run(cmd.Context(), train.RunOptions{
 		Mode: mode, Config: cfg, DataDir: dataDir, Base: base, Out: out, Backend: be,
 		Checkpoint: ckpt, Resume: resume, Governor: governor, Reporter: rep, Logger: slog.Default(),
 	})
+	if perr := stopProfiles(); perr != nil && err == nil {
+		err = perr
+	}
 	budgetLine := ""
 	if gov != nil {
 		budgetLine = gov.Summary()

@@ -207,8 +207,35 @@ func Threads() int {
 }
 
 // Implementation names which kernel Sgemm runs: "avx512", "avx2" or "go".
-func Implementation() string {
-	switch impl.Load() {
+func Implementation() string { return implName(int(impl.Load())) }
+
+// SetImplementation makes Sgemm run the named kernel family ("avx512",
+// "avx2" or "go"), for measuring a narrower path on a wider CPU (the AVX2
+// kernels on an AVX-512 machine); "" or "auto" restores the best the CPU
+// supports. Asking for a wider family than the CPU has is an error.
+func SetImplementation(name string) error {
+	want := -1
+	switch name {
+	case "", "auto":
+		want = archBest()
+	case "go":
+		want = implGo
+	case "avx2":
+		want = implAVX2
+	case "avx512":
+		want = implAVX512
+	default:
+		return fmt.Errorf("sgemm: unknown kernel %q (want auto, avx512, avx2 or go)", name)
+	}
+	if want > archBest() {
+		return fmt.Errorf("sgemm: kernel %s is not available on this CPU or build (best: %s)", name, implName(archBest()))
+	}
+	impl.Store(int32(want))
+	return nil
+}
+
+func implName(k int) string {
+	switch k {
 	case implAVX512:
 		return "avx512"
 	case implAVX2:

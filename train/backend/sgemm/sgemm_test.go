@@ -336,17 +336,48 @@ func TestSetThreads(t *testing.T) {
 	}
 }
 
+// benchSgemm times n x n x n products with every kernel family this
+// machine runs, as sub-benchmarks (BenchmarkSgemm1024/avx2, ...).
 func benchSgemm(b *testing.B, n int) {
 	rng := rand.New(rand.NewPCG(11, 12))
 	a, bm, c := randSlice(rng, n*n), randSlice(rng, n*n), make([]float32, n*n)
-	Sgemm(false, false, n, n, n, 1, a, n, bm, n, 0, c, n)
-	b.ResetTimer()
-	for range b.N {
-		Sgemm(false, false, n, n, n, 1, a, n, bm, n, 0, c, n)
+	for _, k := range kinds() {
+		b.Run(kindName(k), func(b *testing.B) {
+			defer SetImplementation("auto")
+			if err := SetImplementation(kindName(k)); err != nil {
+				b.Fatal(err)
+			}
+			Sgemm(false, false, n, n, n, 1, a, n, bm, n, 0, c, n)
+			b.ResetTimer()
+			for range b.N {
+				Sgemm(false, false, n, n, n, 1, a, n, bm, n, 0, c, n)
+			}
+			b.ReportMetric(2*float64(n)*float64(n)*float64(n)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOPS")
+		})
 	}
-	b.ReportMetric(2*float64(n)*float64(n)*float64(n)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOPS")
 }
 
 func BenchmarkSgemm512(b *testing.B)  { benchSgemm(b, 512) }
 func BenchmarkSgemm1024(b *testing.B) { benchSgemm(b, 1024) }
 func BenchmarkSgemm2048(b *testing.B) { benchSgemm(b, 2048) }
+
+func TestSetImplementation(t *testing.T) {
+	defer SetImplementation("auto")
+	for _, k := range kinds() {
+		if err := SetImplementation(kindName(k)); err != nil || Implementation() != kindName(k) {
+			t.Fatalf("SetImplementation(%s): %v, now %s", kindName(k), err, Implementation())
+		}
+	}
+	if err := SetImplementation("sse9"); err == nil || !strings.Contains(err.Error(), "sse9") {
+		t.Errorf("unknown kernel: %v", err)
+	}
+	if archBest() < implAVX512 {
+		if err := SetImplementation("avx512"); err == nil {
+			t.Error("avx512 accepted on a CPU without it")
+		}
+	}
+	SetImplementation("auto")
+	if Implementation() != kindName(archBest()) {
+		t.Errorf("auto gives %s, want %s", Implementation(), kindName(archBest()))
+	}
+}
