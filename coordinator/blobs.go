@@ -1,15 +1,18 @@
 package coordinator
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"github.com/opencluster/opencluster/internal/atomicfile"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
+
+	"github.com/opencluster/opencluster/internal/atomicfile"
 )
 
 // Files under the coordinator's directory:
@@ -114,3 +117,64 @@ func syncDir(dir string) {
 }
 
 func notExist(err error) bool { return errors.Is(err, fs.ErrNotExist) }
+
+// content keeps content-addressed bytes: files in a directory (the real
+// coordinator, so a restart finds them) or a map in memory (the simulator,
+// Options.InMemory, where an fsync per update would dominate a run).
+type content interface {
+	put(data []byte) (string, error)
+	get(hash string) ([]byte, error)
+	open(hash string) (io.ReadSeekCloser, error)
+}
+
+// dirContent is a directory of files named by their SHA-256.
+type dirContent string
+
+func (d dirContent) put(data []byte) (string, error) { return putContent(string(d), data) }
+func (d dirContent) get(hash string) ([]byte, error) { return readContent(string(d), hash) }
+func (d dirContent) open(hash string) (io.ReadSeekCloser, error) {
+	if !isHash(hash) {
+		return nil, fmt.Errorf("coordinator: %q is not a hex SHA-256", hash)
+	}
+	return os.Open(filepath.Join(string(d), hash))
+}
+
+// memContent holds the bytes in memory.
+type memContent struct {
+	mu sync.Mutex
+	m  map[string][]byte
+}
+
+func newMemContent() *memContent { return &memContent{m: map[string][]byte{}} }
+
+func (c *memContent) put(data []byte) (string, error) {
+	sum := sha256Hex(data)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.m[sum]; !ok {
+		c.m[sum] = bytes.Clone(data)
+	}
+	return sum, nil
+}
+
+func (c *memContent) get(hash string) ([]byte, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b, ok := c.m[hash]
+	if !ok {
+		return nil, fmt.Errorf("coordinator: content %s: %w", hash, fs.ErrNotExist)
+	}
+	return b, nil
+}
+
+type nopCloser struct{ *bytes.Reader }
+
+func (nopCloser) Close() error { return nil }
+
+func (c *memContent) open(hash string) (io.ReadSeekCloser, error) {
+	b, err := c.get(hash)
+	if err != nil {
+		return nil, err
+	}
+	return nopCloser{bytes.NewReader(b)}, nil
+}

@@ -8,7 +8,9 @@
 //
 // State lives in a Store (SQLite by default, or PostgreSQL) and in files
 // under the coordinator's directory (see blobs.go), so a restarted
-// coordinator resumes the round in flight. Time comes from an injected
+// coordinator resumes the round in flight. The simulator (sim/) runs the
+// same round logic on a MemStore with Options.InMemory and hands decoded
+// updates to Accept. Time comes from an injected
 // Clock and the state machine advances only in Step, so tests drive rounds
 // deterministically. The HTTP API is in server.go and docs/protocol.md.
 package coordinator
@@ -30,6 +32,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/opencluster/opencluster/compress"
 	"github.com/opencluster/opencluster/coordinator/ledger"
 	"github.com/opencluster/opencluster/protocol"
 )
@@ -48,9 +51,14 @@ var SystemClock Clock = systemClock{}
 type Options struct {
 	// Dir holds blobs/, updates/ and, by convention, the ledger and keys.
 	Dir string
-	// Store is the state database (see OpenSQLite, OpenPostgres).
+	// InMemory keeps blobs and update bytes in memory instead of under Dir
+	// (which may then be empty): for the simulator, with a MemStore. A
+	// restarted coordinator finds nothing; BaseModelPath must be empty.
+	InMemory bool
+	// Store is the state database (see OpenSQLite, OpenPostgres, NewMemStore).
 	Store Store
-	// Ledger is the round ledger (ledger.Open(Dir)).
+	// Ledger is the round ledger (ledger.Open(Dir)); nil keeps none (the
+	// simulator).
 	Ledger *ledger.Log
 	// Key signs ledger records and what the API publishes.
 	Key ed25519.PrivateKey
@@ -84,6 +92,8 @@ type Coordinator struct {
 	// digest must equal it, since updates no longer carry the shapes.
 	shapesDigest [32]byte
 	dir          string
+	blobs        content // adapters, base model, optimizer states
+	updates      content // the exact bytes of accepted updates
 	store        Store
 	ledger       *ledger.Log
 	key          ed25519.PrivateKey
@@ -103,9 +113,12 @@ type Coordinator struct {
 	adapter   []float32       // cur.BaseAdapter's vector
 	opt       OptState        // server optimizer state before cur
 	optHash   string
-	changed   chan struct{} // closed and replaced at every transition
-	kick      chan struct{} // asks Run to Step now (quorum reached)
-	done      bool          // MaxRounds reached
+	// deltas holds the decoded deltas of updates taken by Accept for the
+	// round in flight, by record hash: they have no bytes to store.
+	deltas  map[string]*compress.Sparse
+	changed chan struct{} // closed and replaced at every transition
+	kick    chan struct{} // asks Run to Step now (quorum reached)
+	done    bool          // MaxRounds reached
 }
 
 // New opens the coordinator on opts.Dir: it resumes the round in flight
@@ -114,8 +127,11 @@ func New(ctx context.Context, cfg Config, opts Options) (*Coordinator, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if opts.Store == nil || opts.Ledger == nil || len(opts.Key) != ed25519.PrivateKeySize || opts.Dir == "" {
-		return nil, errors.New("coordinator: New needs Dir, Store, Ledger and an ed25519 Key")
+	if opts.Store == nil || len(opts.Key) != ed25519.PrivateKeySize || (opts.Dir == "" && !opts.InMemory) || (opts.Ledger == nil && !opts.InMemory) {
+		return nil, errors.New("coordinator: New needs Dir, Store, Ledger and an ed25519 Key (only Store and Key when InMemory)")
+	}
+	if opts.InMemory && opts.BaseModelPath != "" {
+		return nil, errors.New("coordinator: an in-memory coordinator publishes no base model file (BaseModelPath must be empty)")
 	}
 	c := &Coordinator{cfg: cfg, n: cfg.N(), shapesDigest: protocol.ShapesDigest(cfg.Shapes), dir: opts.Dir, store: opts.Store, ledger: opts.Ledger, key: opts.Key,
 		clock: opts.Clock, log: opts.Logger, M: newMetrics(), changed: make(chan struct{}), kick: make(chan struct{}, 1), afterClose: opts.AfterClose}
@@ -126,10 +142,15 @@ func New(ctx context.Context, cfg Config, opts Options) (*Coordinator, error) {
 		c.log = slog.Default()
 	}
 	c.ev = newEvents(opts.Events, c.clock, opts.GridGPerKWh)
-	for _, d := range []string{blobsDir, updatesDir} {
-		if err := os.MkdirAll(filepath.Join(c.dir, d), 0o755); err != nil {
-			return nil, fmt.Errorf("coordinator: %w", err)
+	if opts.InMemory {
+		c.blobs, c.updates = newMemContent(), newMemContent()
+	} else {
+		for _, d := range []string{blobsDir, updatesDir} {
+			if err := os.MkdirAll(filepath.Join(c.dir, d), 0o755); err != nil {
+				return nil, fmt.Errorf("coordinator: %w", err)
+			}
 		}
+		c.blobs, c.updates = dirContent(c.blobDir()), dirContent(c.updateDir())
 	}
 	if opts.BaseModelPath != "" {
 		sum, size, err := putFile(c.blobDir(), opts.BaseModelPath)
@@ -221,7 +242,7 @@ func (c *Coordinator) startFresh(ctx context.Context, init []float32) error {
 // the next round aggregates onto what the ledger says it starts from.
 func (c *Coordinator) resume(ctx context.Context, cur Round) error {
 	if cur.State == StateAggregating {
-		if rec, ok := c.ledger.Last(); ok && rec.Round == cur.ID {
+		if rec, ok := c.ledgerLast(); ok && rec.Round == cur.ID {
 			// Crashed after appending the record, before storing the
 			// round as closed: the signed record says how it ended.
 			cur.State, cur.Closed, cur.NewAdapter, cur.OptState = StateClosed, rec.Time, rec.AdapterAfter, rec.Aggregation.Options["opt_state_after"]
@@ -242,7 +263,7 @@ func (c *Coordinator) resume(ctx context.Context, cur Round) error {
 		}
 		optHash = prev.OptState
 	}
-	b, err := readContent(c.blobDir(), adapterHash)
+	b, err := c.blobs.get(adapterHash)
 	if err != nil {
 		return fmt.Errorf("coordinator: resume round %d: adapter: %w", cur.ID, err)
 	}
@@ -272,6 +293,23 @@ func (c *Coordinator) resume(ctx context.Context, cur Round) error {
 	return nil
 }
 
+// acceptedDelta is the decoded delta of an accepted update: held in
+// memory (Accept) or read back from its stored bytes.
+func (c *Coordinator) acceptedDelta(hash string) (*compress.Sparse, error) {
+	if d, ok := c.deltas[hash]; ok {
+		return d, nil
+	}
+	b, err := c.updates.get(hash)
+	if err != nil {
+		return nil, err
+	}
+	up, err := protocol.UnmarshalUpdate(b, c.n)
+	if err != nil {
+		return nil, err
+	}
+	return up.Delta, nil
+}
+
 // shortHash is a hash's first 12 digits, for logs.
 func shortHash(h string) string { return h[:min(12, len(h))] }
 
@@ -280,7 +318,7 @@ func (c *Coordinator) loadOpt(hash string) error {
 	if hash == "" {
 		return nil
 	}
-	b, err := readContent(c.blobDir(), hash)
+	b, err := c.blobs.get(hash)
 	if err != nil {
 		return err
 	}
@@ -295,6 +333,7 @@ func (c *Coordinator) setRound(r Round) {
 		c.cohort[w] = true
 	}
 	c.accepted, c.rejected, c.nAccepted = map[string]bool{}, map[string]int{}, 0
+	c.deltas = map[string]*compress.Sparse{}
 	c.notify()
 	c.ev.roundChanged(r)
 }
@@ -331,7 +370,7 @@ func PickCohort(ids []string, size int, seed uint64) []string {
 }
 
 func (c *Coordinator) putBlob(ctx context.Context, kind string, data []byte) (string, error) {
-	hash, err := putContent(c.blobDir(), data)
+	hash, err := c.blobs.put(data)
 	if err != nil {
 		return "", err
 	}
@@ -376,16 +415,12 @@ func (c *Coordinator) stepLocked(ctx context.Context) (bool, error) {
 		if c.done {
 			return false, nil
 		}
-		ws, err := c.store.Workers(ctx, now.Add(-c.cfg.SeenWithin))
+		ids, err := c.store.WorkerIDs(ctx, now.Add(-c.cfg.SeenWithin))
 		if err != nil {
 			return false, err
 		}
-		if len(ws) < c.cfg.MinWorkers {
+		if len(ids) < c.cfg.MinWorkers {
 			return false, nil
-		}
-		ids := make([]string, len(ws))
-		for i, w := range ws {
-			ids[i] = w.ID
 		}
 		r.Cohort = PickCohort(ids, c.cfg.CohortSize, r.Seed)
 		r.State, r.Started, r.Deadline = StateCollecting, now, now.Add(c.cfg.RoundTimeout)
@@ -435,7 +470,7 @@ func (c *Coordinator) stepLocked(ctx context.Context) (bool, error) {
 // (the dropouts are replaced unless they are still polling).
 func (c *Coordinator) restart(ctx context.Context, now time.Time) error {
 	r := c.cur
-	ws, err := c.store.Workers(ctx, now.Add(-c.cfg.SeenWithin))
+	ids, err := c.store.WorkerIDs(ctx, now.Add(-c.cfg.SeenWithin))
 	if err != nil {
 		return err
 	}
@@ -445,9 +480,9 @@ func (c *Coordinator) restart(ctx context.Context, now time.Time) error {
 			keep = append(keep, w)
 		}
 	}
-	for _, w := range ws {
-		if !c.accepted[w.ID] {
-			others = append(others, w.ID)
+	for _, id := range ids {
+		if !c.accepted[id] {
+			others = append(others, id)
 		}
 	}
 	r.Extensions++
@@ -502,11 +537,7 @@ func (c *Coordinator) aggregate(ctx context.Context, why string) error {
 		if !u.Accepted {
 			continue
 		}
-		b, err := readContent(c.updateDir(), u.SHA256)
-		var up *protocol.Update
-		if err == nil {
-			up, err = protocol.UnmarshalUpdate(b, c.n)
-		}
+		delta, err := c.acceptedDelta(u.SHA256)
 		if err != nil {
 			// Retrying cannot bring the bytes back: leave the update out
 			// and say so in the record, rather than stall the run.
@@ -515,7 +546,7 @@ func (c *Coordinator) aggregate(ctx context.Context, why string) error {
 			c.log.Error("coordinator: an accepted update's stored copy is unreadable; left out of the aggregate", "round", r.ID, "update", u.SHA256, "err", err)
 			continue
 		}
-		cs = append(cs, Contribution{Delta: up.Delta, Weight: u.Weight})
+		cs = append(cs, Contribution{Delta: delta, Weight: u.Weight})
 		at = append(at, len(entries)-1)
 		bytesIn += u.Bytes
 	}
@@ -555,7 +586,7 @@ func (c *Coordinator) aggregate(ctx context.Context, why string) error {
 		}
 	}
 	now := c.clock.Now()
-	if last, ok := c.ledger.Last(); !ok || last.Round < r.ID {
+	if last, ok := c.ledgerLast(); c.ledger != nil && (!ok || last.Round < r.ID) {
 		rec := &ledger.Record{Round: r.ID, Time: now, AdapterBefore: r.BaseAdapter, AdapterAfter: newHash, Cohort: r.Cohort,
 			Seed: r.Seed, Aggregation: c.cfg.aggregation(c.optHash, optHash, out, result), Updates: entries}
 		if rec.Cohort == nil {
@@ -573,7 +604,7 @@ func (c *Coordinator) aggregate(ctx context.Context, why string) error {
 		return err
 	}
 	c.M.roundClosed(now.Sub(r.Started))
-	if last, ok := c.ledger.Last(); ok && last.Round == r.ID {
+	if last, ok := c.ledgerLast(); ok && last.Round == r.ID {
 		c.ev.closed(r, &last, ups, c.n)
 	} else {
 		c.ev.closed(r, nil, ups, c.n)
@@ -606,6 +637,34 @@ func (c *Coordinator) openNext(ctx context.Context, r Round) error {
 	}
 	c.setRound(next)
 	return nil
+}
+
+// CurrentRound returns a copy of the round in flight, its cohort included.
+func (c *Coordinator) CurrentRound() Round {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return cloneRound(c.cur)
+}
+
+func (c *Coordinator) ledgerLen() int {
+	if c.ledger == nil {
+		return 0
+	}
+	return c.ledger.Len()
+}
+
+func (c *Coordinator) ledgerHead() string {
+	if c.ledger == nil {
+		return ""
+	}
+	return c.ledger.Head()
+}
+
+func (c *Coordinator) ledgerLast() (ledger.Record, bool) {
+	if c.ledger == nil {
+		return ledger.Record{}, false
+	}
+	return c.ledger.Last()
 }
 
 // Done reports whether the coordinator has closed its last round (MaxRounds).
@@ -759,14 +818,55 @@ func (c *Coordinator) submit(ctx context.Context, body []byte) (protocol.UploadR
 	if err := protocol.Verify(u, w.PublicKey); err != nil {
 		return protocol.UploadResponse{}, reject(401, "bad_signature", "%v", err)
 	}
+	return c.record(ctx, u, body, int64(len(body)), sha256Hex(body))
+}
+
+// Accept takes an update that arrives already decoded from a trusted
+// process of its own (the simulator's nodes) on an InMemory coordinator:
+// the round policy is Submit's (round, cohort, duplicates, base adapter,
+// codec, shapes, tokens, norm bound, late weighting) without the wire
+// format, the signature or the stored bytes; the decoded delta u.Delta is
+// kept in memory until the round aggregates. size is the bytes the update
+// would have taken on the wire (for the records); the record's hash names
+// the update (SHA-256 of its nonce and worker), not bytes.
+func (c *Coordinator) Accept(ctx context.Context, u *protocol.Update, size int64) (protocol.UploadResponse, error) {
+	if _, ok := c.updates.(*memContent); !ok {
+		return protocol.UploadResponse{}, errors.New("coordinator: Accept needs an InMemory coordinator")
+	}
+	if u.Delta == nil || u.Delta.N != c.n {
+		return protocol.UploadResponse{}, reject(400, "malformed", "update without a decoded delta of %d elements", c.n)
+	}
+	if _, err := c.store.Worker(ctx, u.WorkerID); err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return protocol.UploadResponse{}, reject(403, "unknown_worker", "worker %q is not registered", u.WorkerID)
+		}
+		return protocol.UploadResponse{}, err
+	}
+	resp, err := c.record(ctx, u, nil, size, sha256Hex(append(u.Nonce[:], u.WorkerID...)))
+	var re *RejectError
+	if errors.As(err, &re) {
+		c.M.rejected(re.Code)
+	} else if err == nil {
+		c.M.updatesAccepted.Add(1)
+		c.M.bytesReceived.Add(size)
+	}
+	return resp, err
+}
+
+// record applies the round policy to a decoded, authenticated update and
+// stores it: body (its exact bytes) when it came over the wire, or its
+// decoded delta in memory when body is nil (Accept).
+func (c *Coordinator) record(ctx context.Context, u *protocol.Update, body []byte, size int64, hash string) (protocol.UploadResponse, error) {
 	now := c.clock.Now()
 	if err := c.store.TouchWorker(ctx, u.WorkerID, now); err != nil {
 		return protocol.UploadResponse{}, err
 	}
 	norm := L2Norm(u.Delta)
-	rec := UpdateRecord{Round: u.Round, WorkerID: u.WorkerID, SHA256: sha256Hex(body), Nonce: hex.EncodeToString(u.Nonce[:]),
-		Bytes: int64(len(body)), Tokens: u.Tokens, FLOPs: u.FLOPs, EnergyWh: u.EnergyWh, Norm: norm, Received: now,
-		Signature: base64.StdEncoding.EncodeToString(u.Signature[:])}
+	rec := UpdateRecord{Round: u.Round, WorkerID: u.WorkerID, SHA256: hash, Nonce: hex.EncodeToString(u.Nonce[:]),
+		Bytes: size, Tokens: u.Tokens, FLOPs: u.FLOPs, EnergyWh: u.EnergyWh, Norm: norm, Received: now}
+	if body != nil {
+		rec.Signature = base64.StdEncoding.EncodeToString(u.Signature[:])
+	}
 
 	if seen, err := c.store.NonceSeen(ctx, rec.Nonce); err != nil {
 		return protocol.UploadResponse{}, err
@@ -784,8 +884,10 @@ func (c *Coordinator) submit(ctx context.Context, body []byte) (protocol.UploadR
 	}
 	// Keep the exact bytes for aggregation and ledger re-verification;
 	// written outside the lock (fsync), content-addressed so a retry is harmless.
-	if _, err := putContent(c.updateDir(), body); err != nil {
-		return protocol.UploadResponse{}, err
+	if body != nil {
+		if _, err := c.updates.put(body); err != nil {
+			return protocol.UploadResponse{}, err
+		}
 	}
 	c.mu.Lock()
 	late, rerr := c.check(u, &rec, now)
@@ -809,14 +911,17 @@ func (c *Coordinator) submit(ctx context.Context, body []byte) (protocol.UploadR
 	}
 	c.nAccepted++
 	c.accepted[u.WorkerID] = true
-	c.ev.accepted(c.cur, u.WorkerID, int64(len(body)), late)
+	if body == nil {
+		c.deltas[hash] = u.Delta
+	}
+	c.ev.accepted(c.cur, u.WorkerID, size, late)
 	if c.nAccepted >= c.quorum() {
 		select {
 		case c.kick <- struct{}{}:
 		default:
 		}
 	}
-	return protocol.UploadResponse{Accepted: true, Round: u.Round, Reason: rec.Reason, LedgerIndex: uint64(c.ledger.Len())}, nil
+	return protocol.UploadResponse{Accepted: true, Round: u.Round, Reason: rec.Reason, LedgerIndex: uint64(c.ledgerLen())}, nil
 }
 
 // recordRejection stores a verified but refused update (accepted=false)
@@ -976,7 +1081,7 @@ func (c *Coordinator) Status() Status {
 		adapter = r.NewAdapter
 	}
 	return Status{Round: r.ID, State: r.State, Cohort: len(r.Cohort), Accepted: c.nAccepted, Quorum: c.quorum(), Deadline: r.Deadline,
-		AdapterSHA256: adapter, BaseSHA256: c.base, Workers: c.M.workers.Load(), LedgerRecords: c.ledger.Len(), LedgerHead: c.ledger.Head(),
+		AdapterSHA256: adapter, BaseSHA256: c.base, Workers: c.M.workers.Load(), LedgerRecords: c.ledgerLen(), LedgerHead: c.ledgerHead(),
 		CoordinatorKey: encodeKey(c.PublicKey()), Done: c.done, Codec: c.cfg.Recipe.Codec}
 }
 

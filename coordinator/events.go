@@ -333,7 +333,10 @@ func (e *events) replay(ctx context.Context, c *Coordinator) {
 	if !e.on() {
 		return
 	}
-	recs := c.ledger.Records()
+	var recs []ledger.Record
+	if c.ledger != nil {
+		recs = c.ledger.Records()
+	}
 	if len(recs) > 500 {
 		recs = recs[len(recs)-500:]
 	}

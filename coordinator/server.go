@@ -93,7 +93,9 @@ func NewServer(c *Coordinator, opts ServerOptions) *Server {
 	s.mux.HandleFunc("GET /v1/round", s.round)
 	s.mux.HandleFunc("GET /v1/blobs/{sha}", s.blob)
 	s.mux.HandleFunc("POST /v1/updates", s.upload)
-	s.mux.Handle("GET /v1/ledger", c.ledger)
+	if c.ledger != nil {
+		s.mux.Handle("GET /v1/ledger", c.ledger)
+	}
 	s.mux.HandleFunc("GET /v1/status", s.status)
 	s.mux.HandleFunc("GET /metrics", s.metrics)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -303,7 +305,7 @@ func (s *Server) blob(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	f, err := os.Open(filepath.Join(s.c.blobDir(), sha))
+	f, err := s.c.blobs.open(sha)
 	if err != nil {
 		writeError(w, fmt.Errorf("blob %s: %w", sha, err))
 		return

@@ -302,6 +302,23 @@ func (s *sqlStore) Workers(ctx context.Context, since time.Time) ([]Worker, erro
 	return out, rows.Err()
 }
 
+func (s *sqlStore) WorkerIDs(ctx context.Context, since time.Time) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, s.q(`SELECT id FROM workers WHERE last_seen >= ? ORDER BY id`), nanos(since))
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: list worker ids: %w", err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("coordinator: list worker ids: %w", err)
+		}
+		out = append(out, id)
+	}
+	return out, rows.Err()
+}
+
 func (s *sqlStore) CountWorkers(ctx context.Context) (int, error) {
 	var n int
 	if err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM workers`).Scan(&n); err != nil {

@@ -11,8 +11,8 @@ import (
 // (content-addressed blobs; the bytes live on disk under DIR/blobs and
 // DIR/updates, the database holds their hashes), updates and the nonces
 // seen. Two implementations share one SQL schema: SQLite (the default,
-// DIR/coordinator.db) and PostgreSQL. Every method is safe for concurrent
-// use.
+// DIR/coordinator.db) and PostgreSQL; MemStore keeps the same state in
+// memory for the simulator. Every method is safe for concurrent use.
 type Store interface {
 	// RegisterWorker inserts w, or returns the worker already registered
 	// with the same id (registration is idempotent: the id derives from
@@ -24,6 +24,9 @@ type Store interface {
 	TouchWorker(ctx context.Context, id string, t time.Time) error
 	// Workers lists the workers seen at or after since, ordered by id.
 	Workers(ctx context.Context, since time.Time) ([]Worker, error)
+	// WorkerIDs is Workers' ids alone: what cohort selection reads, cheap
+	// enough for a million simulated workers.
+	WorkerIDs(ctx context.Context, since time.Time) ([]string, error)
 	// CountWorkers is the number of registered workers.
 	CountWorkers(ctx context.Context) (int, error)
 

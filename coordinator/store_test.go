@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -48,6 +49,19 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 	}
 	if n, _ := s.CountWorkers(ctx); n != 1 {
 		t.Errorf("count %d", n)
+	}
+	pub0, _, _ := ed25519.GenerateKey(nil)
+	if _, err := s.RegisterWorker(ctx, Worker{ID: "w-0", PublicKey: pub0, Registered: t0, LastSeen: t0.Add(3 * time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	if ids, err := s.WorkerIDs(ctx, t0); err != nil || len(ids) != 2 || ids[0] != "w-0" || ids[1] != "w-1" {
+		t.Errorf("worker ids seen since t0: %v, %v; want [w-0 w-1] in id order", ids, err)
+	}
+	if ids, err := s.WorkerIDs(ctx, t0.Add(2*time.Minute)); err != nil || len(ids) != 1 || ids[0] != "w-0" {
+		t.Errorf("worker ids seen since t0+2m: %v, %v; want [w-0]", ids, err)
+	}
+	if _, err := s.RegisterWorker(ctx, Worker{ID: "w-other", PublicKey: pub0, Registered: t0, LastSeen: t0}); err == nil {
+		t.Error("a second worker id with an already registered public key: no error")
 	}
 
 	if _, err := s.LatestRound(ctx); !errors.Is(err, ErrNotFound) {
@@ -121,6 +135,39 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 	}
 	if ups, _ := s.Updates(ctx, 2); len(ups) != 0 {
 		t.Fatalf("round 2 updates: %+v", ups)
+	}
+}
+
+func TestMemStore(t *testing.T) {
+	testStore(t, func(t *testing.T) Store { return NewMemStore() })
+}
+
+// With Keep, old rounds' update records go but their nonces stay seen.
+func TestMemStoreKeepsRecentRounds(t *testing.T) {
+	ctx := context.Background()
+	s := NewMemStore()
+	s.Keep = 1
+	for id := uint64(1); id <= 4; id++ {
+		if err := s.CreateRound(ctx, Round{ID: id, State: StateOpen}); err != nil {
+			t.Fatal(err)
+		}
+		u := UpdateRecord{Round: id, Applied: id, WorkerID: "w", Nonce: fmt.Sprint("n", id), Accepted: true}
+		if err := s.AddUpdate(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for id, want := range map[uint64]int{1: 0, 2: 0, 3: 1, 4: 1} {
+		if ups, _ := s.Updates(ctx, id); len(ups) != want {
+			t.Errorf("round %d: %d update records kept, want %d", id, len(ups), want)
+		}
+	}
+	if seen, _ := s.NonceSeen(ctx, "n1"); !seen {
+		t.Error("the nonce of a forgotten round's update is no longer seen")
+	}
+	r, _ := s.Round(ctx, 1)
+	r.Cohort = append(r.Cohort, "x")
+	if again, _ := s.Round(ctx, 1); len(again.Cohort) != 0 {
+		t.Error("a caller's change to a returned round reached the store")
 	}
 }
 
