@@ -15,16 +15,21 @@ import (
 	"github.com/spf13/cobra"
 )
 
+// stdin is what the next execute call reads on standard input.
+var stdin string
+
 // execute runs one command line on a fresh command tree (flags do not leak
 // between runs) and returns stdout, stderr and the error.
 func execute(t *testing.T, args ...string) (string, string, error) {
 	t.Helper()
 	root := &cobra.Command{Use: "opencluster", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(newPretrainCmd(), newTrainCmd(), newGenerateCmd())
+	root.AddCommand(newPretrainCmd(), newTrainCmd(), newGenerateCmd(), newTokenizeCmd())
 	var out, errOut bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&errOut)
 	root.SetArgs(args)
+	root.SetIn(strings.NewReader(stdin))
+	stdin = ""
 	err := root.ExecuteContext(context.Background())
 	return out.String(), errOut.String(), err
 }
