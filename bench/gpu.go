@@ -315,13 +315,12 @@ func frac(a, b float64) float64 {
 }
 
 // qloraRow measures QLoRA training steps of one model shape on a fresh
-// backend: random weights through train.NewModel, the linears frozen in
-// 4-bit (the preset's quant section), LoRA on the preset's targets, then
-// one warm-up step and Steps timed steps (forward, backward, AdamW), in
-// mixed precision where the backend has it (SetMixedPrecision). The
-// peak is counted from just before the model is built, and separately
-// from after it is quantized (the steady training footprint, without the
-// fp32 initial weights that QuantizeBase replaces).
+// backend: random weights drawn straight into 4-bit on the host
+// (train.NewQuantizedModel, the preset's quant section), LoRA on the
+// preset's targets, then one warm-up step and Steps timed steps (forward,
+// backward, AdamW), in mixed precision where the backend has it
+// (SetMixedPrecision). The peak is counted from just before the model is
+// built (the allocator's own count), and separately from after it is built.
 func qloraRow(ctx context.Context, p QLoRAPreset, opt GPUOptions) (Row, error) {
 	be, err := opt.Open()
 	if err != nil {
@@ -358,13 +357,13 @@ func QLoRAStep(ctx context.Context, be backend.Backend, p QLoRAPreset, steps int
 	if hasMem {
 		mem.ResetPeak()
 	}
-	m, err := train.NewModel(cfg.Model, be, cfg.Train.Seed)
+	// Quantized on the host as it is drawn: only the NF4 linears and the
+	// bf16 embedding and lm_head are uploaded, never an fp32 model.
+	m, err := train.NewQuantizedModel(cfg.Model, be, cfg.Train.Seed, cfg.Quant)
 	if err != nil {
-		return Row{}, fmt.Errorf("preset %s: building the model: %w", p.Name, err)
+		return Row{}, fmt.Errorf("preset %s: building the quantized model: %w", p.Name, err)
 	}
-	if err := m.QuantizeBase(cfg.Quant); err != nil {
-		return Row{}, fmt.Errorf("preset %s: quantizing the base: %w", p.Name, err)
-	}
+	defer m.Free()
 	var buildPeak uint64
 	if hasMem {
 		buildPeak = mem.PeakBytes()
@@ -413,8 +412,10 @@ func QLoRAStep(ctx context.Context, be backend.Backend, p QLoRAPreset, steps int
 	}
 	// ForwardBackward reads the losses back, so every step but the last
 	// optimizer update is complete; SumSquares waits for that one too.
-	be.SumSquares(be.Alloc(1))
+	one := be.Alloc(1)
+	be.SumSquares(one)
 	el := time.Since(start).Seconds()
+	be.Free(one)
 	if math.IsNaN(loss) || math.IsInf(loss, 0) {
 		return Row{}, fmt.Errorf("preset %s: loss is %v after %d steps", p.Name, loss, steps+1)
 	}

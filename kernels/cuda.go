@@ -4,10 +4,12 @@ package kernels
 
 import (
 	"embed"
+	"errors"
 	"fmt"
 	"math"
 	"runtime"
 	"sync"
+	"time"
 	"unsafe"
 
 	"gorgonia.org/cu"
@@ -44,9 +46,7 @@ type CUDA struct {
 	arch    int // PTX loaded: 75 or 80
 	prec    Precision
 
-	work chan func()
-	quit chan struct{}
-	wg   sync.WaitGroup
+	th *ctxThread // the context thread
 
 	// Touched only on the context thread.
 	ctx     cu.CUContext
@@ -54,8 +54,7 @@ type CUDA struct {
 	fns     map[string]cu.Function
 	scratch map[string]*devAlloc
 
-	mu      sync.Mutex // guards the fields below
-	closed  bool
+	mu      sync.Mutex  // guards the fields below
 	cur     int64       // bytes allocated now
 	peak    int64       // high-water mark of cur
 	pending []*devAlloc // freed by finalizers, released on the context thread
@@ -65,37 +64,13 @@ type CUDA struct {
 // context and loads the PTX for its compute capability. Precision starts at
 // FP32 (exact).
 func NewCUDA(ordinal int) (*CUDA, error) {
-	c := &CUDA{ordinal: ordinal, prec: FP32, work: make(chan func()), quit: make(chan struct{}),
-		fns: map[string]cu.Function{}, scratch: map[string]*devAlloc{}}
-	errc := make(chan error, 1)
-	c.wg.Add(1)
-	go c.loop(errc)
-	if err := <-errc; err != nil {
-		c.wg.Wait()
+	c := &CUDA{ordinal: ordinal, prec: FP32, fns: map[string]cu.Function{}, scratch: map[string]*devAlloc{}}
+	th, err := startThread(c.open, c.release)
+	if err != nil {
 		return nil, err
 	}
+	c.th = th
 	return c, nil
-}
-
-// loop is the context thread: it never unlocks the OS thread, so the thread
-// (and the context current on it) ends with the goroutine.
-func (c *CUDA) loop(errc chan<- error) {
-	defer c.wg.Done()
-	runtime.LockOSThread()
-	if err := c.open(); err != nil {
-		errc <- err
-		return
-	}
-	errc <- nil
-	for {
-		select {
-		case f := <-c.work:
-			f()
-		case <-c.quit:
-			c.release()
-			return
-		}
-	}
 }
 
 func (c *CUDA) open() error {
@@ -165,21 +140,11 @@ func (c *CUDA) release() {
 }
 
 // Close waits for queued work and destroys the context; every buffer of
-// this backend becomes invalid. Close is idempotent.
+// this backend becomes invalid. Close is idempotent and safe to call while
+// other goroutines run ops: those fail with a "closed" error, they never
+// hang.
 func (c *CUDA) Close() error {
-	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return nil
-	}
-	c.mu.Unlock()
-	err := c.do(func() error { return cu.Synchronize() })
-	c.mu.Lock()
-	c.closed = true
-	c.mu.Unlock()
-	close(c.quit)
-	c.wg.Wait()
-	if err != nil {
+	if err := c.th.stop(func() error { return cu.Synchronize() }); err != nil {
 		return fmt.Errorf("kernels: %s: finishing queued work: %w", c.Name(), err)
 	}
 	return nil
@@ -187,24 +152,15 @@ func (c *CUDA) Close() error {
 
 // do runs f on the context thread and returns its error; a panic inside f
 // comes back as an error instead of killing the context thread.
-func (c *CUDA) do(f func() error) (err error) {
-	c.mu.Lock()
-	closed := c.closed
-	c.mu.Unlock()
-	if closed {
+func (c *CUDA) do(f func() error) error {
+	err := c.th.do(func() error {
+		c.freePending()
+		return f()
+	})
+	if errors.Is(err, errClosed) {
 		return fmt.Errorf("kernels: %s is closed", c.Name())
 	}
-	res := make(chan error, 1)
-	c.work <- func() {
-		defer func() {
-			if r := recover(); r != nil {
-				res <- fmt.Errorf("panic on the context thread: %v", r)
-			}
-		}()
-		c.freePending()
-		res <- f()
-	}
-	return <-res
+	return err
 }
 
 // must panics when err is set, naming the device and the op.
@@ -295,11 +251,12 @@ func (c *CUDA) Synchronize() error {
 // ---------------------------------------------------------------------------
 // Device memory.
 
-// devAlloc is one cuMemAlloc. A finalizer queues it for freeing once no
-// buffer refers to it any more.
+// devAlloc is one cuMemAlloc. Free releases it at once; otherwise a
+// finalizer queues it for freeing once no buffer refers to it any more.
 type devAlloc struct {
 	ptr   cu.DevicePtr
 	bytes int64
+	freed bool // by Free; touched only on the context thread
 }
 
 // Buffer is the CUDA backend's backend.Buf: a view of n float32s at
@@ -316,13 +273,26 @@ func (b *Buffer) Len() int { return b.n }
 // Ptr is the device address of the first element.
 func (b *Buffer) Ptr() cu.DevicePtr { return b.a.ptr + cu.DevicePtr(4*b.off) }
 
-// alloc allocates bytes of device memory on the context thread.
+// oomRetryWait bounds how long an allocation that ran out of memory waits
+// for the finalizers of unreachable buffers before its one retry.
+const oomRetryWait = 200 * time.Millisecond
+
+// allocBytes allocates bytes of device memory on the context thread. When
+// the device is out of memory it collects garbage, frees the allocations
+// whose buffers were unreachable, and retries once; a second failure names
+// how much was asked for, how much this backend holds and what is free.
 func (c *CUDA) allocBytes(bytes int64) (*devAlloc, error) {
 	a := &devAlloc{bytes: bytes}
 	if bytes > 0 {
 		p, err := cu.MemAlloc(bytes)
+		if err != nil && isOOM(err) {
+			c.collect()
+			p, err = cu.MemAlloc(bytes)
+		}
 		if err != nil {
-			return nil, fmt.Errorf("allocating %d bytes: %w", bytes, err)
+			free, total, _ := cu.MemInfo()
+			return nil, fmt.Errorf("allocating %d bytes (%.1f MiB; this backend holds %.1f MiB, the device has %.1f of %.1f MiB free): %w",
+				bytes, mib(bytes), mib(c.CurrentMemory()), mib(int64(free)), mib(int64(total)), err)
 		}
 		a.ptr = p
 		if err := cu.MemsetD8(p, 0, bytes); err != nil {
@@ -342,6 +312,43 @@ func (c *CUDA) allocBytes(bytes int64) (*devAlloc, error) {
 	return a, nil
 }
 
+func mib(b int64) float64 { return float64(b) / (1 << 20) }
+
+// isOOM reports whether a driver error is CUDA_ERROR_OUT_OF_MEMORY.
+func isOOM(err error) bool { return errors.Is(err, cu.OutOfMemory) }
+
+// collect runs the garbage collector and frees what its finalizers queued,
+// waiting a little for them (finalizers run on their own goroutine).
+func (c *CUDA) collect() {
+	runtime.GC()
+	deadline := time.Now().Add(oomRetryWait)
+	for {
+		c.mu.Lock()
+		n := len(c.pending)
+		c.mu.Unlock()
+		if n > 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	c.freePending()
+}
+
+// freeAlloc releases a on the context thread (once).
+func (c *CUDA) freeAlloc(a *devAlloc) {
+	if a == nil || a.freed {
+		return
+	}
+	a.freed = true
+	runtime.SetFinalizer(a, nil)
+	if a.bytes > 0 {
+		_ = cu.MemFree(a.ptr)
+	}
+	c.mu.Lock()
+	c.cur -= a.bytes
+	c.mu.Unlock()
+}
+
 // freePending releases allocations whose last buffer was collected.
 func (c *CUDA) freePending() {
 	c.mu.Lock()
@@ -349,6 +356,10 @@ func (c *CUDA) freePending() {
 	c.pending = nil
 	c.mu.Unlock()
 	for _, a := range p {
+		if a.freed {
+			continue
+		}
+		a.freed = true
 		if a.bytes > 0 {
 			_ = cu.MemFree(a.ptr)
 		}
@@ -356,6 +367,37 @@ func (c *CUDA) freePending() {
 		c.cur -= a.bytes
 		c.mu.Unlock()
 	}
+}
+
+// Free releases the device memory behind a buffer Alloc, UploadQ4 or
+// UploadBF16 returned. Freeing a view of part of an allocation panics (it
+// would free the rest too); freeing twice does nothing. Ops on a freed
+// buffer panic.
+func (c *CUDA) Free(b backend.Buf) {
+	var allocs []*devAlloc
+	switch x := b.(type) {
+	case nil:
+		return
+	case *Buffer:
+		d := c.buf(x)
+		if d.off != 0 || 4*int64(d.n) != d.a.bytes {
+			panic(fmt.Sprintf("kernels: %s: Free of a view [%d, %d) of a %d-byte allocation", c.Name(), d.off, d.off+d.n, d.a.bytes))
+		}
+		allocs = []*devAlloc{d.a}
+	case *Q4:
+		q := c.q4(x)
+		allocs = []*devAlloc{q.packed, q.absmax, q.ncodes, q.nabsmax, q.nmap}
+	case *BF16Weight:
+		allocs = []*devAlloc{c.bf16(x).a}
+	default:
+		panic(fmt.Sprintf("kernels: %s: Free of a %T, which no CUDA backend made", c.Name(), b))
+	}
+	c.must("Free", c.do(func() error {
+		for _, a := range allocs {
+			c.freeAlloc(a)
+		}
+		return nil
+	}))
 }
 
 // Alloc returns n zeroed float32s of device memory.
@@ -379,6 +421,9 @@ func (c *CUDA) buf(b backend.Buf) *Buffer {
 	}
 	if d.owner != c {
 		panic(fmt.Sprintf("kernels: %s: buffer belongs to %s", c.Name(), d.owner.Name()))
+	}
+	if d.a.freed {
+		panic(fmt.Sprintf("kernels: %s: buffer was freed", c.Name()))
 	}
 	return d
 }
@@ -460,11 +505,13 @@ func (c *CUDA) scratchBytes(name string, bytes int64) (cu.DevicePtr, error) {
 	if s := c.scratch[name]; s != nil && s.bytes >= bytes {
 		return s.ptr, nil
 	}
+	c.freeAlloc(c.scratch[name]) // queued kernels run before any later allocation reuses it
 	a, err := c.allocBytes(max(bytes, 256))
 	if err != nil {
+		delete(c.scratch, name)
 		return 0, fmt.Errorf("scratch %s: %w", name, err)
 	}
-	c.scratch[name] = a // the old one is freed by its finalizer
+	c.scratch[name] = a
 	return a.ptr, nil
 }
 
@@ -559,7 +606,56 @@ func (c *CUDA) q4(w backend.QBuf) *Q4 {
 	if q.owner != c {
 		panic(fmt.Sprintf("kernels: %s: 4-bit weight belongs to %s", c.Name(), q.owner.Name()))
 	}
+	if q.packed.freed {
+		panic(fmt.Sprintf("kernels: %s: 4-bit weight was freed", c.Name()))
+	}
 	return q
+}
+
+// ---------------------------------------------------------------------------
+// bfloat16 weights.
+
+// BF16Weight is the CUDA backend's backend.HBuf: a frozen matrix's bfloat16 bits
+// in device memory, widened to fp32 a tile at a time by the ops.
+type BF16Weight struct {
+	a     *devAlloc
+	n     int
+	owner *CUDA
+}
+
+// Len is the number of elements.
+func (h *BF16Weight) Len() int { return h.n }
+
+func (h *BF16Weight) ptr() cu.DevicePtr { return h.a.ptr }
+
+// UploadBF16 copies src (bfloat16 bits) into device memory.
+func (c *CUDA) UploadBF16(src []uint16) backend.HBuf {
+	h := &BF16Weight{n: len(src), owner: c}
+	c.must("UploadBF16", c.do(func() error {
+		var err error
+		h.a, err = c.allocBytes(int64((2*len(src) + 3) / 4 * 4))
+		if err != nil || len(src) == 0 {
+			return err
+		}
+		err = cu.MemcpyHtoD(h.a.ptr, unsafe.Pointer(&src[0]), 2*int64(len(src)))
+		runtime.KeepAlive(src)
+		return err
+	}))
+	return h
+}
+
+func (c *CUDA) bf16(w backend.HBuf) *BF16Weight {
+	h, ok := w.(*BF16Weight)
+	if !ok || h == nil {
+		panic(fmt.Sprintf("kernels: %s: bf16 weight of type %T does not belong to a CUDA backend", c.Name(), w))
+	}
+	if h.owner != c {
+		panic(fmt.Sprintf("kernels: %s: bf16 weight belongs to %s", c.Name(), h.owner.Name()))
+	}
+	if h.a.freed {
+		panic(fmt.Sprintf("kernels: %s: bf16 weight was freed", c.Name()))
+	}
+	return h
 }
 
 // args are the nine Q4_PARAMS of nf4.cu.

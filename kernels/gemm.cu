@@ -64,3 +64,9 @@ KERNEL void convert_f32_bf16(__nv_bfloat16* out, const float* in, long long n) {
 KERNEL void convert_f32_fp16(__half* out, const float* in, long long n) {
     FOR_EACH(i, n) out[i] = __float2half_rn(in[i]);
 }
+
+// widen_bf16_f32 widens n bfloat16 values (raw bits) to fp32, exactly: the
+// tile a frozen bf16 weight (embedding, lm_head) is multiplied from.
+KERNEL void widen_bf16_f32(float* out, const unsigned short* in, long long n) {
+    FOR_EACH(i, n) out[i] = __uint_as_float((unsigned int)in[i] << 16);
+}

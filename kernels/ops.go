@@ -32,6 +32,20 @@ func (c *CUDA) EncoderForward(out, wte backend.Buf, tokens []int32, N, C int) {
 	}))
 }
 
+// EncoderForwardBF16 gathers rows of a bfloat16 table, widened exactly.
+func (c *CUDA) EncoderForwardBF16(out backend.Buf, wte backend.HBuf, tokens []int32, N, C int) {
+	o, w := c.buf(out), c.bf16(wte)
+	c.need("EncoderForwardBF16", "out", o, N*C)
+	c.checkTokens("EncoderForwardBF16", tokens, N, w.n/max(C, 1))
+	c.must("EncoderForwardBF16", c.do(func() error {
+		tp, err := c.uploadInts("tokens", tokens[:N])
+		if err != nil {
+			return err
+		}
+		return c.launchOn("encoder_forward_bf16", elems(N*C), threads256, o, w.ptr(), tp, N, C)
+	}))
+}
+
 // EncoderBackward scatters dout into dwte rows.
 func (c *CUDA) EncoderBackward(dwte, dout backend.Buf, tokens []int32, N, C int) {
 	dw, d := c.buf(dwte), c.buf(dout)
@@ -191,6 +205,63 @@ func (c *CUDA) MatmulQ4Backward(dinp, dout backend.Buf, w backend.QBuf, N, C, OC
 	args := append([]any{dx, dy}, q.args()...)
 	args = append(args, N, C, OC)
 	c.launch("MatmulQ4Backward", name, dim3{(C + 63) / 64, (N + 63) / 64, 1}, block, args...)
+}
+
+// bf16TileElems bounds the fp32 tile a bfloat16 weight is widened into (64
+// MiB): a 32000 x 4096 lm_head goes in eight tiles, and the whole weight
+// never exists in fp32.
+const bf16TileElems = 1 << 24
+
+// bf16Tiles widens w [OC,C] a tile of rows at a time into device scratch and
+// calls f(tile, r0, nr) for rows [r0, r0+nr), all on the context thread.
+func (c *CUDA) bf16Tiles(op string, w *BF16Weight, C, OC int, f func(tile cu.DevicePtr, r0, nr int) error) {
+	if w.n != C*OC {
+		panic(fmt.Sprintf("kernels: %s: %s: bf16 weight has %d elements, want %dx%d", c.Name(), op, w.n, OC, C))
+	}
+	rows := max(1, min(OC, bf16TileElems/max(C, 1)))
+	c.must(op, c.do(func() error {
+		tile, err := c.scratchBytes("bf16tile", 4*int64(rows*C))
+		if err != nil {
+			return err
+		}
+		for r0 := 0; r0 < OC; r0 += rows {
+			nr := min(rows, OC-r0)
+			src := w.ptr() + cu.DevicePtr(2*r0*C)
+			if err := c.launchOn("widen_bf16_f32", elems(nr*C), threads256, tile, src, int64(nr*C)); err != nil {
+				return err
+			}
+			if err := f(tile, r0, nr); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+}
+
+// MatmulBF16Forward: out[N,OC] = inp·widen(w)ᵀ over widened tiles of w's rows.
+func (c *CUDA) MatmulBF16Forward(out, inp backend.Buf, w backend.HBuf, N, C, OC int) {
+	o, x, h := c.buf(out), c.buf(inp), c.bf16(w)
+	c.need("MatmulBF16Forward", "out", o, N*OC)
+	c.need("MatmulBF16Forward", "inp", x, N*C)
+	if N == 0 || OC == 0 {
+		return
+	}
+	c.bf16Tiles("MatmulBF16Forward", h, C, OC, func(tile cu.DevicePtr, r0, nr int) error {
+		return c.gemmOn(x, tile, o.Ptr()+cu.DevicePtr(4*r0), N, nr, C, C, C, OC, false, true, 1, 0)
+	})
+}
+
+// MatmulBF16Backward: dinp += dout·widen(w) over widened tiles of w's rows.
+func (c *CUDA) MatmulBF16Backward(dinp, dout backend.Buf, w backend.HBuf, N, C, OC int) {
+	dx, dy, h := c.buf(dinp), c.buf(dout), c.bf16(w)
+	c.need("MatmulBF16Backward", "dinp", dx, N*C)
+	c.need("MatmulBF16Backward", "dout", dy, N*OC)
+	if N == 0 || C == 0 {
+		return
+	}
+	c.bf16Tiles("MatmulBF16Backward", h, C, OC, func(tile cu.DevicePtr, r0, nr int) error {
+		return c.gemmOn(dy.Ptr()+cu.DevicePtr(4*r0), tile, dx, N, C, nr, OC, C, C, false, false, 1, 1)
+	})
 }
 
 func (c *CUDA) rope(op, kernel string, x, cos, sin backend.Buf, N, T, nh, hd int) {

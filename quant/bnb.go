@@ -44,7 +44,7 @@ func stateKey(name string, f Format) string {
 
 // IsBnb reports whether f holds name in the bitsandbytes 4-bit layout (its
 // packed quant-state tensor is present).
-func IsBnb(f *safetensors.File, name string) bool {
+func IsBnb(f safetensors.Source, name string) bool {
 	return f.Has(stateKey(name, NF4)) || f.Has(stateKey(name, FP4))
 }
 
@@ -124,7 +124,7 @@ func pyFloatRepr(v float64) string {
 
 // ReadBnb reads the 4-bit tensor stored under name in the bitsandbytes
 // layout, checking every companion tensor; errors name the tensor at fault.
-func ReadBnb(f *safetensors.File, name string) (*Tensor4, error) {
+func ReadBnb(f safetensors.Source, name string) (*Tensor4, error) {
 	var format Format
 	switch {
 	case f.Has(stateKey(name, NF4)):
@@ -135,7 +135,10 @@ func ReadBnb(f *safetensors.File, name string) (*Tensor4, error) {
 		return nil, fmt.Errorf("quant: %s: no %s.quant_state.bitsandbytes__nf4 or __fp4 tensor", name, name)
 	}
 	key := stateKey(name, format)
-	stT, _ := f.Tensor(key)
+	stT, err := f.Tensor(key)
+	if err != nil {
+		return nil, fmt.Errorf("quant: %w", err)
+	}
 	if stT.DType != "U8" {
 		return nil, fmt.Errorf("quant: %s: dtype %s, want U8", key, stT.DType)
 	}
@@ -216,7 +219,7 @@ func ReadBnb(f *safetensors.File, name string) (*Tensor4, error) {
 }
 
 // floatTensor reads a float tensor of exactly n elements.
-func floatTensor(f *safetensors.File, name string, n int) ([]float32, error) {
+func floatTensor(f safetensors.Source, name string, n int) ([]float32, error) {
 	t, err := f.Tensor(name)
 	if err != nil {
 		return nil, fmt.Errorf("quant: %w", err)

@@ -5,21 +5,37 @@ import "github.com/opencluster/opencluster/train/backend"
 // activations holds every forward tensor of one (B,T) shape in a single
 // backend buffer, reused from step to step (llm.c), plus, once a backward has
 // run, the activation gradients in a second buffer.
+//
+// With activation checkpointing (and always for a forward without
+// backward) only the residual stream entering each block is kept; the
+// block's inner tensors live in one shared set that the backward refills by
+// running the block's forward again, so memory holds n_layers+1 [N,D]
+// tensors and one block's inner tensors instead of n_layers of them.
 type activations struct {
 	B, T  int
 	train bool // laid out for ForwardBackward (dropout scratch, gradients)
+	ckpt  bool // one shared layerActs, recomputed in backward
 
 	buf    backend.Buf
 	resid  []backend.Buf // n_layers+1 residual streams [N,D]; resid[0] is the embedding
-	layers []layerActs
-	tmpD   backend.Buf // [N,D] o_proj and down_proj outputs before the residual add
-	lnf    backend.Buf // [N,D]
-	rstdf  backend.Buf // [N]
-	logits backend.Buf // [N,V]; dlogits after a fused cross-entropy
-	xd     backend.Buf // [N,max(D,hidden)] dropout(x) for LoRA; nil without dropout
-	losses []float64   // per-row losses (host)
+	layers []layerActs   // n_layers of them, or one shared set when ckpt
+	tmpD   backend.Buf   // [N,D] o_proj and down_proj outputs before the residual add
+	lnf    backend.Buf   // [N,D]
+	rstdf  backend.Buf   // [N]
+	logits backend.Buf   // [ceRows,V]: one chunk of rows of logits, then of dlogits
+	ceRows int           // rows of logits computed at a time
+	xd     backend.Buf   // [N,max(D,hidden)] dropout(x) for LoRA; nil without dropout
+	losses []float64     // per-row losses (host)
 
 	grads *gradActs
+}
+
+// layer returns the saved (or, with checkpointing, shared) tensors of block l.
+func (a *activations) layer(l int) *layerActs {
+	if a.ckpt {
+		return &a.layers[0]
+	}
+	return &a.layers[l]
 }
 
 // layerActs are the saved activations of one decoder block.
@@ -61,79 +77,138 @@ func (c *carver) take(n int) backend.Buf {
 	return v
 }
 
+// ceChunkElems bounds one chunk of logits (and, in place, their gradient):
+// 16 MiB of fp32, so a 128k vocabulary is scored 32 rows at a time and the
+// [N,V] logits are never held whole. A variable so tests can force chunks.
+var ceChunkElems = 1 << 22
+
+// ceRows is how many rows of logits the cross-entropy computes at a time.
+func ceRows(N, V int) int { return max(1, min(N, ceChunkElems/V)) }
+
 // activations returns buffers for shape (B,T), reusing a cached set.
 func (m *Model) activations(B, T int, train bool) *activations {
+	ckpt := !train || m.ckpt
 	for i, a := range m.acts {
-		if a != nil && a.B == B && a.T == T && (a.train || !train) {
+		if a != nil && a.B == B && a.T == T && (a.train || !train) && (a.ckpt == ckpt || !train) {
 			if i != 0 && train {
 				m.acts[0], m.acts[i] = m.acts[i], m.acts[0]
 			}
 			return a
 		}
 	}
-	a := m.newActivations(B, T, train)
+	a := m.newActivations(B, T, train, ckpt)
 	if train || m.acts[0] == nil {
+		m.freeActivations(m.acts[0])
 		m.acts[0] = a
 	} else {
+		m.freeActivations(m.acts[1])
 		m.acts[1] = a
 	}
 	return a
 }
 
-// resetActivations drops cached activations after a layout change (LoRA on/off).
-func (m *Model) resetActivations() { m.acts = [2]*activations{} }
+// resetActivations drops cached activations after a layout change (LoRA
+// on/off, checkpointing), freeing their memory.
+func (m *Model) resetActivations() {
+	for i, a := range m.acts {
+		m.freeActivations(a)
+		m.acts[i] = nil
+	}
+}
 
-func (m *Model) newActivations(B, T int, train bool) *activations {
+func (m *Model) freeActivations(a *activations) {
+	if a == nil {
+		return
+	}
+	m.be.Free(a.buf)
+	if a.grads != nil {
+		m.be.Free(a.grads.buf)
+	}
+}
+
+// actSizes are the element counts of one activation set, as newActivations
+// lays it out; EstimateMemory reads the same numbers.
+type actSizes struct {
+	acts, grads int
+}
+
+func (m *Model) newActivations(B, T int, train, ckpt bool) *activations {
 	c := m.Config
-	N, D, kvD, Hd, H := B*T, c.Dim, c.KVHeads*c.HeadDim(), c.HiddenDim, c.Heads
-	wide := max(D, Hd)
-	a := &activations{B: B, T: T, train: train, losses: make([]float64, N)}
-	lay := func(cv *carver) {
-		a.resid = make([]backend.Buf, c.Layers+1)
-		a.layers = make([]layerActs, c.Layers)
-		for l := range a.resid {
-			a.resid[l] = cv.take(N * D)
-		}
-		for l := range a.layers {
-			la := &a.layers[l]
-			la.ln1, la.rstd1 = cv.take(N*D), cv.take(N)
-			la.q, la.k, la.v = cv.take(N*D), cv.take(N*kvD), cv.take(N*kvD)
-			la.att, la.atty, la.x2 = cv.take(B*H*T*T), cv.take(N*D), cv.take(N*D)
-			la.ln2, la.rstd2 = cv.take(N*D), cv.take(N)
-			la.gate, la.up, la.h = cv.take(N*Hd), cv.take(N*Hd), cv.take(N*Hd)
-			for j := 0; j < numLinear; j++ {
-				if m.lora != nil && m.layers[l].ad[j] != nil {
-					la.xa[j] = cv.take(N * m.lora.cfg.Rank)
-				}
+	a := &activations{B: B, T: T, train: train, ckpt: ckpt, losses: make([]float64, B*T)}
+	var adapted [numLinear]bool
+	rank, dropout := 0, false
+	if m.lora != nil {
+		rank, dropout = m.lora.cfg.Rank, m.lora.cfg.Dropout > 0
+		for l := range m.layers {
+			for j := range adapted {
+				adapted[j] = adapted[j] || m.layers[l].ad[j] != nil
 			}
-		}
-		a.tmpD, a.lnf, a.rstdf, a.logits = cv.take(N*D), cv.take(N*D), cv.take(N), cv.take(N*c.VocabSize)
-		if train && m.lora != nil && m.lora.cfg.Dropout > 0 {
-			a.xd = cv.take(N * wide)
 		}
 	}
-	size := &carver{be: m.be}
-	lay(size)
-	a.buf = m.be.Alloc(size.off)
-	lay(&carver{be: m.be, buf: a.buf})
+	sz := layActivations(a, c, adapted, rank, dropout, nil)
+	a.buf = m.be.Alloc(sz.acts)
+	layActivations(a, c, adapted, rank, dropout, &carver{be: m.be, buf: a.buf})
 	if train {
-		g := &gradActs{}
-		glay := func(cv *carver) {
-			g.dres, g.dlnf, g.dln, g.datty = cv.take(N*D), cv.take(N*D), cv.take(N*D), cv.take(N*D)
-			g.dq, g.dk, g.dv = cv.take(N*D), cv.take(N*kvD), cv.take(N*kvD)
-			g.dgate, g.dup, g.dh = cv.take(N*Hd), cv.take(N*Hd), cv.take(N*Hd)
-			if m.lora != nil {
-				g.dxa = cv.take(N * m.lora.cfg.Rank)
-				if m.lora.cfg.Dropout > 0 {
-					g.dxd = cv.take(N * wide)
-				}
-			}
-		}
-		gs := &carver{be: m.be}
-		glay(gs)
-		g.buf = m.be.Alloc(gs.off)
-		glay(&carver{be: m.be, buf: g.buf})
-		a.grads = g
+		a.grads = &gradActs{}
+		a.grads.buf = m.be.Alloc(sz.grads)
+		layGrads(a.grads, c, B*T, rank, dropout, &carver{be: m.be, buf: a.grads.buf})
 	}
 	return a
+}
+
+// layActivations carves a's tensors from cv (nil: only count them) and
+// returns the element counts of the activation and gradient buffers.
+func layActivations(a *activations, c ModelConfig, adapted [numLinear]bool, rank int, dropout bool, cv *carver) actSizes {
+	if cv == nil {
+		cv = &carver{}
+	}
+	B, T := a.B, a.T
+	N, D, kvD, Hd, H := B*T, c.Dim, c.KVHeads*c.HeadDim(), c.HiddenDim, c.Heads
+	nl := c.Layers
+	if a.ckpt {
+		nl = 1
+	}
+	a.resid = make([]backend.Buf, c.Layers+1)
+	a.layers = make([]layerActs, nl)
+	for l := range a.resid {
+		a.resid[l] = cv.take(N * D)
+	}
+	for l := range a.layers {
+		la := &a.layers[l]
+		la.ln1, la.rstd1 = cv.take(N*D), cv.take(N)
+		la.q, la.k, la.v = cv.take(N*D), cv.take(N*kvD), cv.take(N*kvD)
+		la.att, la.atty, la.x2 = cv.take(B*H*T*T), cv.take(N*D), cv.take(N*D)
+		la.ln2, la.rstd2 = cv.take(N*D), cv.take(N)
+		la.gate, la.up, la.h = cv.take(N*Hd), cv.take(N*Hd), cv.take(N*Hd)
+		for j := 0; j < numLinear; j++ {
+			if adapted[j] {
+				la.xa[j] = cv.take(N * rank)
+			}
+		}
+	}
+	a.ceRows = ceRows(N, c.VocabSize)
+	a.tmpD, a.lnf, a.rstdf, a.logits = cv.take(N*D), cv.take(N*D), cv.take(N), cv.take(a.ceRows*c.VocabSize)
+	if a.train && dropout {
+		a.xd = cv.take(N * max(D, Hd))
+	}
+	sz := actSizes{acts: cv.off}
+	if a.train {
+		sz.grads = layGrads(&gradActs{}, c, N, rank, dropout, &carver{})
+	}
+	return sz
+}
+
+// layGrads carves the activation gradients and returns their element count.
+func layGrads(g *gradActs, c ModelConfig, N, rank int, dropout bool, cv *carver) int {
+	D, kvD, Hd := c.Dim, c.KVHeads*c.HeadDim(), c.HiddenDim
+	g.dres, g.dlnf, g.dln, g.datty = cv.take(N*D), cv.take(N*D), cv.take(N*D), cv.take(N*D)
+	g.dq, g.dk, g.dv = cv.take(N*D), cv.take(N*kvD), cv.take(N*kvD)
+	g.dgate, g.dup, g.dh = cv.take(N*Hd), cv.take(N*Hd), cv.take(N*Hd)
+	if rank > 0 {
+		g.dxa = cv.take(N * rank)
+		if dropout {
+			g.dxd = cv.take(N * max(D, Hd))
+		}
+	}
+	return cv.off
 }

@@ -122,9 +122,14 @@ func (m *Model) allocLoRA(cfg LoRAConfig, seed uint64) error {
 			}
 		}
 	}
+	if m.lora != nil {
+		m.be.Free(m.lora.params)
+		m.be.Free(m.lora.grads)
+	}
 	m.lora = st
-	m.m, m.v = nil, nil
+	m.dropMoments()
 	if m.grads != nil { // the base is frozen from now on
+		m.be.Free(m.grads)
 		m.grads = nil
 		m.bindParams()
 	}

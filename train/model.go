@@ -41,21 +41,32 @@ type Model struct {
 	be backend.Backend
 
 	// params holds every fp32 base tensor (all of them in full training;
-	// embedding, norms and lm_head once the linears are quantized).
+	// only the norms once the base is quantized).
 	params backend.Buf
 	specs  []paramSpec
 	grads  backend.Buf // gradients of params; nil until full training needs them
 
-	wte, lmHead, normF    backend.Buf // lmHead == wte when tied
+	wte, lmHead, normF    backend.Buf // lmHead == wte when tied; nil when quantized
 	dwte, dlmHead, dnormF backend.Buf
 	layers                []layer
+
+	// The frozen embedding and lm_head of a quantized base in bfloat16
+	// (lmHead16 == wte16 when tied), and their host bits for SaveBase (the
+	// same memory on the CPU backend).
+	wte16, lmHead16         backend.HBuf
+	wte16host, lmHead16host []uint16
 
 	quant *QuantConfig // non-nil when the linears are held in 4-bit
 	lora  *loraState   // non-nil in LoRA mode (the base is then frozen)
 
-	// AdamW moments for the trainable vector, allocated on the first step.
-	m, v backend.Buf
+	// AdamW moments for the trainable vector, allocated on the first step:
+	// in backend memory, or on the host when hostAdam is set.
+	m, v         backend.Buf
+	hostAdam     bool
+	mHost, vHost []float32
+	hostP, hostG []float32 // host copies of params and grads for a host step
 
+	ckpt             bool // activation checkpointing (SetCheckpointing)
 	ropeCos, ropeSin backend.Buf
 	acts             [2]*activations // small cache: training shape and inference shape
 }
@@ -105,8 +116,10 @@ func linearName(l, j int) string {
 }
 
 // baseSpecs lists the fp32 base tensors with Hugging Face names, in buffer
-// order; withLinear false leaves the decoder linears out (quantized base).
-func baseSpecs(c ModelConfig, withLinear bool) ([]paramSpec, int) {
+// order; quantized leaves out the decoder linears (4-bit) and the embedding
+// and lm_head (bfloat16): only the norms stay fp32.
+func baseSpecs(c ModelConfig, quantized bool) ([]paramSpec, int) {
+	withLinear, withEmbed := !quantized, !quantized
 	var specs []paramSpec
 	off := 0
 	add := func(name string, shape ...int) {
@@ -117,7 +130,9 @@ func baseSpecs(c ModelConfig, withLinear bool) ([]paramSpec, int) {
 		specs = append(specs, paramSpec{name: name, shape: shape, off: off, n: n})
 		off += n
 	}
-	add("model.embed_tokens.weight", c.VocabSize, c.Dim)
+	if withEmbed {
+		add("model.embed_tokens.weight", c.VocabSize, c.Dim)
+	}
 	for l := 0; l < c.Layers; l++ {
 		add(layerName(l, "input_layernorm.weight"), c.Dim)
 		for j := modQ; j <= modO && withLinear; j++ {
@@ -131,15 +146,15 @@ func baseSpecs(c ModelConfig, withLinear bool) ([]paramSpec, int) {
 		}
 	}
 	add("model.norm.weight", c.Dim)
-	if !c.TiedEmbeddings {
+	if !c.TiedEmbeddings && withEmbed {
 		add("lm_head.weight", c.VocabSize, c.Dim)
 	}
 	return specs, off
 }
 
 // newEmpty allocates a model with zeroed fp32 weights laid out for cfg.
-// withLinear false leaves the decoder linears out (a 4-bit base follows).
-func newEmpty(cfg ModelConfig, be backend.Backend, withLinear bool) (*Model, error) {
+// quantized leaves out what a quantized base holds elsewhere (see baseSpecs).
+func newEmpty(cfg ModelConfig, be backend.Backend, quantized bool) (*Model, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -147,7 +162,7 @@ func newEmpty(cfg ModelConfig, be backend.Backend, withLinear bool) (*Model, err
 		return nil, errors.New("train: nil backend")
 	}
 	m := &Model{Config: cfg, be: be, layers: make([]layer, cfg.Layers)}
-	specs, total := baseSpecs(cfg, withLinear)
+	specs, total := baseSpecs(cfg, quantized)
 	m.specs = specs
 	m.params = be.Alloc(total)
 	m.bindParams()
@@ -221,30 +236,59 @@ func (m *Model) bindParams() {
 // residual projections o_proj and down_proj scaled by 1/sqrt(2*n_layers)
 // as in GPT-2; norms start at 1.
 func NewModel(cfg ModelConfig, be backend.Backend, seed uint64) (*Model, error) {
-	m, err := newEmpty(cfg, be, true)
+	m, err := newEmpty(cfg, be, false)
 	if err != nil {
 		return nil, err
 	}
-	host := make([]float32, m.params.Len())
 	for i, sp := range m.specs {
-		dst := host[sp.off : sp.off+sp.n]
-		if len(sp.shape) == 1 {
-			for k := range dst {
-				dst[k] = 1
-			}
-			continue
-		}
-		std := 0.02
-		if isResidualProj(sp.name) {
-			std /= math.Sqrt(2 * float64(cfg.Layers))
-		}
-		rng := rand.New(rand.NewPCG(seed, uint64(i)))
-		for k := range dst {
-			dst[k] = float32(rng.NormFloat64() * std)
+		init := newInit(cfg, sp, seed, i)
+		m.fillParam(sp, func(dst []float32) { init.fill(dst) })
+	}
+	return m, nil
+}
+
+// tensorInit draws one tensor's initial values in order; chunks drawn one
+// after another equal the whole tensor drawn at once.
+type tensorInit struct {
+	ones bool // a norm
+	std  float64
+	rng  *rand.Rand
+}
+
+// newInit starts the values of tensor sp, the i-th of the full fp32 layout
+// (baseSpecs(cfg, false)): its stream depends only on (seed, i).
+func newInit(cfg ModelConfig, sp paramSpec, seed uint64, i int) *tensorInit {
+	if len(sp.shape) == 1 {
+		return &tensorInit{ones: true}
+	}
+	std := 0.02
+	if isResidualProj(sp.name) {
+		std /= math.Sqrt(2 * float64(cfg.Layers))
+	}
+	return &tensorInit{std: std, rng: rand.New(rand.NewPCG(seed, uint64(i)))}
+}
+
+func (t *tensorInit) fill(dst []float32) {
+	for k := range dst {
+		if t.ones {
+			dst[k] = 1
+		} else {
+			dst[k] = float32(t.rng.NormFloat64() * t.std)
 		}
 	}
-	be.Upload(m.params, host)
-	return m, nil
+}
+
+// fillParam writes tensor sp of the fp32 parameters: in place on the CPU,
+// through one tensor-sized host buffer elsewhere, never a whole-model copy.
+func (m *Model) fillParam(sp paramSpec, fill func(dst []float32)) {
+	view := m.be.View(m.params, sp.off, sp.n)
+	if h := backend.HostSlice(view); h != nil {
+		fill(h)
+		return
+	}
+	host := make([]float32, sp.n)
+	fill(host)
+	m.be.Upload(view, host)
 }
 
 func isResidualProj(name string) bool {
@@ -409,9 +453,7 @@ func (m *Model) ForwardBackward(tokens, targets []int32, B, T int, gradScale flo
 	}
 	a := m.activations(B, T, true)
 	m.forward(a, tokens, true, step)
-	N := B * T
-	m.head(a, N)
-	loss = m.crossEntropy(a, targets, N, count, gradScale, true)
+	loss = m.headLoss(a, targets, count, gradScale, true)
 	m.backward(a, tokens, step)
 	return loss, nil
 }
@@ -427,8 +469,7 @@ func (m *Model) Loss(tokens, targets []int32, B, T int) (float64, error) {
 	}
 	a := m.activations(B, T, false)
 	m.forward(a, tokens, false, 0)
-	m.head(a, B*T)
-	return m.crossEntropy(a, targets, B*T, count, 0, false), nil
+	return m.headLoss(a, targets, count, 0, false), nil
 }
 
 // Logits returns the next-token logits [VocabSize] after the last of tokens.
@@ -449,22 +490,74 @@ func (m *Model) Logits(tokens []int32) ([]float32, error) {
 	D, V := m.Config.Dim, m.Config.VocabSize
 	last := m.be.View(a.lnf, (T-1)*D, D)
 	out := m.be.View(a.logits, 0, V)
-	m.be.MatmulForward(out, last, m.lmHead, 1, D, V, 1, 0)
+	m.headForward(out, last, 1)
 	res := make([]float32, V)
 	m.be.Download(res, out)
 	return res, nil
 }
 
-// head computes logits = lnf·lm_headᵀ for every row.
-func (m *Model) head(a *activations, N int) {
-	m.be.MatmulForward(a.logits, a.lnf, m.lmHead, N, m.Config.Dim, m.Config.VocabSize, 1, 0)
+// embed gathers the token embeddings into out [N,D].
+func (m *Model) embed(out backend.Buf, tokens []int32, N int) {
+	if m.wte16 != nil {
+		m.be.EncoderForwardBF16(out, m.wte16, tokens, N, m.Config.Dim)
+		return
+	}
+	m.be.EncoderForward(out, m.wte, tokens, N, m.Config.Dim)
 }
 
-// crossEntropy returns the mean loss over scored targets and, when grad,
-// leaves dlogits (scaled by gradScale/count) in a.logits.
-func (m *Model) crossEntropy(a *activations, targets []int32, N, count int, gradScale float32, grad bool) float64 {
+// headForward computes logits [n,V] = inp [n,D]·lm_headᵀ.
+func (m *Model) headForward(logits, inp backend.Buf, n int) {
+	D, V := m.Config.Dim, m.Config.VocabSize
+	if m.lmHead16 != nil {
+		m.be.MatmulBF16Forward(logits, inp, m.lmHead16, n, D, V)
+		return
+	}
+	m.be.MatmulForward(logits, inp, m.lmHead, n, D, V, 1, 0)
+}
+
+// headBackward accumulates dinp += dlogits·lm_head and, in full training,
+// the lm_head gradient.
+func (m *Model) headBackward(dinp, dlogits, inp backend.Buf, n int) {
+	D, V := m.Config.Dim, m.Config.VocabSize
+	if m.lmHead16 != nil {
+		m.be.MatmulBF16Backward(dinp, dlogits, m.lmHead16, n, D, V)
+		return
+	}
+	var dw backend.Buf
+	if m.fullTraining() {
+		dw = m.dlmHead
+	}
+	m.be.MatmulBackward(dinp, dw, dlogits, inp, m.lmHead, n, D, V, 1)
+}
+
+// headLoss runs lm_head and the fused cross-entropy a chunk of rows at a
+// time (a.ceRows), so the [N,V] logits and their gradient are never held
+// whole, and returns the mean loss over the scored targets. With grad it
+// also runs each chunk's lm_head backward at once, leaving dlnf in
+// a.grads.dlnf (the loss gradient scaled by gradScale/count). A chunk with
+// no scored target (every target negative) is skipped: its loss and
+// gradient are zero.
+func (m *Model) headLoss(a *activations, targets []int32, count int, gradScale float32, grad bool) float64 {
+	be := m.be
+	N, D, V := a.B*a.T, m.Config.Dim, m.Config.VocabSize
+	if grad {
+		be.Zero(a.grads.dlnf)
+	}
 	losses := a.losses[:N]
-	m.be.CrossEntropy(a.logits, losses, targets, N, m.Config.VocabSize, gradScale/float32(count), grad)
+	for r0 := 0; r0 < N; r0 += a.ceRows {
+		nr := min(a.ceRows, N-r0)
+		tg := targets[r0 : r0+nr]
+		if !anyScored(tg) {
+			clear(losses[r0 : r0+nr])
+			continue
+		}
+		logits, lnf := be.View(a.logits, 0, nr*V), be.View(a.lnf, r0*D, nr*D)
+		m.headForward(logits, lnf, nr)
+		be.CrossEntropy(logits, losses[r0:r0+nr], tg, nr, V, gradScale/float32(count), grad)
+		if grad {
+			m.headBackward(be.View(a.grads.dlnf, r0*D, nr*D), logits, lnf, nr)
+		}
+	}
 	var sum float64
 	for _, l := range losses {
 		sum += l
@@ -472,36 +565,80 @@ func (m *Model) crossEntropy(a *activations, targets []int32, N, count int, grad
 	return sum / float64(count)
 }
 
+func anyScored(targets []int32) bool {
+	for _, t := range targets {
+		if t >= 0 {
+			return true
+		}
+	}
+	return false
+}
+
 // forward runs the embedding, the decoder blocks and the final norm.
 func (m *Model) forward(a *activations, tokens []int32, train bool, step int) {
+	c := m.Config
+	N := a.B * a.T
+	m.embed(a.resid[0], tokens, N)
+	for l := range m.layers {
+		m.layerForward(a, l, train, step)
+	}
+	m.be.RMSNormForward(a.lnf, a.rstdf, a.resid[c.Layers], m.normF, N, c.Dim, c.NormEps)
+}
+
+// layerForward runs decoder block l from resid[l] to resid[l+1], saving its
+// inner tensors in a.layer(l).
+func (m *Model) layerForward(a *activations, l int, train bool, step int) {
 	be, c := m.be, m.Config
 	B, T := a.B, a.T
 	N, D, hd := B*T, c.Dim, c.HeadDim()
-	be.EncoderForward(a.resid[0], m.wte, tokens, N, D)
-	for l := range m.layers {
-		L, la := &m.layers[l], &a.layers[l]
-		x := a.resid[l]
-		be.RMSNormForward(la.ln1, la.rstd1, x, L.ln1, N, D, c.NormEps)
-		m.linearForward(a, l, modQ, la.ln1, la.q, N, train, step)
-		m.linearForward(a, l, modK, la.ln1, la.k, N, train, step)
-		m.linearForward(a, l, modV, la.ln1, la.v, N, train, step)
-		be.RoPEForward(la.q, m.ropeCos, m.ropeSin, N, T, c.Heads, hd)
-		be.RoPEForward(la.k, m.ropeCos, m.ropeSin, N, T, c.KVHeads, hd)
-		be.AttentionForward(la.atty, la.att, la.q, la.k, la.v, B, T, c.Heads, c.KVHeads, hd)
-		m.linearForward(a, l, modO, la.atty, a.tmpD, N, train, step)
-		be.Add(la.x2, x, a.tmpD)
-		be.RMSNormForward(la.ln2, la.rstd2, la.x2, L.ln2, N, D, c.NormEps)
-		m.linearForward(a, l, modGate, la.ln2, la.gate, N, train, step)
-		m.linearForward(a, l, modUp, la.ln2, la.up, N, train, step)
-		be.SwiGLUForward(la.h, la.gate, la.up)
-		m.linearForward(a, l, modDown, la.h, a.tmpD, N, train, step)
-		be.Add(a.resid[l+1], la.x2, a.tmpD)
-	}
-	be.RMSNormForward(a.lnf, a.rstdf, a.resid[c.Layers], m.normF, N, D, c.NormEps)
+	L, la := &m.layers[l], a.layer(l)
+	x := a.resid[l]
+	be.RMSNormForward(la.ln1, la.rstd1, x, L.ln1, N, D, c.NormEps)
+	m.linearForward(a, l, modQ, la.ln1, la.q, N, train, step)
+	m.linearForward(a, l, modK, la.ln1, la.k, N, train, step)
+	m.linearForward(a, l, modV, la.ln1, la.v, N, train, step)
+	be.RoPEForward(la.q, m.ropeCos, m.ropeSin, N, T, c.Heads, hd)
+	be.RoPEForward(la.k, m.ropeCos, m.ropeSin, N, T, c.KVHeads, hd)
+	be.AttentionForward(la.atty, la.att, la.q, la.k, la.v, B, T, c.Heads, c.KVHeads, hd)
+	m.linearForward(a, l, modO, la.atty, a.tmpD, N, train, step)
+	be.Add(la.x2, x, a.tmpD)
+	be.RMSNormForward(la.ln2, la.rstd2, la.x2, L.ln2, N, D, c.NormEps)
+	m.linearForward(a, l, modGate, la.ln2, la.gate, N, train, step)
+	m.linearForward(a, l, modUp, la.ln2, la.up, N, train, step)
+	be.SwiGLUForward(la.h, la.gate, la.up)
+	m.linearForward(a, l, modDown, la.h, a.tmpD, N, train, step)
+	be.Add(a.resid[l+1], la.x2, a.tmpD)
 }
 
-// backward propagates dlogits (in a.logits) to every trainable gradient.
+// backward propagates dlnf (from headLoss) to every trainable gradient.
+// With checkpointing each block's forward runs again, from the saved
+// resid[l], just before its backward: the same ops on the same inputs, so
+// the same values bit for bit (dropout masks are a function of the step).
 func (m *Model) backward(a *activations, tokens []int32, step int) {
+	be, c := m.be, m.Config
+	N, D := a.B*a.T, c.Dim
+	full := m.fullTraining()
+	g := a.grads
+	be.Zero(g.dres)
+	var dnormF backend.Buf
+	if full {
+		dnormF = m.dnormF
+	}
+	be.RMSNormBackward(g.dres, dnormF, g.dlnf, a.resid[c.Layers], m.normF, a.rstdf, N, D)
+	for l := c.Layers - 1; l >= 0; l-- {
+		if a.ckpt && l != c.Layers-1 { // the shared set still holds the last block
+			m.layerForward(a, l, true, step)
+		}
+		m.layerBackward(a, l, step)
+	}
+	if full {
+		be.EncoderBackward(m.dwte, g.dres, tokens, N, D)
+	}
+}
+
+// layerBackward propagates g.dres (the gradient at resid[l+1]) through block
+// l to the gradient at resid[l], accumulating the weight gradients.
+func (m *Model) layerBackward(a *activations, l int, step int) {
 	be, c := m.be, m.Config
 	B, T := a.B, a.T
 	N, D, hd := B*T, c.Dim, c.HeadDim()
@@ -513,40 +650,31 @@ func (m *Model) backward(a *activations, tokens []int32, step int) {
 		return nil
 	}
 	g := a.grads
-	be.Zero(g.dlnf)
-	be.MatmulBackward(g.dlnf, grad(m.dlmHead), a.logits, a.lnf, m.lmHead, N, D, c.VocabSize, 1)
-	be.Zero(g.dres)
-	be.RMSNormBackward(g.dres, grad(m.dnormF), g.dlnf, a.resid[c.Layers], m.normF, a.rstdf, N, D)
-	for l := c.Layers - 1; l >= 0; l-- {
-		L, la := &m.layers[l], &a.layers[l]
-		// MLP: resid[l+1] = x2 + down(silu(gate(ln2)) * up(ln2))
-		be.Zero(g.dh)
-		m.linearBackward(a, l, modDown, g.dres, la.h, g.dh, N, step)
-		be.Zero(g.dgate)
-		be.Zero(g.dup)
-		be.SwiGLUBackward(g.dgate, g.dup, g.dh, la.gate, la.up)
-		be.Zero(g.dln)
-		m.linearBackward(a, l, modGate, g.dgate, la.ln2, g.dln, N, step)
-		m.linearBackward(a, l, modUp, g.dup, la.ln2, g.dln, N, step)
-		be.RMSNormBackward(g.dres, grad(L.dln2), g.dln, la.x2, L.ln2, la.rstd2, N, D)
-		// attention: x2 = x + o(attn(rope(q(ln1)), rope(k(ln1)), v(ln1)))
-		be.Zero(g.datty)
-		m.linearBackward(a, l, modO, g.dres, la.atty, g.datty, N, step)
-		be.Zero(g.dq)
-		be.Zero(g.dk)
-		be.Zero(g.dv)
-		be.AttentionBackward(g.dq, g.dk, g.dv, g.datty, la.att, la.q, la.k, la.v, B, T, c.Heads, c.KVHeads, hd)
-		be.RoPEBackward(g.dq, m.ropeCos, m.ropeSin, N, T, c.Heads, hd)
-		be.RoPEBackward(g.dk, m.ropeCos, m.ropeSin, N, T, c.KVHeads, hd)
-		be.Zero(g.dln)
-		m.linearBackward(a, l, modQ, g.dq, la.ln1, g.dln, N, step)
-		m.linearBackward(a, l, modK, g.dk, la.ln1, g.dln, N, step)
-		m.linearBackward(a, l, modV, g.dv, la.ln1, g.dln, N, step)
-		be.RMSNormBackward(g.dres, grad(L.dln1), g.dln, a.resid[l], L.ln1, la.rstd1, N, D)
-	}
-	if full {
-		be.EncoderBackward(m.dwte, g.dres, tokens, N, D)
-	}
+	L, la := &m.layers[l], a.layer(l)
+	// MLP: resid[l+1] = x2 + down(silu(gate(ln2)) * up(ln2))
+	be.Zero(g.dh)
+	m.linearBackward(a, l, modDown, g.dres, la.h, g.dh, N, step)
+	be.Zero(g.dgate)
+	be.Zero(g.dup)
+	be.SwiGLUBackward(g.dgate, g.dup, g.dh, la.gate, la.up)
+	be.Zero(g.dln)
+	m.linearBackward(a, l, modGate, g.dgate, la.ln2, g.dln, N, step)
+	m.linearBackward(a, l, modUp, g.dup, la.ln2, g.dln, N, step)
+	be.RMSNormBackward(g.dres, grad(L.dln2), g.dln, la.x2, L.ln2, la.rstd2, N, D)
+	// attention: x2 = x + o(attn(rope(q(ln1)), rope(k(ln1)), v(ln1)))
+	be.Zero(g.datty)
+	m.linearBackward(a, l, modO, g.dres, la.atty, g.datty, N, step)
+	be.Zero(g.dq)
+	be.Zero(g.dk)
+	be.Zero(g.dv)
+	be.AttentionBackward(g.dq, g.dk, g.dv, g.datty, la.att, la.q, la.k, la.v, B, T, c.Heads, c.KVHeads, hd)
+	be.RoPEBackward(g.dq, m.ropeCos, m.ropeSin, N, T, c.Heads, hd)
+	be.RoPEBackward(g.dk, m.ropeCos, m.ropeSin, N, T, c.KVHeads, hd)
+	be.Zero(g.dln)
+	m.linearBackward(a, l, modQ, g.dq, la.ln1, g.dln, N, step)
+	m.linearBackward(a, l, modK, g.dk, la.ln1, g.dln, N, step)
+	m.linearBackward(a, l, modV, g.dv, la.ln1, g.dln, N, step)
+	be.RMSNormBackward(g.dres, grad(L.dln1), g.dln, a.resid[l], L.ln1, la.rstd1, N, D)
 }
 
 // linearForward computes out = inp·Wᵀ (W fp32 or 4-bit) plus the LoRA branch
@@ -570,7 +698,7 @@ func (m *Model) linearForward(a *activations, l, j int, inp, out backend.Buf, N 
 		xd = be.View(a.xd, 0, N*in)
 		be.DropoutForward(xd, inp, p, m.lora.key(step, l, j))
 	}
-	xa := a.layers[l].xa[j]
+	xa := a.layer(l).xa[j]
 	be.MatmulForward(xa, xd, ad.A, N, in, r, 1, 0)
 	be.MatmulForward(out, xa, ad.B, N, r, outDim, m.lora.scale(), 1)
 }
@@ -584,7 +712,7 @@ func (m *Model) linearBackward(a *activations, l, j int, dout, inp, dinp backend
 		r, p := m.lora.cfg.Rank, m.lora.dropout(true)
 		dxa := be.View(a.grads.dxa, 0, N*r)
 		be.Zero(dxa)
-		be.MatmulBackward(dxa, ad.dB, dout, a.layers[l].xa[j], ad.B, N, r, outDim, m.lora.scale())
+		be.MatmulBackward(dxa, ad.dB, dout, a.layer(l).xa[j], ad.B, N, r, outDim, m.lora.scale())
 		xd, dxd := inp, dinp
 		if p > 0 {
 			key := m.lora.key(step, l, j)
@@ -635,7 +763,12 @@ func (m *Model) OptimizerStep(cfg TrainConfig, lr float64, step int) {
 	if step < 1 {
 		step = 1
 	}
+	if m.hostAdam {
+		m.hostOptimizerStep(cfg, lr, step, p, g)
+		return
+	}
 	if m.m == nil || m.m.Len() != p.Len() {
+		m.dropMoments()
 		m.m, m.v = m.be.Alloc(p.Len()), m.be.Alloc(p.Len())
 	}
 	for _, r := range m.decayRuns() {
@@ -646,6 +779,135 @@ func (m *Model) OptimizerStep(cfg TrainConfig, lr float64, step int) {
 		view := func(b backend.Buf) backend.Buf { return m.be.View(b, r.off, r.n) }
 		m.be.AdamW(view(p), view(g), view(m.m), view(m.v), lr, cfg.Beta1, cfg.Beta2, cfg.Eps, wd, step)
 	}
+}
+
+// hostOptimizerStep is OptimizerStep with the moments in host memory: the
+// gradients come down, the reference AdamW (which the device kernels match
+// bit for bit) updates host copies, and the parameters go back up. It trades
+// two transfers of the trainable vector per step for 8 bytes per trainable
+// parameter of device memory.
+func (m *Model) hostOptimizerStep(cfg TrainConfig, lr float64, step int, p, g backend.Buf) {
+	n := p.Len()
+	if len(m.mHost) != n {
+		m.mHost, m.vHost = make([]float32, n), make([]float32, n)
+	}
+	hp, hg := backend.HostSlice(p), backend.HostSlice(g)
+	if hp == nil {
+		if len(m.hostP) != n {
+			m.hostP, m.hostG = make([]float32, n), make([]float32, n)
+		}
+		hp, hg = m.hostP, m.hostG
+		m.be.Download(hp, p)
+		m.be.Download(hg, g)
+	}
+	for _, r := range m.decayRuns() {
+		wd := 0.0
+		if r.decay {
+			wd = cfg.WeightDecay
+		}
+		lo, hi := r.off, r.off+r.n
+		backend.AdamW(hp[lo:hi], hg[lo:hi], m.mHost[lo:hi], m.vHost[lo:hi], lr, cfg.Beta1, cfg.Beta2, cfg.Eps, wd, step)
+	}
+	if backend.HostSlice(p) == nil {
+		m.be.Upload(p, hp)
+	}
+}
+
+// SetHostOptimizer keeps the AdamW moments in host memory instead of the
+// backend's (a GPU's memory then holds no optimizer state). The numbers do
+// not change. Switching drops the moments, like EnableLoRA does.
+func (m *Model) SetHostOptimizer(on bool) {
+	if m.hostAdam == on {
+		return
+	}
+	m.hostAdam = on
+	m.dropMoments()
+}
+
+// HostOptimizer reports whether the AdamW moments live in host memory.
+func (m *Model) HostOptimizer() bool { return m.hostAdam }
+
+// dropMoments frees the AdamW state; the next step starts it from zero.
+func (m *Model) dropMoments() {
+	if m.m != nil {
+		m.be.Free(m.m)
+		m.be.Free(m.v)
+	}
+	m.m, m.v, m.mHost, m.vHost, m.hostP, m.hostG = nil, nil, nil, nil, nil, nil
+}
+
+// moments returns the AdamW moments on the host (zeros before the first step).
+func (m *Model) moments(n int) (mm, vv []float32) {
+	switch {
+	case m.hostAdam && len(m.mHost) == n:
+		return append([]float32(nil), m.mHost...), append([]float32(nil), m.vHost...)
+	case !m.hostAdam && m.m != nil && m.m.Len() == n:
+		return m.download(m.m), m.download(m.v)
+	}
+	return make([]float32, n), make([]float32, n)
+}
+
+// setMoments installs AdamW moments read from a checkpoint.
+func (m *Model) setMoments(mm, vv []float32) {
+	n := len(mm)
+	if m.hostAdam {
+		m.mHost, m.vHost = mm, vv
+		return
+	}
+	if m.m == nil || m.m.Len() != n {
+		m.dropMoments()
+		m.m, m.v = m.be.Alloc(n), m.be.Alloc(n)
+	}
+	m.be.Upload(m.m, mm)
+	m.be.Upload(m.v, vv)
+}
+
+// SetCheckpointing turns per-layer activation checkpointing on or off. On,
+// a training step keeps only each block's input and runs the block's
+// forward again just before its backward: activation memory falls from
+// n_layers blocks' inner tensors to one, for about a third more compute
+// (a second forward). The numbers are the same bit for bit.
+func (m *Model) SetCheckpointing(on bool) {
+	if m.ckpt != on {
+		m.ckpt = on
+		m.resetActivations()
+	}
+}
+
+// Checkpointing reports whether activation checkpointing is on.
+func (m *Model) Checkpointing() bool { return m.ckpt }
+
+// Free releases every buffer the model holds on its backend (on a GPU, at
+// once rather than when the garbage collector gets to it). The model must
+// not be used afterwards.
+func (m *Model) Free() {
+	m.resetActivations()
+	m.dropMoments()
+	for _, b := range []backend.Buf{m.params, m.grads, m.ropeCos, m.ropeSin} {
+		if b != nil {
+			m.be.Free(b)
+		}
+	}
+	if m.lora != nil {
+		m.be.Free(m.lora.params)
+		m.be.Free(m.lora.grads)
+	}
+	if m.wte16 != nil {
+		m.be.Free(m.wte16)
+		if !m.Config.TiedEmbeddings {
+			m.be.Free(m.lmHead16)
+		}
+	}
+	for l := range m.layers {
+		for j, q := range m.layers[l].q4 {
+			if q != nil {
+				m.be.Free(q)
+				m.layers[l].q4[j] = nil
+			}
+		}
+	}
+	m.params, m.grads, m.lora, m.wte16, m.lmHead16 = nil, nil, nil, nil, nil
+	m.layers = nil
 }
 
 type decayRun struct {

@@ -126,67 +126,6 @@ func firstNonFinite(v []float32) int {
 	return -1
 }
 
-// LoadModel reads a base checkpoint: an fp32 safetensors file written by
-// SaveBase, a bitsandbytes-layout 4-bit file, or a Hugging Face model folder
-// (config.json + model.safetensors, or shards listed in
-// model.safetensors.index.json; F32/F16/BF16 weights). Missing or
-// mis-shaped tensors are errors that name the tensor.
-func LoadModel(path string, be backend.Backend) (*Model, error) {
-	st, err := os.Stat(path)
-	if err != nil {
-		return nil, fmt.Errorf("train: base model: %w", err)
-	}
-	var cfg ModelConfig
-	var files fileSet
-	var quantMeta string
-	if st.IsDir() {
-		b, err := os.ReadFile(filepath.Join(path, "config.json"))
-		if err != nil {
-			return nil, fmt.Errorf("train: base model folder: %w", err)
-		}
-		if cfg, err = parseHFConfig(b, filepath.Join(path, "config.json")); err != nil {
-			return nil, fmt.Errorf("train: %w", err)
-		}
-		names, err := shardNames(path)
-		if err != nil {
-			return nil, err
-		}
-		for _, n := range names {
-			f, err := safetensors.Read(filepath.Join(path, n))
-			if err != nil {
-				return nil, fmt.Errorf("train: %w", err)
-			}
-			files = append(files, f)
-		}
-	} else {
-		f, err := safetensors.Read(path)
-		if err != nil {
-			return nil, fmt.Errorf("train: %w", err)
-		}
-		js, ok := f.Metadata[metaConfig]
-		if !ok {
-			return nil, fmt.Errorf("train: %s has no %q metadata; pass a Hugging Face folder (config.json + safetensors) instead", path, metaConfig)
-		}
-		if cfg, err = parseHFConfig([]byte(js), path+" metadata "+metaConfig); err != nil {
-			return nil, fmt.Errorf("train: %w", err)
-		}
-		files = fileSet{f}
-		quantMeta = f.Metadata[metaQuant]
-	}
-	quantized := quantMeta != ""
-	if t, ok := files.get(linearName(0, modQ)); ok && t.DType == "U8" {
-		quantized = true // a 4-bit file written by someone else: packed U8 weights
-	}
-	m, err := newEmpty(cfg, be, !quantized)
-	if err != nil {
-		return nil, fmt.Errorf("train: %s: %w", path, err)
-	}
-	if err := m.loadBase(files, quantized, quantMeta); err != nil {
-		return nil, fmt.Errorf("train: %s: %w", path, err)
-	}
-	return m, nil
-}
-
 // shardNames lists the safetensors files of a Hugging Face folder.
 func shardNames(dir string) ([]string, error) {
 	if _, err := os.Stat(filepath.Join(dir, "model.safetensors")); err == nil {
@@ -221,32 +160,9 @@ func shardNames(dir string) ([]string, error) {
 	return names, nil
 }
 
-// loadBase fills the fp32 tensors from src and, for a 4-bit file, the
-// packed linears.
-func (m *Model) loadBase(src fileSet, quantized bool, quantMeta string) error {
-	host := make([]float32, m.params.Len())
-	for _, sp := range m.specs {
-		v, err := loadF32(src, sp.name, sp.shape)
-		if err != nil {
-			return err
-		}
-		copy(host[sp.off:], v)
-	}
-	m.be.Upload(m.params, host)
-	if !quantized {
-		return nil
-	}
-	var qc QuantConfig
-	if quantMeta != "" {
-		if err := json.Unmarshal([]byte(quantMeta), &qc); err != nil {
-			return fmt.Errorf("metadata %s: %w", metaQuant, err)
-		}
-	}
-	return m.loadQuantized(src, qc)
-}
-
-// SaveBase writes the base weights (fp32, or the packed 4-bit layout when
-// quantized) with the model config in the safetensors metadata under
+// SaveBase writes the base weights (fp32; or, when quantized, the norms in
+// fp32, the embedding and lm_head in BF16 and the linears in the packed
+// 4-bit layout) with the model config in the safetensors metadata under
 // "opencluster.config" and "format": "pt", atomically.
 func (m *Model) SaveBase(path string) error {
 	cfgJSON, err := json.Marshal(m.Config)
@@ -261,7 +177,7 @@ func (m *Model) SaveBase(path string) error {
 	if m.quant != nil {
 		qj, _ := json.Marshal(m.quant)
 		meta[metaQuant] = string(qj)
-		if out, err = m.appendQuantized(out); err != nil {
+		if out, err = m.appendFrozen(out); err != nil {
 			return fmt.Errorf("train: SaveBase %s: %w", path, err)
 		}
 	}
@@ -463,11 +379,7 @@ func (m *Model) SaveTrainState(path string, meta map[string]string) error {
 		return errors.New("train: SaveTrainState: the model has no trainable parameters")
 	}
 	n := p.Len()
-	mm, vv := make([]float32, n), make([]float32, n)
-	if m.m != nil {
-		m.be.Download(mm, m.m)
-		m.be.Download(vv, m.v)
-	}
+	mm, vv := m.moments(n)
 	md := map[string]string{"format": "pt", metaMode: m.modeName()}
 	for k, v := range meta {
 		md[metaUser+k] = v
@@ -506,11 +418,7 @@ func (m *Model) LoadTrainState(path string) (map[string]string, error) {
 		}
 	}
 	m.be.Upload(p, vals[0])
-	if m.m == nil || m.m.Len() != n {
-		m.m, m.v = m.be.Alloc(n), m.be.Alloc(n)
-	}
-	m.be.Upload(m.m, vals[1])
-	m.be.Upload(m.v, vals[2])
+	m.setMoments(vals[1], vals[2])
 	meta := map[string]string{}
 	for k, v := range f.Metadata {
 		if strings.HasPrefix(k, metaUser) {

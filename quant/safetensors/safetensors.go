@@ -102,16 +102,43 @@ func Parse(b []byte) (*File, error) {
 	if n > uint64(len(b)-8) {
 		return nil, fmt.Errorf("safetensors: header length %d larger than the %d bytes after it (truncated file?)", n, len(b)-8)
 	}
-	header := b[8 : 8+n]
 	data := b[8+n:]
-	if len(bytes.TrimSpace(header)) == 0 || bytes.TrimLeft(header, " \t\r\n")[0] != '{' {
+	h, err := parseHeader(b[8:8+n], uint64(len(data)))
+	if err != nil {
+		return nil, err
+	}
+	f := &File{Metadata: h.meta, tensors: make(map[string]Tensor, len(h.entries)), names: h.names}
+	for name, e := range h.entries {
+		f.tensors[name] = Tensor{DType: e.dtype, Shape: e.shape, Data: data[e.begin:e.end:e.end]}
+	}
+	return f, nil
+}
+
+// entry is one tensor's place in the data section.
+type entry struct {
+	dtype      string
+	shape      []int
+	begin, end uint64
+}
+
+// header is a parsed, checked safetensors header.
+type header struct {
+	meta    map[string]string
+	entries map[string]entry
+	names   []string // sorted
+}
+
+// parseHeader parses the JSON header of a file whose data section holds
+// dataLen bytes, checking every entry against it.
+func parseHeader(hdr []byte, dataLen uint64) (*header, error) {
+	if len(bytes.TrimSpace(hdr)) == 0 || bytes.TrimLeft(hdr, " \t\r\n")[0] != '{' {
 		return nil, errors.New("safetensors: header is not a JSON object")
 	}
-	raw, err := decodeObject(header)
+	raw, err := decodeObject(hdr)
 	if err != nil {
 		return nil, fmt.Errorf("safetensors: header: %w", err)
 	}
-	f := &File{tensors: make(map[string]Tensor, len(raw))}
+	h := &header{entries: make(map[string]entry, len(raw))}
 	type span struct {
 		name       string
 		begin, end uint64
@@ -119,7 +146,7 @@ func Parse(b []byte) (*File, error) {
 	spans := make([]span, 0, len(raw))
 	for name, msg := range raw {
 		if name == "__metadata__" {
-			if err := json.Unmarshal(msg, &f.Metadata); err != nil {
+			if err := json.Unmarshal(msg, &h.meta); err != nil {
 				return nil, fmt.Errorf("safetensors: __metadata__ must map strings to strings: %w", err)
 			}
 			continue
@@ -138,8 +165,8 @@ func Parse(b []byte) (*File, error) {
 			return nil, fmt.Errorf("safetensors: tensor %q: data_offsets has %d entries, want 2", name, len(e.DataOffsets))
 		}
 		begin, end := e.DataOffsets[0], e.DataOffsets[1]
-		if begin > end || end > uint64(len(data)) {
-			return nil, fmt.Errorf("safetensors: tensor %q: data_offsets [%d, %d] outside the %d-byte data section", name, begin, end, len(data))
+		if begin > end || end > dataLen {
+			return nil, fmt.Errorf("safetensors: tensor %q: data_offsets [%d, %d] outside the %d-byte data section", name, begin, end, dataLen)
 		}
 		shape := make([]int, len(e.Shape))
 		elems := uint64(1)
@@ -157,8 +184,8 @@ func Parse(b []byte) (*File, error) {
 		if want := elems * uint64(size); want != end-begin {
 			return nil, fmt.Errorf("safetensors: tensor %q: shape %v of %s needs %d bytes, data_offsets give %d", name, e.Shape, e.DType, want, end-begin)
 		}
-		f.tensors[name] = Tensor{DType: e.DType, Shape: shape, Data: data[begin:end:end]}
-		f.names = append(f.names, name)
+		h.entries[name] = entry{dtype: e.DType, shape: shape, begin: begin, end: end}
+		h.names = append(h.names, name)
 		spans = append(spans, span{name, begin, end})
 	}
 	// The byte ranges must tile the data section: sorted by begin, each
@@ -179,11 +206,11 @@ func Parse(b []byte) (*File, error) {
 		}
 		at = s.end
 	}
-	if at != uint64(len(data)) {
-		return nil, fmt.Errorf("safetensors: tensors cover %d of the %d data bytes (trailing or missing data)", at, len(data))
+	if at != dataLen {
+		return nil, fmt.Errorf("safetensors: tensors cover %d of the %d data bytes (trailing or missing data)", at, dataLen)
 	}
-	sort.Strings(f.names)
-	return f, nil
+	sort.Strings(h.names)
+	return h, nil
 }
 
 // decodeObject decodes a JSON object into its members, rejecting duplicate
@@ -263,30 +290,44 @@ func (t Tensor) Float32() ([]float32, error) {
 	if len(t.Data) != t.NumElements()*size {
 		return nil, fmt.Errorf("safetensors: %d bytes for shape %v of %s", len(t.Data), t.Shape, t.DType)
 	}
-	n := t.NumElements()
-	out := make([]float32, n)
-	d := t.Data
-	switch t.DType {
-	case "F32":
-		for i := range out {
-			out[i] = math.Float32frombits(binary.LittleEndian.Uint32(d[4*i:]))
-		}
-	case "F16":
-		for i := range out {
-			out[i] = F16ToF32(binary.LittleEndian.Uint16(d[2*i:]))
-		}
-	case "BF16":
-		for i := range out {
-			out[i] = math.Float32frombits(uint32(binary.LittleEndian.Uint16(d[2*i:])) << 16)
-		}
-	case "F64":
-		for i := range out {
-			out[i] = float32(math.Float64frombits(binary.LittleEndian.Uint64(d[8*i:])))
-		}
-	default:
-		return nil, fmt.Errorf("safetensors: cannot convert %s to float32", t.DType)
+	out := make([]float32, t.NumElements())
+	if err := DecodeFloat32(out, t.DType, t.Data); err != nil {
+		return nil, err
 	}
 	return out, nil
+}
+
+// DecodeFloat32 converts len(dst) elements of little-endian dtype bytes in
+// d to float32: F32 as is, F16 and BF16 widened exactly, F64 rounded.
+func DecodeFloat32(dst []float32, dtype string, d []byte) error {
+	size, err := DTypeSize(dtype)
+	if err != nil {
+		return err
+	}
+	if len(d) < len(dst)*size {
+		return fmt.Errorf("safetensors: %d bytes of %s for %d elements", len(d), dtype, len(dst))
+	}
+	switch dtype {
+	case "F32":
+		for i := range dst {
+			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(d[4*i:]))
+		}
+	case "F16":
+		for i := range dst {
+			dst[i] = F16ToF32(binary.LittleEndian.Uint16(d[2*i:]))
+		}
+	case "BF16":
+		for i := range dst {
+			dst[i] = math.Float32frombits(uint32(binary.LittleEndian.Uint16(d[2*i:])) << 16)
+		}
+	case "F64":
+		for i := range dst {
+			dst[i] = float32(math.Float64frombits(binary.LittleEndian.Uint64(d[8*i:])))
+		}
+	default:
+		return fmt.Errorf("safetensors: cannot convert %s to float32", dtype)
+	}
+	return nil
 }
 
 // IsFloat reports whether the dtype is one Float32 converts.
@@ -327,6 +368,15 @@ func F32Tensor(shape []int, v []float32) Tensor {
 		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
 	}
 	return Tensor{DType: "F32", Shape: append([]int(nil), shape...), Data: b}
+}
+
+// BF16Tensor makes a BF16 tensor of shape from raw bfloat16 bits.
+func BF16Tensor(shape []int, v []uint16) Tensor {
+	b := make([]byte, 2*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint16(b[2*i:], x)
+	}
+	return Tensor{DType: "BF16", Shape: append([]int(nil), shape...), Data: b}
 }
 
 // U8Tensor makes a U8 tensor of shape from v (copied).

@@ -2,6 +2,7 @@ package safetensors
 
 import (
 	"encoding/binary"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -124,10 +125,23 @@ func TestParseErrors(t *testing.T) {
 		{"bad metadata", build(`{"__metadata__":{"a":1}}`, nil), "__metadata__"},
 		{"trailing json", build(`{}{}`, nil), "trailing"},
 	}
-	for _, c := range cases {
+	dir := t.TempDir()
+	for i, c := range cases {
 		_, err := Parse(c.file)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: err = %v, want it to mention %q", c.name, err, c.want)
+		}
+		// The streaming reader checks the header as strictly, and names the file.
+		path := filepath.Join(dir, fmt.Sprintf("case%d.safetensors", i))
+		if err := os.WriteFile(path, c.file, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		r, err := OpenReader(path)
+		if err == nil {
+			r.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), path) {
+			t.Errorf("%s: OpenReader err = %v, want it to mention %q and the path", c.name, err, c.want)
 		}
 	}
 }

@@ -25,6 +25,14 @@ type QBuf interface {
 	Len() int
 }
 
+// HBuf is a backend-owned frozen bfloat16 matrix: the embedding and lm_head
+// of a quantized base, at half the memory of fp32, widened to fp32 a tile at
+// a time inside the ops that read it.
+type HBuf interface {
+	// Len is the number of elements.
+	Len() int
+}
+
 // Backend runs the model's ops on one device. Shapes follow llm.c: N rows
 // (B*T) of width C. Backward ops accumulate (+=) into their gradient
 // buffers; a nil gradient buffer means "frozen, skip".
@@ -47,9 +55,19 @@ type Backend interface {
 	// UploadQ4 makes a frozen 4-bit weight usable by MatmulQ4*. The CPU
 	// backend keeps t itself (no copy, no dequantized copy).
 	UploadQ4(t *quant.Tensor4) QBuf
+	// UploadBF16 makes a frozen bfloat16 matrix (raw bits, row-major)
+	// usable by the BF16 ops. The CPU backend keeps src itself (no copy).
+	UploadBF16(src []uint16) HBuf
+	// Free releases the memory of a buffer Alloc, UploadQ4 or UploadBF16
+	// returned (not a view): on a device at once, rather than when the
+	// garbage collector finds it unreachable. The buffer and every view of
+	// it must not be used again. The CPU backend leaves it to the collector.
+	Free(b Buf)
 
 	// EncoderForward gathers rows of wte [V,C]: out[n] = wte[tokens[n]].
 	EncoderForward(out, wte Buf, tokens []int32, N, C int)
+	// EncoderForwardBF16 is EncoderForward from a bfloat16 table, widened.
+	EncoderForwardBF16(out Buf, wte HBuf, tokens []int32, N, C int)
 	// EncoderBackward scatters dout into dwte rows.
 	EncoderBackward(dwte, dout Buf, tokens []int32, N, C int)
 	// RMSNormForward normalises rows and saves rstd [N].
@@ -64,6 +82,10 @@ type Backend interface {
 	MatmulQ4Forward(out, inp Buf, w QBuf, N, C, OC int)
 	// MatmulQ4Backward: dinp += dout·dequant(w) (a frozen weight has no dw).
 	MatmulQ4Backward(dinp, dout Buf, w QBuf, N, C, OC int)
+	// MatmulBF16Forward: out[N,OC] = inp·widen(w)ᵀ, widening tiles of rows.
+	MatmulBF16Forward(out, inp Buf, w HBuf, N, C, OC int)
+	// MatmulBF16Backward: dinp += dout·widen(w) (a frozen weight has no dw).
+	MatmulBF16Backward(dinp, dout Buf, w HBuf, N, C, OC int)
 	// RoPEForward rotates x [N, nh*hd] in place (rotate_half convention);
 	// cos and sin are [maxT, hd/2], position = row mod T.
 	RoPEForward(x, cos, sin Buf, N, T, nh, hd int)

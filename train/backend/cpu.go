@@ -30,6 +30,19 @@ type cpuQ4 struct{ t *quant.Tensor4 }
 
 func (q cpuQ4) Len() int { return q.t.Len() }
 
+// cpuBF16 is the CPU backend's frozen bfloat16 matrix: the bits themselves.
+type cpuBF16 []uint16
+
+func (h cpuBF16) Len() int { return len(h) }
+
+// HostBF16 returns the bits behind a CPU bfloat16 matrix (nil otherwise).
+func HostBF16(h HBuf) []uint16 {
+	if c, ok := h.(cpuBF16); ok {
+		return c
+	}
+	return nil
+}
+
 // HostSlice returns the memory behind a CPU buffer (nil for other backends'
 // buffers). Writes through it are visible to the backend.
 func HostSlice(b Buf) []float32 {
@@ -97,6 +110,21 @@ func (c *cpu) Copy(dst, src Buf) { copy(s(dst), s(src)) }
 
 func (c *cpu) UploadQ4(t *quant.Tensor4) QBuf { return cpuQ4{t} }
 
+func (c *cpu) UploadBF16(src []uint16) HBuf { return cpuBF16(src) }
+
+// Free does nothing on the CPU: the garbage collector reclaims the memory
+// once the model drops its last reference.
+func (c *cpu) Free(Buf) {}
+
+// bf16 unwraps a bfloat16 matrix of this backend.
+func bf16(h HBuf) []uint16 {
+	b, ok := h.(cpuBF16)
+	if !ok {
+		panic(fmt.Sprintf("backend cpu: bf16 matrix of type %T does not belong to the CPU backend", h))
+	}
+	return b
+}
+
 // parallel runs f over [0,n) split into at most c.threads contiguous chunks.
 // The split depends only on n and the thread count, so every reduction that
 // follows it repeats bit for bit.
@@ -126,6 +154,22 @@ func (c *cpu) EncoderForward(out, wte Buf, tokens []int32, N, C int) {
 	o, w := s(out), s(wte)
 	c.parallel(N, func(_, lo, hi int) {
 		EncoderForward(o[lo*C:hi*C], w, tokens[lo:hi], hi-lo, C)
+	})
+}
+
+func (c *cpu) EncoderForwardBF16(out Buf, wte HBuf, tokens []int32, N, C int) {
+	o, w := s(out), bf16(wte)
+	V := len(w) / max(C, 1)
+	for i, t := range tokens[:N] {
+		if t < 0 || int(t) >= V {
+			panic(fmt.Sprintf("backend cpu: EncoderForwardBF16: token %d at position %d is outside the vocabulary [0,%d)", t, i, V))
+		}
+	}
+	c.parallel(N, func(_, lo, hi int) {
+		for n := lo; n < hi; n++ {
+			t := int(tokens[n])
+			quant.WidenBF16(o[n*C:(n+1)*C], w[t*C:(t+1)*C])
+		}
 	})
 }
 
@@ -176,17 +220,16 @@ func (c *cpu) MatmulBackward(dinp, dw, dout, inp, w Buf, N, C, OC int, alpha flo
 	}
 }
 
-// q4TileElems bounds the dequantized scratch tile (rows of the weight).
-const q4TileElems = 1 << 16
+// tileElems bounds the widened scratch tile (rows of a frozen weight): 256
+// KiB, a few rows of the widest linears, so the tile stays in L2 while the
+// product streams the activations past it.
+const tileElems = 1 << 16
 
-// q4Tiles dequantizes w a tile of rows at a time into a small scratch buffer
-// and calls f(tile, r0, nr) for rows [r0, r0+nr): no full dequantized copy.
-func (c *cpu) q4Tiles(q QBuf, C, OC int, f func(tile []float32, r0, nr int)) {
-	t := HostQ4(q)
-	if t == nil {
-		panic(fmt.Sprintf("backend cpu: 4-bit weight of type %T does not belong to the CPU backend", q))
-	}
-	rows := max(1, q4TileElems/C)
+// frozenTiles widens a frozen weight [OC,C] a tile of rows at a time into a
+// small scratch buffer (widen(dst, off) fills dst from element off) and
+// calls f(tile, r0, nr) for rows [r0, r0+nr): no whole fp32 copy.
+func (c *cpu) frozenTiles(widen func(dst []float32, off int), C, OC int, f func(tile []float32, r0, nr int)) {
+	rows := max(1, tileElems/C)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if cap(c.scratch) < rows*C {
@@ -195,23 +238,61 @@ func (c *cpu) q4Tiles(q QBuf, C, OC int, f func(tile []float32, r0, nr int)) {
 	for r0 := 0; r0 < OC; r0 += rows {
 		nr := min(rows, OC-r0)
 		tile := c.scratch[:nr*C]
-		t.DequantizeRange(tile, r0*C)
+		widen(tile, r0*C)
 		f(tile, r0, nr)
 	}
 }
 
-func (c *cpu) MatmulQ4Forward(out, inp Buf, w QBuf, N, C, OC int) {
+// q4Widen and bf16Widen check a frozen weight and return its tile filler.
+func q4Widen(q QBuf, op string, n int) func([]float32, int) {
+	t := HostQ4(q)
+	if t == nil {
+		panic(fmt.Sprintf("backend cpu: %s: 4-bit weight of type %T does not belong to the CPU backend", op, q))
+	}
+	if t.Len() < n {
+		panic(fmt.Sprintf("backend cpu: %s: 4-bit weight has %d elements, need %d", op, t.Len(), n))
+	}
+	return t.DequantizeRange
+}
+
+func bf16Widen(h HBuf, op string, n int) func([]float32, int) {
+	w := bf16(h)
+	if len(w) < n {
+		panic(fmt.Sprintf("backend cpu: %s: bf16 weight has %d elements, need %d", op, len(w), n))
+	}
+	return func(dst []float32, off int) { quant.WidenBF16(dst, w[off:off+len(dst)]) }
+}
+
+// frozenForward: out[N,OC] = inp·Wᵀ over widened tiles of W's rows.
+func (c *cpu) frozenForward(out, inp Buf, widen func([]float32, int), N, C, OC int) {
 	o, x := s(out), s(inp)
-	c.q4Tiles(w, C, OC, func(tile []float32, r0, nr int) {
+	c.frozenTiles(widen, C, OC, func(tile []float32, r0, nr int) {
 		sgemm.Sgemm(false, true, N, nr, C, 1, x, C, tile, C, 0, o[r0:], OC)
 	})
 }
 
-func (c *cpu) MatmulQ4Backward(dinp, dout Buf, w QBuf, N, C, OC int) {
+// frozenBackward: dinp += dout·W over widened tiles of W's rows.
+func (c *cpu) frozenBackward(dinp, dout Buf, widen func([]float32, int), N, C, OC int) {
 	dx, dy := s(dinp), s(dout)
-	c.q4Tiles(w, C, OC, func(tile []float32, r0, nr int) {
+	c.frozenTiles(widen, C, OC, func(tile []float32, r0, nr int) {
 		sgemm.Sgemm(false, false, N, C, nr, 1, dy[r0:], OC, tile, C, 1, dx, C)
 	})
+}
+
+func (c *cpu) MatmulQ4Forward(out, inp Buf, w QBuf, N, C, OC int) {
+	c.frozenForward(out, inp, q4Widen(w, "MatmulQ4Forward", C*OC), N, C, OC)
+}
+
+func (c *cpu) MatmulQ4Backward(dinp, dout Buf, w QBuf, N, C, OC int) {
+	c.frozenBackward(dinp, dout, q4Widen(w, "MatmulQ4Backward", C*OC), N, C, OC)
+}
+
+func (c *cpu) MatmulBF16Forward(out, inp Buf, w HBuf, N, C, OC int) {
+	c.frozenForward(out, inp, bf16Widen(w, "MatmulBF16Forward", C*OC), N, C, OC)
+}
+
+func (c *cpu) MatmulBF16Backward(dinp, dout Buf, w HBuf, N, C, OC int) {
+	c.frozenBackward(dinp, dout, bf16Widen(w, "MatmulBF16Backward", C*OC), N, C, OC)
 }
 
 func (c *cpu) RoPEForward(x, cos, sin Buf, N, T, nh, hd int) {

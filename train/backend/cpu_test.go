@@ -144,3 +144,44 @@ func TestMatmulQ4MatchesDequantized(t *testing.T) {
 		closeTo(t, "q4 backward", HostSlice(dx), wantDx, 1e-4)
 	}
 }
+
+// TestBF16OpsMatchWidened checks the bfloat16 embedding gather and the tiled
+// bf16 matmuls against the reference kernels on the exactly widened weight.
+func TestBF16OpsMatchWidened(t *testing.T) {
+	be := NewCPU(2)
+	rng := rand.New(rand.NewPCG(4, 4))
+	for _, sh := range []struct{ N, C, OC int }{{3, 64, 5}, {4, 1 << 12, 37}, {2, 96, 1500}} {
+		w := randF32(rng, sh.OC*sh.C)
+		h := make([]uint16, len(w))
+		quant.NarrowBF16(h, w)
+		wide := make([]float32, len(w))
+		quant.WidenBF16(wide, h)
+		x, dy := randF32(rng, sh.N*sh.C), randF32(rng, sh.N*sh.OC)
+		want, wantDx := make([]float32, sh.N*sh.OC), make([]float32, sh.N*sh.C)
+		MatmulForward(want, x, wide, sh.N, sh.C, sh.OC, 1, 0)
+		MatmulBackward(wantDx, nil, dy, x, wide, sh.N, sh.C, sh.OC, 1)
+		hb := be.UploadBF16(h)
+		got, dx := be.Alloc(sh.N*sh.OC), be.Alloc(sh.N*sh.C)
+		be.MatmulBF16Forward(got, up(be, x), hb, sh.N, sh.C, sh.OC)
+		be.MatmulBF16Backward(dx, up(be, dy), hb, sh.N, sh.C, sh.OC)
+		closeTo(t, "bf16 forward", HostSlice(got), want, 1e-4)
+		closeTo(t, "bf16 backward", HostSlice(dx), wantDx, 1e-4)
+
+		tokens := []int32{int32(sh.OC - 1), 0, int32(sh.OC / 2)}
+		emb := be.Alloc(len(tokens) * sh.C)
+		be.EncoderForwardBF16(emb, hb, tokens, len(tokens), sh.C)
+		wantEmb := make([]float32, len(tokens)*sh.C)
+		EncoderForward(wantEmb, wide, tokens, len(tokens), sh.C)
+		for i, v := range HostSlice(emb) {
+			if v != wantEmb[i] {
+				t.Fatalf("embedding element %d = %v, want %v (widening is exact)", i, v, wantEmb[i])
+			}
+		}
+	}
+	defer func() {
+		if r := recover(); r == nil {
+			t.Error("a token outside the bf16 table did not panic")
+		}
+	}()
+	be.EncoderForwardBF16(be.Alloc(4), be.UploadBF16(make([]uint16, 8)), []int32{2}, 1, 4)
+}
