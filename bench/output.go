@@ -64,7 +64,7 @@ func (t *Table) Row(r Row) {
 	}
 	fmt.Fprintf(t.tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Name, r.Size,
 		num(r.GFLOPS, "%.1f"), num(r.GBps, "%.1f"), num(r.PeerGFLOPS, "%.1f"), num(r.Ratio, "%.2fx"),
-		num(100*r.FractionOfPeak, "%.0f%%"), kernels(r), notes(r))
+		num(100*r.FractionOfPeak, "%.0f%%"), kernelColumn(r), notes(r))
 	if r.Peer != "" && r.Peer != t.peerDesc {
 		t.notes = appendOnce(t.notes, "peer: "+r.Peer)
 	}
@@ -73,8 +73,9 @@ func (t *Table) Row(r Row) {
 	}
 }
 
-// kernels is the "ours / peer" kernel column.
-func kernels(r Row) string {
+// kernelColumn is the "ours / peer" kernel column (not "kernels": the cuda
+// build imports package kernels into this package).
+func kernelColumn(r Row) string {
 	switch {
 	case r.Kernel == "" && r.PeerKernel == "":
 		return "-"
