@@ -59,6 +59,19 @@ type Config struct {
 	// extend, after which the round restarts (see Coordinator.restart).
 	ShortRound    string `mapstructure:"short_round" json:"short_round"`
 	MaxExtensions int    `mapstructure:"max_extensions" json:"max_extensions"`
+	// MaxNewPerCohort caps the newcomers (workers without an accepted
+	// update yet) in one cohort; the other seats go to workers that have
+	// contributed, so a flood of fresh keys cannot take every seat
+	// (0: no cap, one uniform pick). With a cap, a cohort may be smaller
+	// than CohortSize; the cap must reach MinUpdates so a new run's first
+	// round can close.
+	MaxNewPerCohort int `mapstructure:"max_new_per_cohort" json:"max_new_per_cohort"`
+	// Probation is how long after registering a key becomes eligible for
+	// a cohort (0: at once).
+	Probation time.Duration `mapstructure:"probation" json:"probation"`
+	// ForgetAfter deletes workers not seen for this long that never sent
+	// an update (0: never).
+	ForgetAfter time.Duration `mapstructure:"forget_after" json:"forget_after"`
 	// MaxRounds stops opening rounds after this round id (0: never stop).
 	MaxRounds uint64 `mapstructure:"max_rounds" json:"max_rounds"`
 	// Recipe is the local training every round asks for. It has no
@@ -124,6 +137,7 @@ func DefaultConfig() Config {
 		NormBoundFactor: 3,
 		Aggregator:      AggFedAvg,
 		TrimFraction:    0.2,
+		ForgetAfter:     7 * 24 * time.Hour,
 		Optimizer:       ServerOptimizer{Kind: OptFedAvg, LR: 1, Momentum: 0.9, Beta1: 0.9, Beta2: 0.99, Eps: 1e-3},
 		MaxUpdateBytes:  64 << 20,
 	}
@@ -200,6 +214,15 @@ func (c *Config) Validate() error {
 	if c.ShortRound != ShortExtend && c.ShortRound != ShortRestart {
 		return bad("short_round", fmt.Sprintf("%q", c.ShortRound), `"extend" or "restart"`)
 	}
+	if c.MaxNewPerCohort < 0 || (c.MaxNewPerCohort > 0 && c.MaxNewPerCohort < c.MinUpdates) {
+		return bad("max_new_per_cohort", c.MaxNewPerCohort, fmt.Sprintf("0 (no cap) or >= min_updates (%d), so a new run's first round can close", c.MinUpdates))
+	}
+	if c.Probation < 0 {
+		return bad("probation", c.Probation, ">= 0")
+	}
+	if c.ForgetAfter != 0 && c.ForgetAfter <= max(c.SeenWithin, c.Probation) {
+		return bad("forget_after", c.ForgetAfter, fmt.Sprintf("0 (never) or longer than seen_within (%v) and probation (%v)", c.SeenWithin, c.Probation))
+	}
 	if c.MaxExtensions < 0 {
 		return bad("max_extensions", c.MaxExtensions, ">= 0")
 	}
@@ -262,3 +285,40 @@ func (c *Config) Validate() error {
 func encodeKey(pub ed25519.PublicKey) string { return protocol.EncodePublicKey(pub) }
 
 func parseKey(s string) (ed25519.PublicKey, error) { return protocol.ParsePublicKey(s) }
+
+// Admission says who may register (the coordinator config's admission
+// section). Every check applies to each registration, a returning key's
+// too.
+type Admission struct {
+	// JoinTokens, when any are set, are the operator's join tokens: a
+	// registration must carry one of them (RegisterRequest.JoinToken).
+	JoinTokens []string `mapstructure:"join_tokens" json:"-"`
+	// AllowKeys, when any are set, are the only worker keys
+	// ("ed25519:<base64>") that may register.
+	AllowKeys []string `mapstructure:"allow_keys" json:"allow_keys"`
+	// PoWBits asks each registration for a proof of work with this many
+	// leading zero bits (protocol.PoWZeroBits; 0: none, at most
+	// protocol.MaxPoWBits). 20 bits cost a worker about a second.
+	PoWBits int `mapstructure:"pow_bits" json:"pow_bits"`
+}
+
+// minTokenLen keeps join tokens out of guessing range.
+const minTokenLen = 16
+
+// Validate names the first bad key.
+func (a Admission) Validate() error {
+	for i, t := range a.JoinTokens {
+		if len(t) < minTokenLen {
+			return fmt.Errorf("coordinator config: admission.join_tokens[%d]: %d characters, want at least %d (make one with: openssl rand -hex 16)", i, len(t), minTokenLen)
+		}
+	}
+	for i, k := range a.AllowKeys {
+		if _, err := protocol.ParsePublicKey(k); err != nil {
+			return fmt.Errorf("coordinator config: admission.allow_keys[%d]: %w", i, err)
+		}
+	}
+	if a.PoWBits < 0 || a.PoWBits > protocol.MaxPoWBits {
+		return fmt.Errorf("coordinator config: admission.pow_bits = %d: want 0..%d", a.PoWBits, protocol.MaxPoWBits)
+	}
+	return nil
+}

@@ -18,6 +18,7 @@ package coordinator
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
 	"errors"
@@ -77,6 +78,8 @@ type Options struct {
 	// GridGPerKWh is the carbon intensity the dashboard's CO2 figures use
 	// (grams per kWh); 0 leaves CO2 out as unknown.
 	GridGPerKWh float64
+	// Admission says who may register; the zero value admits any key.
+	Admission Admission
 	// AfterClose, when set, is called with a round's id once the round is
 	// stored as closed and before the next one is created: the window a
 	// crash must not corrupt. Fault tests use it to stop the process there.
@@ -103,6 +106,7 @@ type Coordinator struct {
 	M            *Metrics
 	ev           *events // dashboard events
 	afterClose   func(round uint64)
+	admission    Admission
 
 	mu        sync.Mutex
 	cur       Round
@@ -127,6 +131,9 @@ func New(ctx context.Context, cfg Config, opts Options) (*Coordinator, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	if err := opts.Admission.Validate(); err != nil {
+		return nil, err
+	}
 	if opts.Store == nil || len(opts.Key) != ed25519.PrivateKeySize || (opts.Dir == "" && !opts.InMemory) || (opts.Ledger == nil && !opts.InMemory) {
 		return nil, errors.New("coordinator: New needs Dir, Store, Ledger and an ed25519 Key (only Store and Key when InMemory)")
 	}
@@ -134,7 +141,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Coordinator, error) {
 		return nil, errors.New("coordinator: an in-memory coordinator publishes no base model file (BaseModelPath must be empty)")
 	}
 	c := &Coordinator{cfg: cfg, n: cfg.N(), shapesDigest: protocol.ShapesDigest(cfg.Shapes), dir: opts.Dir, store: opts.Store, ledger: opts.Ledger, key: opts.Key,
-		clock: opts.Clock, log: opts.Logger, M: newMetrics(), changed: make(chan struct{}), kick: make(chan struct{}, 1), afterClose: opts.AfterClose}
+		clock: opts.Clock, log: opts.Logger, M: newMetrics(), changed: make(chan struct{}), kick: make(chan struct{}, 1), afterClose: opts.AfterClose, admission: opts.Admission}
 	if c.clock == nil {
 		c.clock = SystemClock
 	}
@@ -415,20 +422,20 @@ func (c *Coordinator) stepLocked(ctx context.Context) (bool, error) {
 		if c.done {
 			return false, nil
 		}
-		ids, err := c.store.WorkerIDs(ctx, now.Add(-c.cfg.SeenWithin))
+		ws, err := c.eligible(ctx, now)
 		if err != nil {
 			return false, err
 		}
-		if len(ids) < c.cfg.MinWorkers {
+		if len(ws) < c.cfg.MinWorkers {
 			return false, nil
 		}
-		r.Cohort = PickCohort(ids, c.cfg.CohortSize, r.Seed)
+		r.Cohort = c.pickCohort(ws, c.cfg.CohortSize, r.Seed)
 		r.State, r.Started, r.Deadline = StateCollecting, now, now.Add(c.cfg.RoundTimeout)
 		if err := c.store.UpdateRound(ctx, r); err != nil {
 			return false, err
 		}
 		c.setRound(r)
-		c.log.Info("coordinator: round collecting", "round", r.ID, "cohort", len(r.Cohort), "available", len(ids), "deadline", r.Deadline)
+		c.log.Info("coordinator: round collecting", "round", r.ID, "cohort", len(r.Cohort), "available", len(ws), "deadline", r.Deadline)
 		return true, nil
 	case StateCollecting:
 		if c.nAccepted >= c.quorum() && c.nAccepted >= c.cfg.MinUpdates {
@@ -463,6 +470,65 @@ func (c *Coordinator) stepLocked(ctx context.Context) (bool, error) {
 	return false, fmt.Errorf("coordinator: round %d in unknown state %q", r.ID, r.State)
 }
 
+// eligible lists the workers a cohort may be picked from at now: seen
+// within seen_within and past their probation, sorted by id. It first
+// forgets the stale workers that never contributed (forget_after).
+func (c *Coordinator) eligible(ctx context.Context, now time.Time) ([]Worker, error) {
+	if c.cfg.ForgetAfter > 0 {
+		n, err := c.store.PruneWorkers(ctx, now.Add(-c.cfg.ForgetAfter))
+		if err != nil {
+			return nil, err
+		}
+		if n > 0 {
+			c.log.Info("coordinator: forgot stale workers that never sent an update", "workers", n, "not_seen_for", c.cfg.ForgetAfter)
+			if total, err := c.store.CountWorkers(ctx); err == nil {
+				c.M.workers.Store(int64(total))
+			}
+		}
+	}
+	if c.cfg.MaxNewPerCohort == 0 && c.cfg.Probation == 0 {
+		// The ids alone are enough (and cheap for a million simulated workers).
+		ids, err := c.store.WorkerIDs(ctx, now.Add(-c.cfg.SeenWithin))
+		ws := make([]Worker, len(ids))
+		for i, id := range ids {
+			ws[i].ID = id
+		}
+		return ws, err
+	}
+	ws, err := c.store.Workers(ctx, now.Add(-c.cfg.SeenWithin))
+	if err != nil {
+		return nil, err
+	}
+	out := ws[:0]
+	for _, w := range ws {
+		if now.Sub(w.Registered) >= c.cfg.Probation {
+			out = append(out, w)
+		}
+	}
+	return out, nil
+}
+
+// pickCohort picks up to size of ws (sorted by id) with the seeded
+// shuffle. Under max_new_per_cohort, at most that many newcomers (no
+// accepted update yet) are taken and the other seats go to workers that
+// have contributed; seats neither fills stay empty.
+func (c *Coordinator) pickCohort(ws []Worker, size int, seed uint64) []string {
+	var all, vets, news []string
+	for _, w := range ws {
+		all = append(all, w.ID)
+		if w.Contributed > 0 {
+			vets = append(vets, w.ID)
+		} else {
+			news = append(news, w.ID)
+		}
+	}
+	if c.cfg.MaxNewPerCohort == 0 {
+		return PickCohort(all, size, seed)
+	}
+	picked := PickCohort(news, min(size, c.cfg.MaxNewPerCohort), seed)
+	return append(PickCohort(vets, size-len(picked), seed^0x7665746572616e73), picked...)
+}
+
 // restart gives a round that is short of updates at its deadline a new
 // cohort and deadline, keeping its id, seed and adapter, so every update
 // already accepted stays valid: the workers that delivered stay in the
@@ -470,23 +536,24 @@ func (c *Coordinator) stepLocked(ctx context.Context) (bool, error) {
 // (the dropouts are replaced unless they are still polling).
 func (c *Coordinator) restart(ctx context.Context, now time.Time) error {
 	r := c.cur
-	ids, err := c.store.WorkerIDs(ctx, now.Add(-c.cfg.SeenWithin))
+	ws, err := c.eligible(ctx, now)
 	if err != nil {
 		return err
 	}
-	var keep, others []string
+	var keep []string
+	var others []Worker
 	for _, w := range r.Cohort {
 		if c.accepted[w] {
 			keep = append(keep, w)
 		}
 	}
-	for _, id := range ids {
-		if !c.accepted[id] {
-			others = append(others, id)
+	for _, w := range ws {
+		if !c.accepted[w.ID] {
+			others = append(others, w)
 		}
 	}
 	r.Extensions++
-	r.Cohort = append(keep, PickCohort(others, c.cfg.CohortSize-len(keep), r.Seed+uint64(r.Extensions))...)
+	r.Cohort = append(keep, c.pickCohort(others, c.cfg.CohortSize-len(keep), r.Seed+uint64(r.Extensions))...)
 	r.Deadline = now.Add(c.cfg.RoundTimeout)
 	r.Note = fmt.Sprintf("restarted %d time(s)", r.Extensions)
 	if err := c.store.UpdateRound(ctx, r); err != nil {
@@ -697,31 +764,87 @@ func (c *Coordinator) Run(ctx context.Context, tick time.Duration) {
 // holds the key. The worker id derives from the key, so registering again
 // returns the same id.
 func (c *Coordinator) Register(ctx context.Context, req protocol.RegisterRequest, body, sig []byte) (protocol.RegisterResponse, error) {
+	resp, isNew, err := c.register(ctx, req, body, sig)
+	switch {
+	case err != nil:
+		c.M.registration("refused")
+	case isNew:
+		c.M.registration("new")
+	default:
+		c.M.registration("known")
+	}
+	return resp, err
+}
+
+// admit applies the admission policy to a registration whose signature
+// checked out.
+func (c *Coordinator) admit(pub ed25519.PublicKey, req protocol.RegisterRequest) error {
+	a := c.admission
+	if len(a.AllowKeys) > 0 && !slices.ContainsFunc(a.AllowKeys, func(k string) bool {
+		ak, err := protocol.ParsePublicKey(k)
+		return err == nil && ak.Equal(pub)
+	}) {
+		return reject(403, "not_admitted", "key %s is not on this coordinator's allow-list; ask its operator to add it", req.PublicKey)
+	}
+	if len(a.JoinTokens) > 0 {
+		if req.JoinToken == "" {
+			return reject(403, "not_admitted", "this coordinator admits workers with a join token only; ask its operator for one (worker --join-token)")
+		}
+		ok := false
+		for _, t := range a.JoinTokens {
+			ok = subtle.ConstantTimeCompare([]byte(t), []byte(req.JoinToken)) == 1 || ok
+		}
+		if !ok {
+			return reject(403, "not_admitted", "the join token was not accepted")
+		}
+	}
+	if a.PoWBits > 0 {
+		got := 0
+		if len(req.PoWNonce) <= protocol.MaxPoWNonceLen {
+			got = protocol.PoWZeroBits(req.PublicKey, req.PoWNonce)
+		}
+		if got < a.PoWBits {
+			return reject(403, PoWRequired, "registration needs a proof of work of %d bits (header %s); pow_nonce %q gives %d", a.PoWBits, PoWBitsHeader, req.PoWNonce, got)
+		}
+	}
+	return nil
+}
+
+// PoWRequired is the error code of a registration without enough proof
+// of work; the answer's PoWBitsHeader says how many bits are asked.
+const PoWRequired = "pow_required"
+
+func (c *Coordinator) register(ctx context.Context, req protocol.RegisterRequest, body, sig []byte) (protocol.RegisterResponse, bool, error) {
 	pub, err := protocol.ParsePublicKey(req.PublicKey)
 	if err != nil {
-		return protocol.RegisterResponse{}, reject(400, "bad_key", "public_key: %v", err)
+		return protocol.RegisterResponse{}, false, reject(400, "bad_key", "public_key: %v", err)
 	}
 	if !ed25519.Verify(pub, append([]byte(RegisterPrefix), body...), sig) {
-		return protocol.RegisterResponse{}, reject(401, "bad_signature", "register: the %s header does not verify with public_key %s", SignatureHeader, req.PublicKey)
+		return protocol.RegisterResponse{}, false, reject(401, "bad_signature", "register: the %s header does not verify with public_key %s", SignatureHeader, req.PublicKey)
 	}
 	if len(req.Name) > 128 || len(req.Device) > 256 || len(req.ClientVersion) > 64 {
-		return protocol.RegisterResponse{}, reject(400, "malformed", "register: name (<=128), device (<=256) or client_version (<=64) too long")
+		return protocol.RegisterResponse{}, false, reject(400, "malformed", "register: name (<=128), device (<=256) or client_version (<=64) too long")
+	}
+	if err := c.admit(pub, req); err != nil {
+		return protocol.RegisterResponse{}, false, err
 	}
 	region, placed, err := protocol.LookupRegion(req.Region)
 	if err != nil {
-		return protocol.RegisterResponse{}, reject(400, "bad_region", "register: %v", err)
+		return protocol.RegisterResponse{}, false, reject(400, "bad_region", "register: %v", err)
 	}
 	now := c.clock.Now()
 	id := "w-" + protocol.KeyID(pub)
+	_, err = c.store.Worker(ctx, id)
+	isNew := errors.Is(err, ErrNotFound)
 	w, err := c.store.RegisterWorker(ctx, Worker{ID: id, PublicKey: pub, Name: req.Name, Device: req.Device, Registered: now, LastSeen: now})
 	if err != nil {
-		return protocol.RegisterResponse{}, err
+		return protocol.RegisterResponse{}, false, err
 	}
 	if !w.PublicKey.Equal(pub) {
-		return protocol.RegisterResponse{}, reject(409, "key_conflict", "worker id %s is bound to another key", id)
+		return protocol.RegisterResponse{}, false, reject(409, "key_conflict", "worker id %s is bound to another key", id)
 	}
 	if err := c.store.TouchWorker(ctx, id, now); err != nil {
-		return protocol.RegisterResponse{}, err
+		return protocol.RegisterResponse{}, false, err
 	}
 	if n, err := c.store.CountWorkers(ctx); err == nil {
 		c.M.workers.Store(int64(n))
@@ -731,7 +854,7 @@ func (c *Coordinator) Register(ctx context.Context, req protocol.RegisterRequest
 	case c.kick <- struct{}{}:
 	default:
 	}
-	return protocol.RegisterResponse{WorkerID: id, KeyID: protocol.KeyID(pub), CoordinatorKey: encodeKey(c.PublicKey())}, nil
+	return protocol.RegisterResponse{WorkerID: id, KeyID: protocol.KeyID(pub), CoordinatorKey: encodeKey(c.PublicKey())}, isNew, nil
 }
 
 // Work returns the round the worker should train now, or nil when it has

@@ -1,11 +1,17 @@
 package coordinator
 
 import (
+	"bytes"
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"encoding/json"
 	"math"
 	"math/rand/v2"
+	"net/http"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -403,5 +409,155 @@ func TestRobustAggregationRecomputes(t *testing.T) {
 				t.Fatalf("recompute of a record that drops an honest update: %v", err)
 			}
 		})
+	}
+}
+
+// registerDirect registers a fresh key through Coordinator.Register, as a
+// client on any address would (the HTTP rate limit is per address).
+func registerDirect(t *testing.T, c *Coordinator, req protocol.RegisterRequest) (*worker, error) {
+	t.Helper()
+	pub, priv, _ := ed25519.GenerateKey(nil)
+	req.PublicKey = protocol.EncodePublicKey(pub)
+	body, _ := json.Marshal(req)
+	resp, err := c.Register(context.Background(), req, body, ed25519.Sign(priv, append([]byte(RegisterPrefix), body...)))
+	return &worker{id: resp.WorkerID, pub: pub, priv: priv}, err
+}
+
+// 2,000 fresh keys (as from 50 addresses, under any per-address rate
+// limit) must not take every seat from a worker that has been
+// contributing: with max_new_per_cohort the contributor is in every
+// cohort and the newcomers hold at most the capped seats; the stale ones
+// are forgotten after forget_after. (The uniform pick over all 2,001 keys,
+// what the coordinator did before, left the contributor out of the first
+// cohort picked after the flood.)
+func TestSybilFloodCannotTakeEveryCohort(t *testing.T) {
+	cfg := testConfig()
+	cfg.CohortSize, cfg.MinWorkers, cfg.MinUpdates, cfg.Quorum = 4, 1, 1, 0
+	cfg.MaxNewPerCohort = 1
+	cfg.ForgetAfter = time.Hour
+	clock := &fakeClock{t: time.Unix(1_750_000_000, 0)}
+	e := newEnv(t, t.TempDir(), cfg, clock, nil)
+	honest := e.register("honest")
+	e.step()
+	info, status := e.poll(honest, "0s")
+	if status != 200 {
+		t.Fatalf("round 1: the only worker is not in the cohort (%d)", status)
+	}
+	n := e.cfg.N()
+	body, _ := makeUpdate(t, honest, info, seqDelta(n, 0.1), 10)
+	if status, msg := e.upload(body); status != 200 {
+		t.Fatal(status, msg)
+	}
+	e.step() // round 1 closes (its whole cohort delivered); round 2 opens
+	for i := 0; i < 2000; i++ {
+		if _, err := registerDirect(t, e.c, protocol.RegisterRequest{ClientVersion: "sybil"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for round := 2; round <= 4; round++ {
+		e.poll(honest, "0s")
+		e.step()
+		st := e.c.Status()
+		cohort := e.c.cur.Cohort
+		if st.Round != uint64(round) || !slices.Contains(cohort, honest.id) || len(cohort) > 2 {
+			t.Fatalf("round %d: cohort %v (status %+v), want the contributor and at most 1 newcomer", round, cohort, st)
+		}
+		info, _ := e.poll(honest, "0s")
+		body, _ := makeUpdate(t, honest, info, seqDelta(n, 0.1), 10)
+		if status, msg := e.upload(body); status != 200 {
+			t.Fatal(status, msg)
+		}
+		clock.Add(cfg.RoundTimeout + time.Second) // the newcomer never delivers
+		e.step()
+	}
+	_, mb := e.get("/metrics")
+	if !strings.Contains(string(mb), `opencluster_registrations_total{result="new"} 2001`) {
+		t.Errorf("metrics lack 2001 new registrations:\n%s", mb)
+	}
+	// The keys that never sent an update are forgotten at the first cohort
+	// pick after forget_after.
+	info, _ = e.poll(honest, "0s")
+	body, _ = makeUpdate(t, honest, info, seqDelta(n, 0.1), 10)
+	if status, msg := e.upload(body); status != 200 {
+		t.Fatal(status, msg)
+	}
+	clock.Add(time.Hour)
+	e.poll(honest, "0s")
+	e.step()
+	if got, _ := e.store.CountWorkers(context.Background()); got != 1 {
+		t.Fatalf("%d workers left after forget_after, want the contributor alone", got)
+	}
+}
+
+func TestAdmission(t *testing.T) {
+	token := "0123456789abcdef0123"
+	allowedPub, allowedPriv, _ := ed25519.GenerateKey(nil)
+	adm := Admission{JoinTokens: []string{token}, AllowKeys: []string{protocol.EncodePublicKey(allowedPub)}, PoWBits: 8}
+	e := newEnv(t, t.TempDir(), testConfig(), &fakeClock{t: time.Unix(1_750_000_000, 0)}, nil, func(o *Options) { o.Admission = adm })
+	send := func(priv ed25519.PrivateKey, req protocol.RegisterRequest) (*http.Response, string) {
+		req.PublicKey = protocol.EncodePublicKey(priv.Public().(ed25519.PublicKey))
+		body, _ := json.Marshal(req)
+		hr, _ := http.NewRequest("POST", e.srv.URL+"/v1/register", bytes.NewReader(body))
+		hr.Header.Set(SignatureHeader, base64.StdEncoding.EncodeToString(ed25519.Sign(priv, append([]byte(RegisterPrefix), body...))))
+		resp, b := e.do(hr)
+		return resp, string(b)
+	}
+	pow, err := protocol.SolvePoW(context.Background(), protocol.EncodePublicKey(allowedPub), 8)
+	if err != nil || protocol.PoWZeroBits(protocol.EncodePublicKey(allowedPub), pow) < 8 {
+		t.Fatalf("SolvePoW: %q %v", pow, err)
+	}
+	_, otherPriv, _ := ed25519.GenerateKey(nil)
+	tests := []struct {
+		name   string
+		priv   ed25519.PrivateKey
+		req    protocol.RegisterRequest
+		status int
+		code   string
+	}{
+		{"not on the allow-list", otherPriv, protocol.RegisterRequest{JoinToken: token, PoWNonce: pow}, 403, "allow-list"},
+		{"no token", allowedPriv, protocol.RegisterRequest{PoWNonce: pow}, 403, "join token only"},
+		{"wrong token", allowedPriv, protocol.RegisterRequest{JoinToken: token + "x", PoWNonce: pow}, 403, "not accepted"},
+		{"no proof of work", allowedPriv, protocol.RegisterRequest{JoinToken: token}, 403, PoWRequired},
+		{"admitted", allowedPriv, protocol.RegisterRequest{JoinToken: token, PoWNonce: pow}, 200, "worker_id"},
+	}
+	for _, tc := range tests {
+		resp, msg := send(tc.priv, tc.req)
+		if resp.StatusCode != tc.status || !strings.Contains(msg, tc.code) {
+			t.Errorf("%s: %d %s, want %d %s", tc.name, resp.StatusCode, msg, tc.status, tc.code)
+		}
+		if tc.code == PoWRequired && resp.Header.Get(PoWBitsHeader) != "8" {
+			t.Errorf("%s: %s header %q, want 8", tc.name, PoWBitsHeader, resp.Header.Get(PoWBitsHeader))
+		}
+	}
+	_, mb := e.get("/metrics")
+	if !strings.Contains(string(mb), `opencluster_registrations_total{result="refused"} 4`) {
+		t.Errorf("metrics lack 4 refused registrations:\n%s", mb)
+	}
+	for _, bad := range []Admission{{JoinTokens: []string{"short"}}, {AllowKeys: []string{"ed25519:nope"}}, {PoWBits: 40}} {
+		if err := bad.Validate(); err == nil {
+			t.Errorf("%+v: no error", bad)
+		}
+	}
+}
+
+// A key registered less than probation ago is not picked.
+func TestProbation(t *testing.T) {
+	cfg := testConfig()
+	cfg.CohortSize, cfg.MinWorkers, cfg.MinUpdates, cfg.Quorum = 2, 1, 1, 0
+	cfg.Probation = 10 * time.Minute
+	cfg.SeenWithin = time.Hour
+	clock := &fakeClock{t: time.Unix(1_750_000_000, 0)}
+	e := newEnv(t, t.TempDir(), cfg, clock, nil)
+	old := e.register("old")
+	clock.Add(9 * time.Minute)
+	e.step()
+	if st := e.c.Status(); st.State != StateOpen {
+		t.Fatalf("a round started with no worker past probation: %+v", st)
+	}
+	clock.Add(time.Minute)
+	fresh := e.register("fresh")
+	e.step()
+	if c := e.c.cur.Cohort; len(c) != 1 || c[0] != old.id {
+		t.Fatalf("cohort %v, want only %s (%s is on probation)", c, old.id, fresh.id)
 	}
 }

@@ -29,12 +29,16 @@ type MemStore struct {
 	nonces  map[string]struct{}
 	// accepted holds, per header round, the workers with an accepted update.
 	accepted map[uint64]map[string]bool
+	// sent holds the workers with any update recorded (they are never pruned).
+	sent map[string]bool
 }
+
+var _ Store = (*MemStore)(nil)
 
 // NewMemStore returns an empty in-memory store.
 func NewMemStore() *MemStore {
 	return &MemStore{workers: map[string]Worker{}, keys: map[string]string{}, rounds: map[uint64]Round{}, blobs: map[string]Blob{},
-		updates: map[uint64][]UpdateRecord{}, nonces: map[string]struct{}{}, accepted: map[uint64]map[string]bool{}}
+		updates: map[uint64][]UpdateRecord{}, nonces: map[string]struct{}{}, accepted: map[uint64]map[string]bool{}, sent: map[string]bool{}}
 }
 
 func (s *MemStore) RegisterWorker(_ context.Context, w Worker) (Worker, error) {
@@ -46,7 +50,7 @@ func (s *MemStore) RegisterWorker(_ context.Context, w Worker) (Worker, error) {
 	if other, ok := s.keys[string(w.PublicKey)]; ok { // unique, as in the SQL schema
 		return Worker{}, fmt.Errorf("coordinator: register worker %q: public key already registered to %q", w.ID, other)
 	}
-	w.PublicKey = slices.Clone(w.PublicKey)
+	w.PublicKey, w.Contributed = slices.Clone(w.PublicKey), 0
 	s.workers[w.ID] = w
 	s.keys[string(w.PublicKey)] = w.ID
 	return w, nil
@@ -92,6 +96,20 @@ func (s *MemStore) WorkerIDs(ctx context.Context, since time.Time) ([]string, er
 		ids[i] = w.ID
 	}
 	return ids, nil
+}
+
+func (s *MemStore) PruneWorkers(_ context.Context, seenBefore time.Time) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for id, w := range s.workers {
+		if w.LastSeen.Before(seenBefore) && w.Contributed == 0 && !s.sent[id] {
+			delete(s.workers, id)
+			delete(s.keys, string(w.PublicKey))
+			n++
+		}
+	}
+	return n, nil
 }
 
 func (s *MemStore) CountWorkers(context.Context) (int, error) {
@@ -180,6 +198,11 @@ func (s *MemStore) AddUpdate(_ context.Context, u UpdateRecord) error {
 	}
 	s.nonces[u.Nonce] = struct{}{}
 	s.updates[u.Applied] = append(s.updates[u.Applied], u)
+	s.sent[u.WorkerID] = true
+	if w, ok := s.workers[u.WorkerID]; ok && u.Accepted {
+		w.Contributed++
+		s.workers[u.WorkerID] = w
+	}
 	if u.Accepted {
 		if s.accepted[u.Round] == nil {
 			s.accepted[u.Round] = map[string]bool{}

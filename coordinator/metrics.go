@@ -21,12 +21,21 @@ type Metrics struct {
 
 	mu            sync.Mutex
 	rejectedBy    map[string]int64
+	registered    map[string]int64
 	roundDurSum   float64
 	roundDurCount int64
 	roundDurLast  float64
 }
 
-func newMetrics() *Metrics { return &Metrics{rejectedBy: map[string]int64{}} }
+func newMetrics() *Metrics {
+	return &Metrics{rejectedBy: map[string]int64{}, registered: map[string]int64{}}
+}
+
+func (m *Metrics) registration(result string) {
+	m.mu.Lock()
+	m.registered[result]++
+	m.mu.Unlock()
+}
 
 func (m *Metrics) rejected(reason string) {
 	m.mu.Lock()
@@ -72,6 +81,10 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 	slices.Sort(reasons)
 	for _, r := range reasons {
 		p("opencluster_updates_rejected_total{reason=%q} %d\n", r, m.rejectedBy[r])
+	}
+	p("# HELP opencluster_registrations_total Registrations, by result: new key, known key, refused.\n# TYPE opencluster_registrations_total counter\n")
+	for _, r := range []string{"new", "known", "refused"} {
+		p("opencluster_registrations_total{result=%q} %d\n", r, m.registered[r])
 	}
 	sum, count, last := m.roundDurSum, m.roundDurCount, m.roundDurLast
 	m.mu.Unlock()

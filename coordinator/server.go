@@ -39,6 +39,9 @@ const (
 	// WorkerHeader and TimeHeader identify a polling worker.
 	WorkerHeader = "X-OpenCluster-Worker"
 	TimeHeader   = "X-OpenCluster-Time"
+	// PoWBitsHeader, on a pow_required refusal of a registration, is the
+	// number of leading zero bits the proof of work must have.
+	PoWBitsHeader = "X-OpenCluster-PoW-Bits"
 	// RegisterPrefix + body: the worker's signature on POST /v1/register.
 	RegisterPrefix = "opencluster register v1\n"
 	// PollPrefix + worker id + "\n" + unix seconds: the worker's signature
@@ -207,6 +210,10 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 	}
 	resp, err := s.c.Register(r.Context(), req, body, sig)
 	if err != nil {
+		var re *RejectError
+		if errors.As(err, &re) && re.Code == PoWRequired {
+			w.Header().Set(PoWBitsHeader, strconv.Itoa(s.c.admission.PoWBits))
+		}
 		writeError(w, err)
 		return
 	}

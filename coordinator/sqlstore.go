@@ -87,6 +87,11 @@ var migrations = []string{
 	);
 	CREATE UNIQUE INDEX updates_one_per_worker ON updates (round, worker_id) WHERE accepted = 1;
 	CREATE INDEX updates_applied ON updates (applied, seq)`,
+	// 2: how many accepted updates each worker has sent (cohort picks cap
+	// the workers that have none), and an index for pruning them.
+	`ALTER TABLE workers ADD COLUMN contributed BIGINT NOT NULL DEFAULT 0;
+	UPDATE workers SET contributed = (SELECT COUNT(*) FROM updates WHERE updates.worker_id = workers.id AND updates.accepted = 1);
+	CREATE INDEX updates_worker ON updates (worker_id)`,
 }
 
 // OpenSQLite opens (creating if needed) the SQLite database at path in WAL
@@ -226,13 +231,13 @@ func fromNanos(n int64) time.Time {
 
 // ---- workers
 
-const workerCols = `id, public_key, name, device, registered, last_seen`
+const workerCols = `id, public_key, name, device, registered, last_seen, contributed`
 
 func scanWorker(row interface{ Scan(...any) error }) (Worker, error) {
 	var w Worker
 	var key string
 	var reg, seen int64
-	if err := row.Scan(&w.ID, &key, &w.Name, &w.Device, &reg, &seen); err != nil {
+	if err := row.Scan(&w.ID, &key, &w.Name, &w.Device, &reg, &seen, &w.Contributed); err != nil {
 		return Worker{}, err
 	}
 	pub, err := parseKey(key)
@@ -254,9 +259,10 @@ func (s *sqlStore) RegisterWorker(ctx context.Context, w Worker) (Worker, error)
 		if !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, s.q(`INSERT INTO workers (`+workerCols+`) VALUES (?, ?, ?, ?, ?, ?)`),
-			w.ID, encodeKey(w.PublicKey), w.Name, w.Device, nanos(w.Registered), nanos(w.LastSeen))
+		_, err = tx.ExecContext(ctx, s.q(`INSERT INTO workers (`+workerCols+`) VALUES (?, ?, ?, ?, ?, ?, ?)`),
+			w.ID, encodeKey(w.PublicKey), w.Name, w.Device, nanos(w.Registered), nanos(w.LastSeen), 0)
 		out = w
+		out.Contributed = 0
 		return err
 	})
 	if err != nil {
@@ -317,6 +323,16 @@ func (s *sqlStore) WorkerIDs(ctx context.Context, since time.Time) ([]string, er
 		out = append(out, id)
 	}
 	return out, rows.Err()
+}
+
+func (s *sqlStore) PruneWorkers(ctx context.Context, seenBefore time.Time) (int, error) {
+	res, err := s.db.ExecContext(ctx, s.q(`DELETE FROM workers WHERE last_seen < ? AND contributed = 0
+		AND NOT EXISTS (SELECT 1 FROM updates WHERE updates.worker_id = workers.id)`), nanos(seenBefore))
+	if err != nil {
+		return 0, fmt.Errorf("coordinator: prune workers: %w", err)
+	}
+	n, err := res.RowsAffected()
+	return int(n), err
 }
 
 func (s *sqlStore) CountWorkers(ctx context.Context) (int, error) {
@@ -470,6 +486,9 @@ func (s *sqlStore) AddUpdate(ctx context.Context, u UpdateRecord) error {
 		_, err := tx.ExecContext(ctx, s.q(`INSERT INTO updates (seq, `+updateCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 			seq, int64(u.Round), int64(u.Applied), u.WorkerID, u.SHA256, u.Nonce, u.Bytes, int64(u.Tokens), u.FLOPs, u.EnergyWh,
 			u.Weight, u.Norm, b2i(u.Late), b2i(u.Accepted), u.Reason, nanos(u.Received), u.Signature)
+		if err == nil && u.Accepted {
+			_, err = tx.ExecContext(ctx, s.q(`UPDATE workers SET contributed = contributed + 1 WHERE id = ?`), u.WorkerID)
+		}
 		return err
 	})
 	if err != nil {

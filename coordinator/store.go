@@ -29,6 +29,10 @@ type Store interface {
 	WorkerIDs(ctx context.Context, since time.Time) ([]string, error)
 	// CountWorkers is the number of registered workers.
 	CountWorkers(ctx context.Context) (int, error)
+	// PruneWorkers deletes the workers last seen before seenBefore that
+	// never sent an update (what a flood of throwaway keys leaves behind)
+	// and returns how many it deleted.
+	PruneWorkers(ctx context.Context, seenBefore time.Time) (int, error)
 
 	// CreateRound inserts a new round; its id must not exist.
 	CreateRound(ctx context.Context, r Round) error
@@ -74,6 +78,9 @@ type Worker struct {
 	Device     string
 	Registered time.Time
 	LastSeen   time.Time
+	// Contributed counts the worker's accepted updates; a worker with none
+	// is a newcomer (see Config.MaxNewPerCohort).
+	Contributed int64
 }
 
 // RoundState is where a round is in its life.

@@ -136,6 +136,24 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 	if ups, _ := s.Updates(ctx, 2); len(ups) != 0 {
 		t.Fatalf("round 2 updates: %+v", ups)
 	}
+	if w, _ := s.Worker(ctx, "w-1"); w.Contributed != 1 {
+		t.Errorf("w-1 contributed %d, want 1 (one accepted update)", w.Contributed)
+	}
+	// Pruning forgets stale workers that never sent an update, nobody else.
+	for i, seen := range []time.Time{t0, t0.Add(time.Hour)} {
+		p, _, _ := ed25519.GenerateKey(nil)
+		if _, err := s.RegisterWorker(ctx, Worker{ID: fmt.Sprintf("w-new%d", i), PublicKey: p, Registered: seen, LastSeen: seen}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n, err := s.PruneWorkers(ctx, t0.Add(30*time.Minute)); err != nil || n != 2 {
+		t.Fatalf("prune: %d, %v; want 2 (w-0 and w-new0)", n, err)
+	}
+	for id, want := range map[string]bool{"w-1": true, "w-0": false, "w-new0": false, "w-new1": true} {
+		if _, err := s.Worker(ctx, id); (err == nil) != want {
+			t.Errorf("worker %s after pruning: %v, want kept=%v", id, err, want)
+		}
+	}
 }
 
 func TestMemStore(t *testing.T) {
@@ -210,4 +228,40 @@ func postgresStore(t *testing.T) Store {
 
 func TestPostgresStore(t *testing.T) {
 	testStore(t, postgresStore)
+}
+
+// A database made before migration 2 gets the contributed counts from the
+// updates it holds.
+func TestMigrationCountsPastContributions(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "c.db")
+	s, err := OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := s.(*sqlStore).db
+	pub, _, _ := ed25519.GenerateKey(nil)
+	stmts := []string{
+		`DELETE FROM schema_migrations WHERE version = 2`,
+		`DROP INDEX updates_worker`,
+		`ALTER TABLE workers DROP COLUMN contributed`,
+		`INSERT INTO workers (id, public_key, name, device, registered, last_seen) VALUES ('w-a', '` + encodeKey(pub) + `', '', '', 1, 1)`,
+		`INSERT INTO updates (seq, round, applied, worker_id, sha256, nonce, bytes, tokens, flops, energy_wh, weight, norm, late, accepted, reason, received, signature)
+		 VALUES (1, 1, 1, 'w-a', 'h1', 'n1', 1, 1, 0, 0, 1, 0, 0, 1, '', 1, ''), (2, 2, 2, 'w-a', 'h2', 'n2', 1, 1, 0, 0, 1, 0, 0, 1, '', 1, ''),
+		        (3, 3, 3, 'w-a', 'h3', 'n3', 1, 1, 0, 0, 0, 0, 0, 0, 'refused', 1, '')`,
+	}
+	for _, q := range stmts {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	s.Close()
+	s, err = OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if w, err := s.Worker(ctx, "w-a"); err != nil || w.Contributed != 2 {
+		t.Fatalf("after migration 2: %+v %v, want 2 contributions", w, err)
+	}
 }

@@ -54,6 +54,7 @@ type StatusError struct {
 	Method, URL string
 	Code        int
 	Message     string // the ErrorBody's error, or the start of the body
+	Header      http.Header
 }
 
 func (e *StatusError) Error() string {
@@ -163,7 +164,7 @@ func (c *Client) doH(ctx context.Context, method, p, ctype string, body []byte, 
 		return resp.StatusCode, fmt.Errorf("netclient: %s %s: reading the answer: %w", method, u, err)
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return resp.StatusCode, &StatusError{Method: method, URL: u, Code: resp.StatusCode, Message: errorMessage(b)}
+		return resp.StatusCode, &StatusError{Method: method, URL: u, Code: resp.StatusCode, Message: errorMessage(b), Header: resp.Header}
 	}
 	if len(b) > maxJSONBody {
 		return resp.StatusCode, &permanentError{fmt.Errorf("netclient: %s %s: answer larger than %d bytes", method, u, maxJSONBody)}
@@ -197,8 +198,35 @@ func errorMessage(b []byte) string {
 }
 
 // Register introduces the worker's key (signing the request with it, to
-// prove possession) and returns its id.
+// prove possession) and returns its id. When the coordinator asks for a
+// proof of work (403 pow_required with PoWBitsHeader) it solves one, up
+// to protocol.MaxPoWBits, and asks again.
 func (c *Client) Register(ctx context.Context, req protocol.RegisterRequest, key ed25519.PrivateKey) (protocol.RegisterResponse, error) {
+	resp, err := c.register(ctx, req, key)
+	var se *StatusError
+	if errors.As(err, &se) && se.Code == http.StatusForbidden && strings.HasPrefix(se.Message, PoWRequired) {
+		bits, perr := strconv.Atoi(se.Header.Get(PoWBitsHeader))
+		if perr != nil || bits <= 0 {
+			return resp, &permanentError{fmt.Errorf("netclient: register: the coordinator asks for a proof of work but header %s is %q", PoWBitsHeader, se.Header.Get(PoWBitsHeader))}
+		}
+		nonce, perr := protocol.SolvePoW(ctx, req.PublicKey, bits)
+		if perr != nil {
+			return resp, &permanentError{fmt.Errorf("netclient: register: %w", perr)}
+		}
+		req.PoWNonce = nonce
+		resp, err = c.register(ctx, req, key)
+	}
+	return resp, err
+}
+
+// PoWRequired and PoWBitsHeader: the coordinator's refusal of a
+// registration without enough proof of work.
+const (
+	PoWRequired   = "pow_required"
+	PoWBitsHeader = "X-OpenCluster-PoW-Bits"
+)
+
+func (c *Client) register(ctx context.Context, req protocol.RegisterRequest, key ed25519.PrivateKey) (protocol.RegisterResponse, error) {
 	var resp protocol.RegisterResponse
 	b, err := json.Marshal(req)
 	if err != nil {

@@ -39,6 +39,9 @@ type Options struct {
 	State *StateDir
 	// Name, Device and Version describe the worker at registration.
 	Name, Device, Version string
+	// JoinToken is the operator's join token, for coordinators that admit
+	// holders of one only.
+	JoinToken string
 	// Region is the country code the owner chose to be shown in on the
 	// dashboard (protocol.LookupRegion), or "" to stay unplaced.
 	Region string
@@ -169,7 +172,7 @@ func (w *Worker) Register(ctx context.Context) error {
 	w.report(Event{Phase: PhaseRegister})
 	req := protocol.RegisterRequest{
 		PublicKey: protocol.EncodePublicKey(st.Public()), Name: w.o.Name,
-		ClientVersion: w.o.Version, Device: w.o.Device, Region: w.o.Region,
+		ClientVersion: w.o.Version, Device: w.o.Device, Region: w.o.Region, JoinToken: w.o.JoinToken,
 	}
 	var resp protocol.RegisterResponse
 	err := w.retry(ctx, "register", 0, time.Time{}, func() error {

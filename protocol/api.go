@@ -25,6 +25,12 @@ type RegisterRequest struct {
 	// dashboard (ISO 3166-1 alpha-2, see LookupRegion), or "" to stay
 	// unplaced. Opt-in: the coordinator never derives it from an address.
 	Region string `json:"region,omitempty"`
+	// JoinToken is the operator's join token, when the coordinator admits
+	// only holders of one (admission.join_tokens).
+	JoinToken string `json:"join_token,omitempty"`
+	// PoWNonce answers the coordinator's registration proof of work, when
+	// it asks for one (see PoWZeroBits).
+	PoWNonce string `json:"pow_nonce,omitempty"`
 }
 
 // RegisterResponse gives the worker its id.

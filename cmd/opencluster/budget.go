@@ -13,8 +13,12 @@ import (
 // workerConfig is configs/worker.yaml as the worker reads it (strictly:
 // unknown keys are errors). Sections owned by other packages join here.
 type workerConfig struct {
-	Device device.Config `mapstructure:"device" json:"device"`
-	Budget budget.Config `mapstructure:"budget" json:"budget"`
+	// JoinToken is the coordinator operator's join token (also
+	// OPENCLUSTER_JOIN_TOKEN or --join-token), for coordinators that admit
+	// holders of one only.
+	JoinToken string        `mapstructure:"join_token" json:"-"`
+	Device    device.Config `mapstructure:"device" json:"device"`
+	Budget    budget.Config `mapstructure:"budget" json:"budget"`
 }
 
 func defaultWorkerConfig() workerConfig {

@@ -22,19 +22,20 @@ import (
 
 // coordinatorConfig is configs/coordinator.yaml.
 type coordinatorConfig struct {
-	Listen         string        `mapstructure:"listen"`
-	DB             string        `mapstructure:"db"`
-	DSN            string        `mapstructure:"dsn"`
-	TLSCert        string        `mapstructure:"tls_cert"`
-	TLSKey         string        `mapstructure:"tls_key"`
-	TLSHosts       []string      `mapstructure:"tls_hosts"`
-	BaseModel      string        `mapstructure:"base_model"`
-	InitialAdapter string        `mapstructure:"initial_adapter"`
-	RatePerSecond  float64       `mapstructure:"rate_per_second"`
-	RateBurst      int           `mapstructure:"rate_burst"`
-	Tick           time.Duration `mapstructure:"tick"`
-	GridGPerKWh    float64       `mapstructure:"grid_g_per_kwh"`
-	Rounds         roundsConfig  `mapstructure:"rounds"`
+	Listen         string                `mapstructure:"listen"`
+	DB             string                `mapstructure:"db"`
+	DSN            string                `mapstructure:"dsn"`
+	TLSCert        string                `mapstructure:"tls_cert"`
+	TLSKey         string                `mapstructure:"tls_key"`
+	TLSHosts       []string              `mapstructure:"tls_hosts"`
+	BaseModel      string                `mapstructure:"base_model"`
+	InitialAdapter string                `mapstructure:"initial_adapter"`
+	RatePerSecond  float64               `mapstructure:"rate_per_second"`
+	RateBurst      int                   `mapstructure:"rate_burst"`
+	Tick           time.Duration         `mapstructure:"tick"`
+	GridGPerKWh    float64               `mapstructure:"grid_g_per_kwh"`
+	Admission      coordinator.Admission `mapstructure:"admission"`
+	Rounds         roundsConfig          `mapstructure:"rounds"`
 }
 
 // roundsConfig is coordinator.Config plus the recipe under the file's
@@ -102,6 +103,9 @@ func loadCoordinatorConfig(cmd *cobra.Command) (coordinatorConfig, error) {
 	if err := cfg.Rounds.Config.Validate(); err != nil {
 		return cfg, err
 	}
+	if err := cfg.Admission.Validate(); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
 }
 
@@ -161,7 +165,7 @@ func runCoordinator(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	c, err := coordinator.New(ctx, cfg.Rounds.Config, coordinator.Options{Dir: dir, Store: store, Ledger: led, Key: key,
-		InitialAdapter: init, BaseModelPath: cfg.BaseModel, Events: hub, GridGPerKWh: cfg.GridGPerKWh, AfterClose: afterClose})
+		InitialAdapter: init, BaseModelPath: cfg.BaseModel, Events: hub, GridGPerKWh: cfg.GridGPerKWh, AfterClose: afterClose, Admission: cfg.Admission})
 	if err != nil {
 		return err
 	}

@@ -49,6 +49,7 @@ for a loopback coordinator.`,
 	f.String("pin", "", "SHA-256 fingerprint of the coordinator's certificate (hex)")
 	f.Bool("insecure", false, "skip certificate checks (loopback coordinators only)")
 	f.String("name", "", "display name sent at registration")
+	f.String("join-token", "", "the coordinator operator's join token (better: join_token in --config or OPENCLUSTER_JOIN_TOKEN, which other users cannot see in ps)")
 	f.String("region", "", "opt in to being shown on the dashboard's globe in this country (ISO 3166-1 alpha-2, e.g. DE); never looked up from your address")
 	f.Int("threads", 0, "CPU threads for training; 0 uses every core")
 	f.Int("rounds", 0, "stop after this many rounds (0: run until interrupted)")
@@ -92,7 +93,7 @@ func runWorker(cmd *cobra.Command, _ []string) error {
 		stateDir = filepath.Join(d, "opencluster", "worker")
 	}
 	wcfg := defaultWorkerConfig()
-	if err := loadConfig(cfgSrc, f, nil, &wcfg); err != nil {
+	if err := loadConfig(cfgSrc, f, map[string]string{"join_token": "join-token"}, &wcfg); err != nil {
 		return err
 	}
 	if err := wcfg.Validate(); err != nil {
@@ -127,7 +128,7 @@ func runWorker(cmd *cobra.Command, _ []string) error {
 		rep = netclient.NewJSONReporter(cmd.OutOrStdout())
 	}
 	w, err := netclient.New(netclient.Options{
-		Coordinator: coord, HTTP: hc, DataDir: dataDir, State: st, Name: name, Region: region,
+		Coordinator: coord, HTTP: hc, DataDir: dataDir, State: st, Name: name, Region: region, JoinToken: wcfg.JoinToken,
 		Device: fmt.Sprintf("cpu %d cores", runtime.NumCPU()), Version: workerVersion,
 		LoadConfig: func(model string) (train.Config, error) {
 			var c train.Config
