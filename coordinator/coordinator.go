@@ -883,9 +883,16 @@ func (c *Coordinator) Work(ctx context.Context, workerID string) (*protocol.Roun
 
 func (c *Coordinator) roundInfo() *protocol.RoundInfo {
 	r := c.cur
-	return &protocol.RoundInfo{Round: r.ID, Seed: r.Seed, Recipe: c.cfg.Recipe, Model: c.cfg.Model, BaseSHA256: r.BaseModel,
+	info := &protocol.RoundInfo{Round: r.ID, Seed: r.Seed, Recipe: c.cfg.Recipe, Model: c.cfg.Model, BaseSHA256: r.BaseModel,
 		AdapterSHA256: r.BaseAdapter, AdapterURL: "/v1/blobs/" + r.BaseAdapter, Shapes: c.cfg.Shapes, Deadline: r.Deadline.UTC(),
-		MaxUpdateBytes: c.cfg.MaxUpdateBytes}
+		MaxUpdateBytes: c.cfg.MaxUpdateBytes, AdapterBytes: int64(4 * c.n)}
+	if r.BaseModel != "" {
+		// The worker downloads no more than the size declared here.
+		if b, err := c.store.Blob(context.Background(), r.BaseModel); err == nil {
+			info.BaseBytes = b.Size
+		}
+	}
+	return info
 }
 
 // RejectError is a refused request: Status is the HTTP status, Code a

@@ -129,6 +129,9 @@ func TestRoundThatCannotAggregateClosesAsFailed(t *testing.T) {
 	e := newEnv(t, t.TempDir(), cfg, &fakeClock{t: time.Unix(1_750_000_000, 0)}, nil)
 	ws, info := e.startRound(3)
 	n := e.cfg.N()
+	if info.AdapterBytes != int64(4*n) {
+		t.Errorf("round info declares adapter_bytes %d, want %d", info.AdapterBytes, 4*n)
+	}
 	before, beforeHash := e.c.Adapter()
 	for _, w := range ws {
 		body, _ := makeUpdate(t, w, info, constDelta(n, 3e38), 10)

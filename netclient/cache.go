@@ -21,6 +21,11 @@ import (
 // always has that hash.
 type Cache struct {
 	Dir string
+	// FreeBytes, when set, reports the free space of the file system
+	// holding a path; Fetch then refuses a download that would leave less
+	// than MinFree bytes free.
+	FreeBytes func(path string) (uint64, error)
+	MinFree   int64
 
 	mu       sync.Mutex
 	verified map[string]bool // hashes checked since this process started
@@ -88,11 +93,17 @@ func hashFile(path string) (string, error) {
 
 // Fetch makes sure the blob sha is in the cache, downloading it from url
 // with client hc when needed, resuming a partial download. It returns the
-// file's path and the bytes it transferred. A body whose hash is not sha
-// is deleted and reported: the next attempt starts over.
-func (c *Cache) Fetch(ctx context.Context, hc *http.Client, url, sha string) (path string, n int64, err error) {
+// file's path and the bytes it transferred. The blob may be at most limit
+// bytes: a larger Content-Length is refused before reading, and the body
+// is cut off, the part file deleted, as soon as it runs past limit, so a
+// server cannot fill the disk. A body whose hash is not sha is deleted
+// and reported: the next attempt starts over.
+func (c *Cache) Fetch(ctx context.Context, hc *http.Client, url, sha string, limit int64) (path string, n int64, err error) {
 	if !isSHA256(sha) {
 		return "", 0, &permanentError{fmt.Errorf("netclient: blob hash %q is not 64 lowercase hex digits", sha)}
+	}
+	if limit <= 0 {
+		return "", 0, &permanentError{fmt.Errorf("netclient: fetch blob %s: no size limit given", sha[:12])}
 	}
 	final := c.Path(sha)
 	if c.Has(sha) {
@@ -110,6 +121,19 @@ func (c *Cache) Fetch(ctx context.Context, hc *http.Client, url, sha string) (pa
 	have, err := f.Seek(0, io.SeekEnd)
 	if err != nil {
 		return "", 0, fmt.Errorf("netclient: cache %s: %w", part, err)
+	}
+	tooBig := func(what string, size int64) error {
+		f.Close()
+		os.Remove(part)
+		return &permanentError{fmt.Errorf("netclient: fetch blob %s: %s %d bytes, over the %d bytes allowed (the size the round info declares, or this worker's limits.max_download_bytes); discarded", sha[:12], what, size, limit)}
+	}
+	if have > limit {
+		return "", 0, tooBig("a partial download already holds", have)
+	}
+	if c.FreeBytes != nil {
+		if free, err := c.FreeBytes(c.Dir); err == nil && int64(free) < limit-have+c.MinFree {
+			return "", 0, fmt.Errorf("netclient: fetch blob %s: %d bytes to download would leave less than %d bytes free in %s (%d free; limits.min_free_disk_bytes)", sha[:12], limit-have, c.MinFree, c.Dir, free)
+		}
 	}
 
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -140,12 +164,19 @@ func (c *Cache) Fetch(ctx context.Context, hc *http.Client, url, sha string) (pa
 		if _, err := f.Seek(0, io.SeekStart); err != nil {
 			return "", 0, err
 		}
+		have = 0
 	default:
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		return "", 0, &StatusError{Method: http.MethodGet, URL: url, Code: resp.StatusCode, Message: errorMessage(b)}
 	}
+	if resp.ContentLength > limit-have {
+		return "", 0, tooBig("the server announces", have+resp.ContentLength)
+	}
 	if resp.StatusCode != http.StatusRequestedRangeNotSatisfiable {
-		n, err = io.Copy(f, resp.Body)
+		n, err = io.Copy(f, io.LimitReader(resp.Body, limit-have+1))
+		if have+n > limit {
+			return "", n, tooBig("the server sent more than that: at least", have+n)
+		}
 		if err != nil {
 			f.Sync() // keep what arrived for the next attempt
 			return "", n, fmt.Errorf("netclient: fetch blob %s: interrupted after %d bytes (kept in %s): %w", sha[:12], n, part, err)

@@ -85,6 +85,9 @@ type fakeCoordinator struct {
 	uploads   int      // upload attempts seen
 	rangeReqs int      // blob requests with a Range header
 	maxRounds uint64
+	// hostile round info: a recipe override and a declared base size.
+	batchTokens int
+	baseBytes   int64
 }
 
 func newFake(t *testing.T, base []byte, shapes []protocol.Shape, codec string) *fakeCoordinator {
@@ -161,10 +164,14 @@ func (f *fakeCoordinator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(http.StatusNoContent)
 			return
 		}
+		bt := 32
+		if f.batchTokens > 0 {
+			bt = f.batchTokens
+		}
 		json.NewEncoder(w).Encode(protocol.RoundInfo{Round: f.round, Seed: 1000 + f.round, Model: "test",
-			Recipe:     protocol.Recipe{Steps: 3, LR: 1e-2, BatchTokens: 32, Codec: f.codec, Momentum: 0.5},
+			Recipe:     protocol.Recipe{Steps: 3, LR: 1e-2, BatchTokens: bt, Codec: f.codec, Momentum: 0.5},
 			BaseSHA256: f.baseSHA(), AdapterSHA256: f.adapter, AdapterURL: PathBlobs + f.adapter, Shapes: f.shapes,
-			Deadline: time.Now().Add(time.Minute), MaxUpdateBytes: 1 << 20})
+			Deadline: time.Now().Add(time.Minute), MaxUpdateBytes: 1 << 20, BaseBytes: f.baseBytes, AdapterBytes: 4 * int64(f.n)})
 	case strings.HasPrefix(r.URL.Path, PathBlobs):
 		b, ok := f.blobs[strings.TrimPrefix(r.URL.Path, PathBlobs)]
 		if !ok {

@@ -42,6 +42,13 @@ type Options struct {
 	// JoinToken is the operator's join token, for coordinators that admit
 	// holders of one only.
 	JoinToken string
+	// Limits bound what a coordinator can make this worker download and
+	// allocate; zero fields take DefaultLimits' values (MaxMemoryBytes 0:
+	// no memory check).
+	Limits Limits
+	// FreeBytes reports the free disk space of a path (for
+	// Limits.MinFreeDiskBytes); nil: not checked.
+	FreeBytes func(path string) (uint64, error)
 	// Region is the country code the owner chose to be shown in on the
 	// dashboard (protocol.LookupRegion), or "" to stay unplaced.
 	Region string
@@ -129,8 +136,20 @@ func New(opts Options) (*Worker, error) {
 	if opts.Reporter == nil {
 		opts.Reporter = LogReporter{Logger: log}
 	}
+	def := DefaultLimits()
+	if opts.Limits.MaxDownloadBytes == 0 {
+		opts.Limits.MaxDownloadBytes = def.MaxDownloadBytes
+	}
+	if opts.Limits.MinFreeDiskBytes == 0 {
+		opts.Limits.MinFreeDiskBytes = def.MinFreeDiskBytes
+	}
+	if err := opts.Limits.Validate(); err != nil {
+		return nil, fmt.Errorf("netclient: %w", err)
+	}
 	c.BytesUp, c.BytesDown = opts.State.Progress.BytesUp, opts.State.Progress.BytesDown
-	return &Worker{o: opts, client: c, cache: opts.State.Cache(), log: log}, nil
+	cache := opts.State.Cache()
+	cache.FreeBytes, cache.MinFree = opts.FreeBytes, opts.Limits.MinFreeDiskBytes
+	return &Worker{o: opts, client: c, cache: cache, log: log}, nil
 }
 
 // Close releases the dataset's files.
@@ -283,15 +302,20 @@ func (w *Worker) Run(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// fetch downloads one blob into the cache with retries.
-func (w *Worker) fetch(ctx context.Context, round uint64, deadline time.Time, sha, url string) (string, error) {
+// fetch downloads one blob, of at most the declared size (0: not
+// declared) and the worker's limit, into the cache with retries.
+func (w *Worker) fetch(ctx context.Context, round uint64, deadline time.Time, sha, url string, declared int64) (string, error) {
 	if url == "" {
 		url = PathBlobs + sha
 	}
+	limit, err := w.o.Limits.downloadCap(declared)
+	if err != nil {
+		return "", err
+	}
 	full := w.client.url(url)
 	var path string
-	err := w.retry(ctx, "download "+sha[:min(12, len(sha))], round, deadline, func() error {
-		p, n, err := w.cache.Fetch(ctx, w.client.HTTP, full, sha)
+	err = w.retry(ctx, "download "+sha[:min(12, len(sha))], round, deadline, func() error {
+		p, n, err := w.cache.Fetch(ctx, w.client.HTTP, full, sha, limit)
 		w.client.BytesDown += n
 		path = p
 		return err
@@ -317,6 +341,9 @@ func (w *Worker) prepare(info protocol.RoundInfo, basePath string) error {
 	B := w.trainer.Config().Train.BatchSize
 	if info.Recipe.BatchTokens > 0 {
 		B = max(1, info.Recipe.BatchTokens/T)
+	}
+	if err := checkRecipe(info, w.trainer.Config(), B, T, w.o.Limits.MaxMemoryBytes); err != nil {
+		return err
 	}
 	if w.ds == nil || w.dsBatch != B || w.dsSeqLen != T {
 		if w.ds != nil {
@@ -348,11 +375,14 @@ func (w *Worker) DoRound(ctx context.Context, info protocol.RoundInfo) error {
 	}
 	deadline := info.Deadline
 	w.report(Event{Phase: PhaseDownload, Round: info.Round})
-	basePath, err := w.fetch(ctx, info.Round, deadline, info.BaseSHA256, PathBlobs+info.BaseSHA256)
+	basePath, err := w.fetch(ctx, info.Round, deadline, info.BaseSHA256, PathBlobs+info.BaseSHA256, info.BaseBytes)
 	if err != nil {
 		return err
 	}
-	adapterPath, err := w.fetch(ctx, info.Round, deadline, info.AdapterSHA256, info.AdapterURL)
+	if info.AdapterBytes < 0 || (info.AdapterBytes > 0 && info.AdapterBytes != 4*int64(ShapesLen(info.Shapes))) {
+		return fmt.Errorf("netclient: round %d: adapter_bytes %d does not fit the round's shapes (%d float32)", info.Round, info.AdapterBytes, ShapesLen(info.Shapes))
+	}
+	adapterPath, err := w.fetch(ctx, info.Round, deadline, info.AdapterSHA256, info.AdapterURL, 4*int64(ShapesLen(info.Shapes)))
 	if err != nil {
 		return err
 	}
@@ -364,6 +394,11 @@ func (w *Worker) DoRound(ctx context.Context, info protocol.RoundInfo) error {
 		return fmt.Errorf("round %d: the coordinator's adapter does not fit base %s with model %q: %w", info.Round, info.BaseSHA256[:12], info.Model, err)
 	}
 	n := w.trainer.NumParams()
+	if fi, err := os.Stat(adapterPath); err != nil {
+		return fmt.Errorf("netclient: %w", err)
+	} else if fi.Size() != 4*int64(n) {
+		return fmt.Errorf("round %d adapter %s: %d bytes, the model's adapter is %d float32 (%d bytes)", info.Round, info.AdapterSHA256[:12], fi.Size(), n, 4*n)
+	}
 	blob, err := os.ReadFile(adapterPath)
 	if err != nil {
 		return fmt.Errorf("netclient: %w", err)

@@ -107,7 +107,7 @@ func TestCacheResumesPartialDownload(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, sha+".part"), blob[:10000], 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p, n, err := c.Fetch(context.Background(), srv.Client(), srv.URL, sha)
+	p, n, err := c.Fetch(context.Background(), srv.Client(), srv.URL, sha, 1<<30)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +125,7 @@ func TestCacheResumesPartialDownload(t *testing.T) {
 		t.Errorf(".part file left behind: %v", err)
 	}
 	// A second fetch is served from the cache.
-	if _, n, err := c.Fetch(context.Background(), srv.Client(), srv.URL, sha); err != nil || n != 0 {
+	if _, n, err := c.Fetch(context.Background(), srv.Client(), srv.URL, sha, 1<<30); err != nil || n != 0 {
 		t.Errorf("second fetch transferred %d bytes (err %v), want 0", n, err)
 	}
 }
@@ -138,13 +138,13 @@ func TestCacheRejectsWrongHash(t *testing.T) {
 	dir := t.TempDir()
 	c := &Cache{Dir: dir}
 	sha := hex.EncodeToString(make([]byte, 32))
-	if _, _, err := c.Fetch(context.Background(), srv.Client(), srv.URL, sha); err == nil {
+	if _, _, err := c.Fetch(context.Background(), srv.Client(), srv.URL, sha, 1<<30); err == nil {
 		t.Fatal("Fetch accepted a body with the wrong hash")
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 		t.Errorf("bad download left files: %v", ents)
 	}
-	if _, _, err := c.Fetch(context.Background(), srv.Client(), srv.URL, "../../etc/passwd"); err == nil {
+	if _, _, err := c.Fetch(context.Background(), srv.Client(), srv.URL, "../../etc/passwd", 1<<30); err == nil {
 		t.Error("Fetch accepted a hash that is a path")
 	}
 }

@@ -69,6 +69,11 @@ type RoundInfo struct {
 	Deadline time.Time `json:"deadline"`
 	// MaxUpdateBytes is the largest update body the coordinator accepts.
 	MaxUpdateBytes int64 `json:"max_update_bytes"`
+	// BaseBytes and AdapterBytes are the sizes of the base model and
+	// adapter blobs: a worker downloads no more than that (0: not said;
+	// the worker's own limit applies alone).
+	BaseBytes    int64 `json:"base_bytes,omitempty"`
+	AdapterBytes int64 `json:"adapter_bytes,omitempty"`
 }
 
 // Recipe is the local training a round asks for.

@@ -7,6 +7,7 @@ import (
 
 	"github.com/opencluster/opencluster/device"
 	"github.com/opencluster/opencluster/device/budget"
+	"github.com/opencluster/opencluster/netclient"
 	"github.com/spf13/cobra"
 )
 
@@ -16,18 +17,22 @@ type workerConfig struct {
 	// JoinToken is the coordinator operator's join token (also
 	// OPENCLUSTER_JOIN_TOKEN or --join-token), for coordinators that admit
 	// holders of one only.
-	JoinToken string        `mapstructure:"join_token" json:"-"`
-	Device    device.Config `mapstructure:"device" json:"device"`
-	Budget    budget.Config `mapstructure:"budget" json:"budget"`
+	JoinToken string           `mapstructure:"join_token" json:"-"`
+	Device    device.Config    `mapstructure:"device" json:"device"`
+	Budget    budget.Config    `mapstructure:"budget" json:"budget"`
+	Limits    netclient.Limits `mapstructure:"limits" json:"limits"`
 }
 
 func defaultWorkerConfig() workerConfig {
-	return workerConfig{Device: device.DefaultConfig(), Budget: budget.Default()}
+	return workerConfig{Device: device.DefaultConfig(), Budget: budget.Default(), Limits: netclient.DefaultLimits()}
 }
 
 // Validate names the first bad key of any section.
 func (w workerConfig) Validate() error {
 	if err := w.Device.Validate(); err != nil {
+		return err
+	}
+	if err := w.Limits.Validate(); err != nil {
 		return err
 	}
 	return w.Budget.Validate()

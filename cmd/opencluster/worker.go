@@ -14,6 +14,7 @@ import (
 	"github.com/opencluster/opencluster/netclient"
 	"github.com/opencluster/opencluster/protocol"
 	"github.com/opencluster/opencluster/train"
+	"github.com/shirou/gopsutil/v3/disk"
 	"github.com/spf13/cobra"
 )
 
@@ -123,12 +124,21 @@ func runWorker(cmd *cobra.Command, _ []string) error {
 			return err
 		}
 	}
+	limits := wcfg.Limits
+	if limits.MaxMemoryBytes == 0 {
+		// Half of this machine's memory: a round's training must leave the
+		// owner the rest.
+		if m, err := (device.HostCPU{}).Memory(cmd.Context()); err == nil {
+			limits.MaxMemoryBytes = int64(m.Total / 2)
+		}
+	}
 	var rep netclient.Reporter = netclient.LogReporter{Logger: slog.Default()}
 	if jsonOut {
 		rep = netclient.NewJSONReporter(cmd.OutOrStdout())
 	}
 	w, err := netclient.New(netclient.Options{
 		Coordinator: coord, HTTP: hc, DataDir: dataDir, State: st, Name: name, Region: region, JoinToken: wcfg.JoinToken,
+		Limits: limits, FreeBytes: freeBytes,
 		Device: fmt.Sprintf("cpu %d cores", runtime.NumCPU()), Version: workerVersion,
 		LoadConfig: func(model string) (train.Config, error) {
 			var c train.Config
@@ -174,4 +184,13 @@ func energyMeter(powercapRoot string) func() (float64, bool) {
 		cpu := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 		return cpu.Seconds() * cpuWattsPerCore, false
 	}
+}
+
+// freeBytes is the free space of the file system holding path.
+func freeBytes(path string) (uint64, error) {
+	u, err := disk.Usage(path)
+	if err != nil {
+		return 0, err
+	}
+	return u.Free, nil
 }

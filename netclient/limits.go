@@ -1,0 +1,96 @@
+package netclient
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/opencluster/opencluster/protocol"
+	"github.com/opencluster/opencluster/train"
+)
+
+// Limits are what a worker refuses to do for any coordinator, whatever its
+// round info asks: a coordinator must not be able to fill the volunteer's
+// disk or memory. They are the worker config's limits section.
+type Limits struct {
+	// MaxDownloadBytes caps every blob download (base model, adapter), on
+	// top of the size the signed round info declares.
+	MaxDownloadBytes int64 `mapstructure:"max_download_bytes" json:"max_download_bytes"`
+	// MaxMemoryBytes is the memory a round's training may need, by
+	// RoundMemory's estimate; a recipe that needs more is refused.
+	// 0: half of this machine's memory (the command fills it in).
+	MaxMemoryBytes int64 `mapstructure:"max_memory_bytes" json:"max_memory_bytes"`
+	// MinFreeDiskBytes is the disk space a download must leave free in
+	// the state directory.
+	MinFreeDiskBytes int64 `mapstructure:"min_free_disk_bytes" json:"min_free_disk_bytes"`
+}
+
+// DefaultLimits suit a desktop: a 7B model's 4-bit base is about 4 GB.
+func DefaultLimits() Limits {
+	return Limits{MaxDownloadBytes: 16 << 30, MinFreeDiskBytes: 1 << 30}
+}
+
+// Validate names the first bad key.
+func (l Limits) Validate() error {
+	switch {
+	case l.MaxDownloadBytes < 1:
+		return fmt.Errorf("limits.max_download_bytes = %d: want >= 1", l.MaxDownloadBytes)
+	case l.MaxMemoryBytes < 0:
+		return fmt.Errorf("limits.max_memory_bytes = %d: want >= 0 (0: half of this machine's memory)", l.MaxMemoryBytes)
+	case l.MinFreeDiskBytes < 0:
+		return fmt.Errorf("limits.min_free_disk_bytes = %d: want >= 0", l.MinFreeDiskBytes)
+	}
+	return nil
+}
+
+// downloadCap is the most bytes to accept for a blob the round info
+// declares to have declared bytes (0: not declared).
+func (l Limits) downloadCap(declared int64) (int64, error) {
+	if declared > l.MaxDownloadBytes {
+		return 0, &permanentError{fmt.Errorf("netclient: the round's blob is %d bytes, over this worker's limits.max_download_bytes %d", declared, l.MaxDownloadBytes)}
+	}
+	if declared > 0 {
+		return declared, nil
+	}
+	return l.MaxDownloadBytes, nil
+}
+
+// RoundMemory estimates, from above, the bytes that training cfg's model
+// on batches of batch sequences of seqLen tokens holds at its peak: the
+// base weights (4-bit), the adapter with its gradient and AdamW moments,
+// and every layer's activations and their gradients in fp32 (no
+// checkpointing), attention probabilities and logits included. It is
+// computed in float64, so absurd recipes give huge numbers, never a wrap.
+func RoundMemory(m train.ModelConfig, lora train.LoRAConfig, batch, seqLen int) float64 {
+	d, h, v, l := float64(m.Dim), float64(m.HiddenDim), float64(m.VocabSize), float64(m.Layers)
+	kv := float64(m.KVHeads * m.HeadDim())
+	tokens := float64(batch) * float64(seqLen)
+	perToken := l*(10*d+2*kv+3*h+float64(m.Heads)*float64(seqLen)) + 2*v
+	activations := 2 * 4 * tokens * perToken // values and their gradients
+	base := float64(m.NumParams()) * 4.5 / 8
+	adapter := 4 * 4 * float64(ShapesLen(AdapterShapes(m, lora)))
+	return activations + base + adapter
+}
+
+// checkRecipe refuses a round whose recipe would need more memory than
+// budget bytes (0: no check).
+func checkRecipe(info protocol.RoundInfo, cfg train.Config, batch, seqLen int, budget int64) error {
+	if budget <= 0 {
+		return nil
+	}
+	need := RoundMemory(cfg.Model, cfg.LoRA, batch, seqLen)
+	if need > float64(budget) || math.IsInf(need, 0) || math.IsNaN(need) {
+		return &permanentError{fmt.Errorf("netclient: round %d: recipe.batch_tokens %d (%d sequences of %d tokens) needs about %s, over this worker's memory budget of %s (limits.max_memory_bytes); refused",
+			info.Round, info.Recipe.BatchTokens, batch, seqLen, humanBytes(need), humanBytes(float64(budget)))}
+	}
+	return nil
+}
+
+func humanBytes(b float64) string {
+	units := []string{"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"}
+	i := 0
+	for b >= 1024 && i < len(units)-1 {
+		b /= 1024
+		i++
+	}
+	return fmt.Sprintf("%.1f %s", b, units[i])
+}
