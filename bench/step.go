@@ -108,15 +108,13 @@ type StepFLOPs struct {
 // ordinary trainable products, 6·(r·in + r·out) = 6·N_lora; attention as
 // above. Dequantization is not counted: it is overhead, not model FLOPs.
 func CountStepFLOPs(c train.ModelConfig, lora *train.LoRAConfig, T int) StepFLOPs {
-	d, h, v, L := int64(c.Dim), int64(c.HiddenDim), int64(c.VocabSize), int64(c.Layers)
-	kv := int64(c.KVHeads * c.HeadDim())
-	// in, out of q, k, v, o, gate, up, down, in LinearNames order
-	shapes := [][2]int64{{d, d}, {d, kv}, {d, kv}, {d, d}, {d, h}, {d, h}, {h, d}}
+	d, v, L := int64(c.Dim), int64(c.VocabSize), int64(c.Layers)
 	var dense, adapter int64
-	for j, s := range shapes {
-		dense += L * s[0] * s[1]
-		if lora != nil && targets(lora.Targets, train.LinearNames[j]) {
-			adapter += L * int64(lora.Rank) * (s[0] + s[1])
+	for _, name := range train.LinearNames {
+		in, out, _ := c.LinearShape(name)
+		dense += L * int64(in) * int64(out)
+		if lora != nil && targets(lora.Targets, name) {
+			adapter += L * int64(lora.Rank) * int64(in+out)
 		}
 	}
 	dense += v * d // lm_head (the tied embedding's product)

@@ -82,31 +82,9 @@ func (t *Trainer) Shapes() []protocol.Shape { return AdapterShapes(t.cfg.Model, 
 // them): for each layer, for each target module in train.LinearNames order,
 // lora_A [rank, in] then lora_B [out, rank], with PEFT names.
 func AdapterShapes(mc train.ModelConfig, lc train.LoRAConfig) []protocol.Shape {
-	target := map[string]bool{}
-	for _, t := range lc.Targets {
-		target[t] = true
-	}
-	kv := mc.KVHeads * mc.HeadDim()
-	dims := map[string][2]int{ // in, out
-		"q_proj": {mc.Dim, mc.Dim}, "k_proj": {mc.Dim, kv}, "v_proj": {mc.Dim, kv}, "o_proj": {mc.Dim, mc.Dim},
-		"gate_proj": {mc.Dim, mc.HiddenDim}, "up_proj": {mc.Dim, mc.HiddenDim}, "down_proj": {mc.HiddenDim, mc.Dim},
-	}
 	var out []protocol.Shape
-	for l := 0; l < mc.Layers; l++ {
-		for _, name := range train.LinearNames {
-			if !target[name] {
-				continue
-			}
-			group := "self_attn"
-			if name == "gate_proj" || name == "up_proj" || name == "down_proj" {
-				group = "mlp"
-			}
-			prefix := fmt.Sprintf("base_model.model.model.layers.%d.%s.%s", l, group, name)
-			d := dims[name]
-			out = append(out,
-				protocol.Shape{Name: prefix + ".lora_A.weight", Dims: []int{lc.Rank, d[0]}},
-				protocol.Shape{Name: prefix + ".lora_B.weight", Dims: []int{d[1], lc.Rank}})
-		}
+	for _, sp := range train.AdapterSpecs(mc, lc) {
+		out = append(out, protocol.Shape{Name: sp.Name, Dims: sp.Shape})
 	}
 	return out
 }

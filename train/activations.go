@@ -26,6 +26,7 @@ type activations struct {
 	ceRows int           // rows of logits computed at a time
 	xd     backend.Buf   // [N,max(D,hidden)] dropout(x) for LoRA; nil without dropout
 	losses []float64     // per-row losses (host)
+	ones   backend.Buf   // [N] of 1s: bias adds are rank-1 products; nil without biases
 
 	grads *gradActs
 }
@@ -148,6 +149,13 @@ func (m *Model) newActivations(B, T int, train, ckpt bool) *activations {
 	sz := layActivations(a, c, adapted, rank, dropout, nil)
 	a.buf = m.be.Alloc(sz.acts)
 	layActivations(a, c, adapted, rank, dropout, &carver{be: m.be, buf: a.buf})
+	if a.ones != nil {
+		ones := make([]float32, B*T)
+		for i := range ones {
+			ones[i] = 1
+		}
+		m.be.Upload(a.ones, ones)
+	}
 	if train {
 		a.grads = &gradActs{}
 		a.grads.buf = m.be.Alloc(sz.grads)
@@ -163,7 +171,7 @@ func layActivations(a *activations, c ModelConfig, adapted [numLinear]bool, rank
 		cv = &carver{}
 	}
 	B, T := a.B, a.T
-	N, D, kvD, Hd, H := B*T, c.Dim, c.KVHeads*c.HeadDim(), c.HiddenDim, c.Heads
+	N, D, qD, kvD, Hd, H := B*T, c.Dim, c.QDim(), c.KVDim(), c.HiddenDim, c.Heads
 	nl := c.Layers
 	if a.ckpt {
 		nl = 1
@@ -176,8 +184,8 @@ func layActivations(a *activations, c ModelConfig, adapted [numLinear]bool, rank
 	for l := range a.layers {
 		la := &a.layers[l]
 		la.ln1, la.rstd1 = cv.take(N*D), cv.take(N)
-		la.q, la.k, la.v = cv.take(N*D), cv.take(N*kvD), cv.take(N*kvD)
-		la.att, la.atty, la.x2 = cv.take(B*H*T*T), cv.take(N*D), cv.take(N*D)
+		la.q, la.k, la.v = cv.take(N*qD), cv.take(N*kvD), cv.take(N*kvD)
+		la.att, la.atty, la.x2 = cv.take(B*H*T*T), cv.take(N*qD), cv.take(N*D)
 		la.ln2, la.rstd2 = cv.take(N*D), cv.take(N)
 		la.gate, la.up, la.h = cv.take(N*Hd), cv.take(N*Hd), cv.take(N*Hd)
 		for j := 0; j < numLinear; j++ {
@@ -189,7 +197,10 @@ func layActivations(a *activations, c ModelConfig, adapted [numLinear]bool, rank
 	a.ceRows = ceRows(N, c.VocabSize)
 	a.tmpD, a.lnf, a.rstdf, a.logits = cv.take(N*D), cv.take(N*D), cv.take(N), cv.take(a.ceRows*c.VocabSize)
 	if a.train && dropout {
-		a.xd = cv.take(N * max(D, Hd))
+		a.xd = cv.take(N * max(D, Hd, qD))
+	}
+	if c.anyBias() {
+		a.ones = cv.take(N)
 	}
 	sz := actSizes{acts: cv.off}
 	if a.train {
@@ -200,14 +211,14 @@ func layActivations(a *activations, c ModelConfig, adapted [numLinear]bool, rank
 
 // layGrads carves the activation gradients and returns their element count.
 func layGrads(g *gradActs, c ModelConfig, N, rank int, dropout bool, cv *carver) int {
-	D, kvD, Hd := c.Dim, c.KVHeads*c.HeadDim(), c.HiddenDim
-	g.dres, g.dlnf, g.dln, g.datty = cv.take(N*D), cv.take(N*D), cv.take(N*D), cv.take(N*D)
-	g.dq, g.dk, g.dv = cv.take(N*D), cv.take(N*kvD), cv.take(N*kvD)
+	D, qD, kvD, Hd := c.Dim, c.QDim(), c.KVDim(), c.HiddenDim
+	g.dres, g.dlnf, g.dln, g.datty = cv.take(N*D), cv.take(N*D), cv.take(N*D), cv.take(N*qD)
+	g.dq, g.dk, g.dv = cv.take(N*qD), cv.take(N*kvD), cv.take(N*kvD)
 	g.dgate, g.dup, g.dh = cv.take(N*Hd), cv.take(N*Hd), cv.take(N*Hd)
 	if rank > 0 {
 		g.dxa = cv.take(N * rank)
 		if dropout {
-			g.dxd = cv.take(N * max(D, Hd))
+			g.dxd = cv.take(N * max(D, Hd, qD))
 		}
 	}
 	return cv.off

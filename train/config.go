@@ -19,10 +19,78 @@ type ModelConfig struct {
 	RopeTheta      float64 `mapstructure:"rope_theta" json:"rope_theta"`
 	NormEps        float64 `mapstructure:"norm_eps" json:"rms_norm_eps"`
 	TiedEmbeddings bool    `mapstructure:"tied_embeddings" json:"tie_word_embeddings"`
+
+	// The fields below describe real Hugging Face checkpoints; the presets
+	// leave them zero (a plain Llama).
+
+	// Arch is the config.json architecture: LlamaForCausalLM (also when
+	// empty), MistralForCausalLM or Qwen2ForCausalLM.
+	Arch string `mapstructure:"architecture" json:"-"`
+	// HeadSize is an explicit head_dim; 0 means dim/n_heads.
+	HeadSize int `mapstructure:"head_dim" json:"-"`
+	// QKVBias, OBias and MLPBias add a bias to q/k/v_proj, o_proj and
+	// gate/up/down_proj (Llama's attention_bias sets QKV and O, Qwen2 has QKV).
+	QKVBias bool `mapstructure:"qkv_bias" json:"-"`
+	OBias   bool `mapstructure:"o_bias" json:"-"`
+	MLPBias bool `mapstructure:"mlp_bias" json:"-"`
+	// Rope scales the rotary frequencies (rope_scaling / rope_parameters).
+	Rope RopeScaling `mapstructure:"rope_scaling" json:"-"`
+	// SlidingWindow is Mistral's attention window in tokens (0: none).
+	// Sequences longer than it are refused: every position of a shorter
+	// one sees all earlier positions, exactly as the windowed model would.
+	SlidingWindow int `mapstructure:"sliding_window" json:"-"`
+}
+
+// Supported architectures (config.json "architectures").
+const (
+	ArchLlama   = "LlamaForCausalLM"
+	ArchMistral = "MistralForCausalLM"
+	ArchQwen2   = "Qwen2ForCausalLM"
+)
+
+// RopeScaling is a rope_scaling (or v5 rope_parameters) block. Type ""
+// or "default" leaves the frequencies as they are.
+type RopeScaling struct {
+	Type string `mapstructure:"type"` // "", "default", "linear" or "llama3"
+	// Factor divides the frequencies (linear) or the low ones (llama3).
+	Factor float64 `mapstructure:"factor"`
+	// LowFreqFactor, HighFreqFactor and OriginalMaxPos shape llama3's
+	// smooth transition between scaled and unscaled frequencies.
+	LowFreqFactor  float64 `mapstructure:"low_freq_factor"`
+	HighFreqFactor float64 `mapstructure:"high_freq_factor"`
+	OriginalMaxPos int     `mapstructure:"original_max_position_embeddings"`
+}
+
+// Architecture is the config.json architecture of the model.
+func (c ModelConfig) Architecture() string {
+	if c.Arch == "" {
+		return ArchLlama
+	}
+	return c.Arch
 }
 
 // HeadDim is the width of one attention head.
-func (c ModelConfig) HeadDim() int { return c.Dim / c.Heads }
+func (c ModelConfig) HeadDim() int {
+	if c.HeadSize > 0 {
+		return c.HeadSize
+	}
+	return c.Dim / c.Heads
+}
+
+// QDim is the width of the query projection and of o_proj's input: n_heads*head_dim.
+func (c ModelConfig) QDim() int { return c.Heads * c.HeadDim() }
+
+// KVDim is the width of the key and value projections.
+func (c ModelConfig) KVDim() int { return c.KVHeads * c.HeadDim() }
+
+// Context is the longest sequence the model takes: max_seq_len, or the
+// sliding window when that is shorter.
+func (c ModelConfig) Context() int {
+	if c.SlidingWindow > 0 && c.SlidingWindow < c.MaxSeqLen {
+		return c.SlidingWindow
+	}
+	return c.MaxSeqLen
+}
 
 // Validate reports the first field that makes the shape unusable.
 func (c ModelConfig) Validate() error {
@@ -33,10 +101,12 @@ func (c ModelConfig) Validate() error {
 		return fmt.Errorf("model.dim must be positive, got %d", c.Dim)
 	case c.Layers <= 0:
 		return fmt.Errorf("model.n_layers must be positive, got %d", c.Layers)
-	case c.Heads <= 0 || c.Dim%c.Heads != 0:
+	case c.HeadSize < 0:
+		return fmt.Errorf("model.head_dim must not be negative, got %d", c.HeadSize)
+	case c.Heads <= 0 || (c.HeadSize == 0 && c.Dim%c.Heads != 0):
 		return fmt.Errorf("model.n_heads (%d) must be positive and divide model.dim (%d)", c.Heads, c.Dim)
 	case c.HeadDim()%2 != 0:
-		return fmt.Errorf("model.dim/n_heads = %d must be even for RoPE", c.HeadDim())
+		return fmt.Errorf("model head width %d must be even for RoPE", c.HeadDim())
 	case c.KVHeads <= 0 || c.Heads%c.KVHeads != 0:
 		return fmt.Errorf("model.n_kv_heads (%d) must be positive and divide model.n_heads (%d)", c.KVHeads, c.Heads)
 	case c.HiddenDim <= 0:
@@ -47,6 +117,36 @@ func (c ModelConfig) Validate() error {
 		return fmt.Errorf("model.rope_theta must be positive, got %g", c.RopeTheta)
 	case c.NormEps <= 0:
 		return fmt.Errorf("model.norm_eps must be positive, got %g", c.NormEps)
+	case c.Arch != "" && c.Arch != ArchLlama && c.Arch != ArchMistral && c.Arch != ArchQwen2:
+		return fmt.Errorf("model.architecture %q is not supported (want %s, %s or %s)", c.Arch, ArchLlama, ArchMistral, ArchQwen2)
+	case c.SlidingWindow < 0:
+		return fmt.Errorf("model.sliding_window must not be negative, got %d", c.SlidingWindow)
+	}
+	if err := c.validArch(); err != nil {
+		return err
+	}
+	return c.Rope.validate()
+}
+
+func (r RopeScaling) validate() error {
+	switch r.Type {
+	case "", "default":
+		return nil
+	case "linear":
+		if !(r.Factor >= 1) {
+			return fmt.Errorf("model.rope_scaling.factor must be at least 1 for linear scaling, got %g", r.Factor)
+		}
+	case "llama3":
+		switch {
+		case !(r.Factor >= 1):
+			return fmt.Errorf("model.rope_scaling.factor must be at least 1 for llama3 scaling, got %g", r.Factor)
+		case !(r.LowFreqFactor > 0) || !(r.HighFreqFactor > r.LowFreqFactor):
+			return fmt.Errorf("model.rope_scaling: llama3 needs 0 < low_freq_factor (%g) < high_freq_factor (%g)", r.LowFreqFactor, r.HighFreqFactor)
+		case r.OriginalMaxPos <= 0:
+			return fmt.Errorf("model.rope_scaling.original_max_position_embeddings must be positive, got %d", r.OriginalMaxPos)
+		}
+	default:
+		return fmt.Errorf("model.rope_scaling.type %q is not supported (want default, linear or llama3)", r.Type)
 	}
 	return nil
 }
@@ -54,8 +154,17 @@ func (c ModelConfig) Validate() error {
 // NumParams counts the parameters of the full-precision model.
 func (c ModelConfig) NumParams() int64 {
 	d, h, v := int64(c.Dim), int64(c.HiddenDim), int64(c.VocabSize)
-	kv := int64(c.KVHeads * c.HeadDim())
-	perLayer := 2*d + d*d + 2*d*kv + d*d + 3*d*h
+	q, kv := int64(c.QDim()), int64(c.KVDim())
+	perLayer := 2*d + 2*d*q + 2*d*kv + 3*d*h
+	if c.QKVBias {
+		perLayer += q + 2*kv
+	}
+	if c.OBias {
+		perLayer += d
+	}
+	if c.MLPBias {
+		perLayer += 2*h + d
+	}
 	n := v*d + int64(c.Layers)*perLayer + d
 	if !c.TiedEmbeddings {
 		n += v * d

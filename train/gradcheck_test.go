@@ -3,6 +3,7 @@ package train
 import (
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"github.com/opencluster/opencluster/train/backend"
@@ -20,9 +21,10 @@ func randomizeTrainable(m *Model, seed uint64, std float64) {
 }
 
 // gradCheck compares the model's gradient with central finite differences
-// of the loss on a sample of trainable parameters, and returns the
-// norm-wise relative error ||g - fd|| / ||fd|| over the sample.
-func gradCheck(t *testing.T, m *Model, tokens, targets []int32, B, T, samples int, seed uint64) float64 {
+// of the loss on a sample of trainable parameters (drawn from pool, or from
+// all of them when pool is nil), and returns the norm-wise relative error
+// ||g - fd|| / ||fd|| over the sample.
+func gradCheck(t *testing.T, m *Model, tokens, targets []int32, B, T, samples int, seed uint64, pool []int) float64 {
 	t.Helper()
 	const step = 3
 	m.ZeroGrad()
@@ -42,6 +44,9 @@ func gradCheck(t *testing.T, m *Model, tokens, targets []int32, B, T, samples in
 	var num, den float64
 	for s := 0; s < samples; s++ {
 		i := rng.IntN(len(p))
+		if pool != nil {
+			i = pool[rng.IntN(len(pool))]
+		}
 		orig := p[i]
 		h := float32(1e-2) * max(1, float32(math.Abs(float64(orig))))
 		p[i] = orig + h
@@ -67,16 +72,23 @@ func TestModelGradientFiniteDifferences(t *testing.T) {
 		qlora   bool
 		dropout float64
 		pad     bool
+		hf      bool // biases everywhere, head_dim != dim/n_heads, llama3 RoPE scaling
 	}{
 		{name: "pretrain/tied", tied: true},
 		{name: "pretrain/untied/padding", pad: true},
+		{name: "pretrain/biases/head_dim/rope-llama3", hf: true},
 		{name: "qlora/nf4", tied: true, qlora: true},
 		{name: "qlora/nf4/dropout", qlora: true, dropout: 0.2},
+		{name: "qlora/nf4/biases/head_dim/rope-llama3", qlora: true, hf: true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := tinyConfig()
 			cfg.TiedEmbeddings = tc.tied
+			if tc.hf {
+				cfg.HeadSize, cfg.QKVBias, cfg.OBias, cfg.MLPBias = 6, true, true, true
+				cfg.Rope = RopeScaling{Type: "llama3", Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OriginalMaxPos: 4}
+			}
 			m, err := NewModel(cfg, backend.NewCPU(2), 3)
 			if err != nil {
 				t.Fatal(err)
@@ -89,7 +101,11 @@ func TestModelGradientFiniteDifferences(t *testing.T) {
 				if err := m.EnableLoRA(lc, 5); err != nil {
 					t.Fatal(err)
 				}
-				randomizeTrainable(m, 11, 0.3)
+				std := 0.3
+				if tc.hf {
+					std = 0.15 // at 0.3 float32 differences are too coarse for 1e-2 here
+				}
+				randomizeTrainable(m, 11, std)
 			} else {
 				randomizeTrainable(m, 11, 0.3)
 				p := m.TrainableParams() // keep the norms near 1 so the net stays well conditioned
@@ -108,10 +124,23 @@ func TestModelGradientFiniteDifferences(t *testing.T) {
 			if tc.pad {
 				targets[3], targets[7] = -1, -1
 			}
-			rel := gradCheck(t, m, tokens, targets, B, T, 150, 1)
+			rel := gradCheck(t, m, tokens, targets, B, T, 150, 1, nil)
 			t.Logf("relative error %.2e", rel)
 			if rel > 1e-2 {
 				t.Errorf("gradient differs from finite differences: relative error %.3e > 1e-2", rel)
+			}
+			if tc.hf && !tc.qlora { // the biases are a small share of the parameters: check them on their own
+				var biases []int
+				for _, sp := range m.specs {
+					for k := sp.off; strings.HasSuffix(sp.name, ".bias") && k < sp.off+sp.n; k++ {
+						biases = append(biases, k)
+					}
+				}
+				rel := gradCheck(t, m, tokens, targets, B, T, 100, 2, biases)
+				t.Logf("biases: relative error %.2e over %d bias parameters", rel, len(biases))
+				if rel > 1e-2 {
+					t.Errorf("bias gradients differ from finite differences: relative error %.3e > 1e-2", rel)
+				}
 			}
 		})
 	}

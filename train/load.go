@@ -162,10 +162,10 @@ func (fs baseFiles) Close() {
 
 // openBase opens a checkpoint file or Hugging Face folder and reads its
 // config; quantMeta is the opencluster.quant metadata of a file we wrote.
-func openBase(path string) (cfg ModelConfig, files baseFiles, quantMeta string, err error) {
+func openBase(path string) (cfg ModelConfig, info HFInfo, files baseFiles, quantMeta string, err error) {
 	st, err := os.Stat(path)
 	if err != nil {
-		return cfg, nil, "", fmt.Errorf("train: base model: %w", err)
+		return cfg, info, nil, "", fmt.Errorf("train: base model: %w", err)
 	}
 	defer func() {
 		if err != nil {
@@ -176,42 +176,42 @@ func openBase(path string) (cfg ModelConfig, files baseFiles, quantMeta string, 
 	if st.IsDir() {
 		b, err := os.ReadFile(filepath.Join(path, "config.json"))
 		if err != nil {
-			return cfg, nil, "", fmt.Errorf("train: base model folder: %w", err)
+			return cfg, info, nil, "", fmt.Errorf("train: base model folder: %w", err)
 		}
-		if cfg, err = parseHFConfig(b, filepath.Join(path, "config.json")); err != nil {
-			return cfg, nil, "", fmt.Errorf("train: %w", err)
+		if cfg, info, err = parseHFConfig(b, filepath.Join(path, "config.json"), true); err != nil {
+			return cfg, info, nil, "", fmt.Errorf("train: %w", err)
 		}
 		names, err := shardNames(path)
 		if err != nil {
-			return cfg, nil, "", err
+			return cfg, info, nil, "", err
 		}
 		for _, n := range names {
 			f, err := safetensors.OpenReader(filepath.Join(path, n))
 			if err != nil {
-				return cfg, files, "", fmt.Errorf("train: %w", err)
+				return cfg, info, files, "", fmt.Errorf("train: %w", err)
 			}
 			files = append(files, f)
 		}
-		return cfg, files, "", nil
+		return cfg, info, files, "", nil
 	}
 	f, err := safetensors.OpenReader(path)
 	if err != nil {
-		return cfg, nil, "", fmt.Errorf("train: %w", err)
+		return cfg, info, nil, "", fmt.Errorf("train: %w", err)
 	}
 	files = baseFiles{f}
 	js, ok := f.Metadata[metaConfig]
 	if !ok {
-		return cfg, files, "", fmt.Errorf("train: %s has no %q metadata; pass a Hugging Face folder (config.json + safetensors) instead", path, metaConfig)
+		return cfg, info, files, "", fmt.Errorf("train: %s has no %q metadata; pass a Hugging Face folder (config.json + safetensors) instead", path, metaConfig)
 	}
-	if cfg, err = parseHFConfig([]byte(js), path+" metadata "+metaConfig); err != nil {
-		return cfg, files, "", fmt.Errorf("train: %w", err)
+	if cfg, info, err = parseHFConfig([]byte(js), path+" metadata "+metaConfig, false); err != nil {
+		return cfg, info, files, "", fmt.Errorf("train: %w", err)
 	}
-	return cfg, files, f.Metadata[metaQuant], nil
+	return cfg, info, files, f.Metadata[metaQuant], nil
 }
 
 // loadBase reads the checkpoint at path; q non-nil quantizes it as it loads.
 func loadBase(path string, be backend.Backend, q *QuantConfig) (*Model, error) {
-	cfg, files, quantMeta, err := openBase(path)
+	cfg, info, files, quantMeta, err := openBase(path)
 	if err != nil {
 		return nil, err
 	}
@@ -234,6 +234,7 @@ func loadBase(path string, be backend.Backend, q *QuantConfig) (*Model, error) {
 	if err := m.loadFrom(ld, packed, quantMeta, q); err != nil {
 		return nil, fmt.Errorf("train: %s: %w", path, err)
 	}
+	m.Info = info
 	return m, nil
 }
 

@@ -232,19 +232,12 @@ func Run(ctx context.Context, opts RunOptions) (Result, error) {
 	if err != nil {
 		return res, err
 	}
-	evaluate := func() (float64, error) {
-		var sum float64
-		for _, b := range val {
-			if err := ctx.Err(); err != nil {
-				return 0, err
-			}
-			l, err := m.Loss(b.Tokens, b.Targets, b.B, b.T)
-			if err != nil {
-				return 0, fmt.Errorf("validation loss: %w", err)
-			}
-			sum += l
+	evaluate := func() (float64, error) { // the same number as the eval command's
+		r, err := Evaluate(ctx, m, val)
+		if err != nil {
+			return 0, fmt.Errorf("validation loss: %w", err)
 		}
-		return sum / float64(len(val)), nil
+		return r.Loss, nil
 	}
 	if res.InitialValLoss, err = evaluate(); err != nil {
 		if ctx.Err() != nil {

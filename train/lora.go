@@ -72,6 +72,24 @@ func loraSpecs(c ModelConfig, cfg LoRAConfig) ([]paramSpec, int) {
 	return specs, off
 }
 
+// TensorSpec names one tensor and its shape.
+type TensorSpec struct {
+	Name  string
+	Shape []int
+}
+
+// AdapterSpecs lists the LoRA tensors of adapters cfg on a model of shape c,
+// in the order of the trainable vector, with PEFT names: for each layer, for
+// each target module in LinearNames order, lora_A [r,in] then lora_B [out,r].
+func AdapterSpecs(c ModelConfig, cfg LoRAConfig) []TensorSpec {
+	specs, _ := loraSpecs(c, cfg)
+	out := make([]TensorSpec, len(specs))
+	for i, sp := range specs {
+		out[i] = TensorSpec{Name: sp.name, Shape: append([]int(nil), sp.shape...)}
+	}
+	return out
+}
+
 // EnableLoRA switches to LoRA mode: A Kaiming-uniform (PEFT's
 // kaiming_uniform_ with a=sqrt(5), i.e. U(-1/sqrt(in), 1/sqrt(in))), B zero,
 // on the target modules of every layer; only the adapters are trainable from

@@ -37,6 +37,9 @@ const (
 // concurrent use.
 type Model struct {
 	Config ModelConfig
+	// Info is what the base's config.json said beyond the shape (name,
+	// token ids); zero for a model made by NewModel.
+	Info HFInfo
 
 	be backend.Backend
 
@@ -85,6 +88,8 @@ type layer struct {
 	dln1, dln2 backend.Buf
 	lin        [numLinear]backend.Buf // fp32 [out,in]; nil when quantized
 	dlin       [numLinear]backend.Buf
+	bias       [numLinear]backend.Buf // fp32 [out]; nil when the module has none
+	dbias      [numLinear]backend.Buf
 	q4         [numLinear]backend.QBuf // frozen 4-bit weights when quantized
 	q4host     [numLinear]*quant.Tensor4
 	ad         [numLinear]*adapter // LoRA adapters on the target modules
@@ -92,12 +97,13 @@ type layer struct {
 
 // linShape returns (in, out) of linear module j.
 func (c ModelConfig) linShape(j int) (in, out int) {
-	kv := c.KVHeads * c.HeadDim()
 	switch j {
-	case modQ, modO:
-		return c.Dim, c.Dim
+	case modQ:
+		return c.Dim, c.QDim()
+	case modO:
+		return c.QDim(), c.Dim
 	case modK, modV:
-		return c.Dim, kv
+		return c.Dim, c.KVDim()
 	case modGate, modUp:
 		return c.Dim, c.HiddenDim
 	default: // modDown
@@ -105,19 +111,47 @@ func (c ModelConfig) linShape(j int) (in, out int) {
 	}
 }
 
+// LinearShape returns (in, out) of the linear module called name
+// ("q_proj"...), as its [out,in] weight and its adapters see it.
+func (c ModelConfig) LinearShape(name string) (in, out int, ok bool) {
+	j := linearIndex(name)
+	if j == numLinear {
+		return 0, 0, false
+	}
+	in, out = c.linShape(j)
+	return in, out, true
+}
+
+// hasBias reports whether linear module j carries a bias.
+func (c ModelConfig) hasBias(j int) bool {
+	switch j {
+	case modQ, modK, modV:
+		return c.QKVBias
+	case modO:
+		return c.OBias
+	}
+	return c.MLPBias
+}
+
+func (c ModelConfig) anyBias() bool { return c.QKVBias || c.OBias || c.MLPBias }
+
 func layerName(l int, what string) string { return fmt.Sprintf("model.layers.%d.%s", l, what) }
 
-func linearName(l, j int) string {
+func linearName(l, j int) string { return linearPrefix(l, j) + ".weight" }
+
+func biasName(l, j int) string { return linearPrefix(l, j) + ".bias" }
+
+func linearPrefix(l, j int) string {
 	group := "self_attn"
 	if j >= modGate {
 		group = "mlp"
 	}
-	return layerName(l, group+"."+LinearNames[j]+".weight")
+	return layerName(l, group+"."+LinearNames[j])
 }
 
 // baseSpecs lists the fp32 base tensors with Hugging Face names, in buffer
 // order; quantized leaves out the decoder linears (4-bit) and the embedding
-// and lm_head (bfloat16): only the norms stay fp32.
+// and lm_head (bfloat16): only the norms and the biases stay fp32.
 func baseSpecs(c ModelConfig, quantized bool) ([]paramSpec, int) {
 	withLinear, withEmbed := !quantized, !quantized
 	var specs []paramSpec
@@ -133,16 +167,23 @@ func baseSpecs(c ModelConfig, quantized bool) ([]paramSpec, int) {
 	if withEmbed {
 		add("model.embed_tokens.weight", c.VocabSize, c.Dim)
 	}
-	for l := 0; l < c.Layers; l++ {
-		add(layerName(l, "input_layernorm.weight"), c.Dim)
-		for j := modQ; j <= modO && withLinear; j++ {
-			in, out := c.linShape(j)
+	linear := func(l, j int) {
+		in, out := c.linShape(j)
+		if withLinear {
 			add(linearName(l, j), out, in)
 		}
+		if c.hasBias(j) {
+			add(biasName(l, j), out)
+		}
+	}
+	for l := 0; l < c.Layers; l++ {
+		add(layerName(l, "input_layernorm.weight"), c.Dim)
+		for j := modQ; j <= modO; j++ {
+			linear(l, j)
+		}
 		add(layerName(l, "post_attention_layernorm.weight"), c.Dim)
-		for j := modGate; j <= modDown && withLinear; j++ {
-			in, out := c.linShape(j)
-			add(linearName(l, j), out, in)
+		for j := modGate; j <= modDown; j++ {
+			linear(l, j)
 		}
 	}
 	add("model.norm.weight", c.Dim)
@@ -166,7 +207,7 @@ func newEmpty(cfg ModelConfig, be backend.Backend, quantized bool) (*Model, erro
 	m.specs = specs
 	m.params = be.Alloc(total)
 	m.bindParams()
-	cos, sin := backend.RoPETables(cfg.MaxSeqLen, cfg.HeadDim(), cfg.RopeTheta)
+	cos, sin := backend.RoPETablesFreq(cfg.Context(), cfg.ropeInvFreq())
 	m.ropeCos, m.ropeSin = be.Alloc(len(cos)), be.Alloc(len(sin))
 	be.Upload(m.ropeCos, toF32(cos))
 	be.Upload(m.ropeSin, toF32(sin))
@@ -194,6 +235,7 @@ func (m *Model) bindParams() {
 		L := &m.layers[l]
 		L.ln1, L.dln1, L.ln2, L.dln2 = nil, nil, nil, nil
 		L.lin, L.dlin = [numLinear]backend.Buf{}, [numLinear]backend.Buf{}
+		L.bias, L.dbias = [numLinear]backend.Buf{}, [numLinear]backend.Buf{}
 	}
 	for _, sp := range m.specs {
 		p, g := view(m.params, sp), view(m.grads, sp)
@@ -218,8 +260,11 @@ func (m *Model) bindParams() {
 				L.ln2, L.dln2 = p, g
 			default:
 				for j = 0; j < numLinear; j++ {
-					if sp.name == linearName(l, j) {
+					switch sp.name {
+					case linearName(l, j):
 						L.lin[j], L.dlin[j] = p, g
+					case biasName(l, j):
+						L.bias[j], L.dbias[j] = p, g
 					}
 				}
 			}
@@ -234,7 +279,7 @@ func (m *Model) bindParams() {
 // The same seed gives the same weights bit for bit. Linear and embedding
 // weights are N(0, 0.02) (Hugging Face's initializer_range), with the
 // residual projections o_proj and down_proj scaled by 1/sqrt(2*n_layers)
-// as in GPT-2; norms start at 1.
+// as in GPT-2; norms start at 1 and biases at 0.
 func NewModel(cfg ModelConfig, be backend.Backend, seed uint64) (*Model, error) {
 	m, err := newEmpty(cfg, be, false)
 	if err != nil {
@@ -251,6 +296,7 @@ func NewModel(cfg ModelConfig, be backend.Backend, seed uint64) (*Model, error) 
 // after another equal the whole tensor drawn at once.
 type tensorInit struct {
 	ones bool // a norm
+	zero bool // a bias
 	std  float64
 	rng  *rand.Rand
 }
@@ -258,6 +304,9 @@ type tensorInit struct {
 // newInit starts the values of tensor sp, the i-th of the full fp32 layout
 // (baseSpecs(cfg, false)): its stream depends only on (seed, i).
 func newInit(cfg ModelConfig, sp paramSpec, seed uint64, i int) *tensorInit {
+	if hasSuffix(sp.name, ".bias") {
+		return &tensorInit{zero: true}
+	}
 	if len(sp.shape) == 1 {
 		return &tensorInit{ones: true}
 	}
@@ -272,6 +321,8 @@ func (t *tensorInit) fill(dst []float32) {
 	for k := range dst {
 		if t.ones {
 			dst[k] = 1
+		} else if t.zero {
+			dst[k] = 0
 		} else {
 			dst[k] = float32(t.rng.NormFloat64() * t.std)
 		}
@@ -399,6 +450,9 @@ func (m *Model) checkBatch(tokens, targets []int32, B, T int) (int, error) {
 	if T > m.Config.MaxSeqLen {
 		return 0, fmt.Errorf("train: sequence length T=%d exceeds max_seq_len %d", T, m.Config.MaxSeqLen)
 	}
+	if T > m.Config.Context() {
+		return 0, fmt.Errorf("train: sequence length T=%d exceeds the sliding window %d; windowed attention is not implemented, so use sequences of at most %d tokens", T, m.Config.SlidingWindow, m.Config.SlidingWindow)
+	}
 	if len(tokens) != B*T {
 		return 0, fmt.Errorf("train: tokens has %d ids, want B*T = %d*%d = %d", len(tokens), B, T, B*T)
 	}
@@ -460,26 +514,35 @@ func (m *Model) ForwardBackward(tokens, targets []int32, B, T int, gradScale flo
 
 // Loss runs the forward pass only and returns mean cross-entropy (no dropout).
 func (m *Model) Loss(tokens, targets []int32, B, T int) (float64, error) {
-	if targets == nil {
-		return 0, errors.New("train: Loss needs targets")
-	}
-	count, err := m.checkBatch(tokens, targets, B, T)
+	sum, count, err := m.LossSum(tokens, targets, B, T)
 	if err != nil {
 		return 0, err
 	}
+	return sum / float64(count), nil
+}
+
+// LossSum runs the forward pass only and returns the summed cross-entropy
+// over the scored targets (those >= 0) and their count.
+func (m *Model) LossSum(tokens, targets []int32, B, T int) (sum float64, count int, err error) {
+	if targets == nil {
+		return 0, 0, errors.New("train: Loss needs targets")
+	}
+	if count, err = m.checkBatch(tokens, targets, B, T); err != nil {
+		return 0, 0, err
+	}
 	a := m.activations(B, T, false)
 	m.forward(a, tokens, false, 0)
-	return m.headLoss(a, targets, count, 0, false), nil
+	return m.headLoss(a, targets, count, 0, false) * float64(count), count, nil
 }
 
 // Logits returns the next-token logits [VocabSize] after the last of tokens.
-// Only the last max_seq_len tokens are used.
+// Only the last max_seq_len (or sliding window) tokens are used.
 func (m *Model) Logits(tokens []int32) ([]float32, error) {
 	if len(tokens) == 0 {
 		return nil, errors.New("train: Logits needs at least one token")
 	}
-	if len(tokens) > m.Config.MaxSeqLen {
-		tokens = tokens[len(tokens)-m.Config.MaxSeqLen:]
+	if n := m.Config.Context(); len(tokens) > n {
+		tokens = tokens[len(tokens)-n:]
 	}
 	T := len(tokens)
 	if _, err := m.checkBatch(tokens, nil, 1, T); err != nil {
@@ -688,6 +751,9 @@ func (m *Model) linearForward(a *activations, l, j int, inp, out backend.Buf, N 
 	} else {
 		be.MatmulForward(out, inp, L.lin[j], N, in, outDim, 1, 0)
 	}
+	if L.bias[j] != nil { // out += 1·biasᵀ: a rank-1 product, so no extra backend op
+		be.MatmulForward(out, be.View(a.ones, 0, N), L.bias[j], N, 1, outDim, 1, 1)
+	}
 	ad := L.ad[j]
 	if ad == nil {
 		return
@@ -733,6 +799,9 @@ func (m *Model) linearBackward(a *activations, l, j int, dout, inp, dinp backend
 	var dw backend.Buf
 	if m.fullTraining() {
 		dw = L.dlin[j]
+		if L.dbias[j] != nil { // dbias += doutᵀ·1
+			be.MatmulBackward(nil, L.dbias[j], dout, be.View(a.ones, 0, N), L.bias[j], N, 1, outDim, 1)
+		}
 	}
 	be.MatmulBackward(dinp, dw, dout, inp, L.lin[j], N, in, outDim, 1)
 }

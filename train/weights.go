@@ -21,51 +21,6 @@ const (
 	metaQuant  = "opencluster.quant"  // QuantConfig JSON when the linears are 4-bit
 )
 
-// hfConfig is the subset of a Hugging Face config.json we read; pointer
-// fields tell "absent" from zero so Hugging Face's defaults can apply.
-type hfConfig struct {
-	ModelConfig
-	KVHeads   *int     `json:"num_key_value_heads"`
-	RopeTheta *float64 `json:"rope_theta"`
-	NormEps   *float64 `json:"rms_norm_eps"`
-	MaxPos    *int     `json:"max_position_embeddings"`
-	Arch      []string `json:"architectures"`
-	HeadDim   *int     `json:"head_dim"`
-}
-
-// parseHFConfig reads a config.json (or our metadata copy) into a
-// ModelConfig, applying LlamaConfig's defaults for absent keys.
-func parseHFConfig(b []byte, origin string) (ModelConfig, error) {
-	var h hfConfig
-	if err := json.Unmarshal(b, &h); err != nil {
-		return ModelConfig{}, fmt.Errorf("%s: bad model config JSON: %w", origin, err)
-	}
-	c := h.ModelConfig
-	c.KVHeads = c.Heads
-	if h.KVHeads != nil {
-		c.KVHeads = *h.KVHeads
-	}
-	c.RopeTheta = 10000
-	if h.RopeTheta != nil {
-		c.RopeTheta = *h.RopeTheta
-	}
-	c.NormEps = 1e-6
-	if h.NormEps != nil {
-		c.NormEps = *h.NormEps
-	}
-	c.MaxSeqLen = 2048
-	if h.MaxPos != nil {
-		c.MaxSeqLen = *h.MaxPos
-	}
-	if h.HeadDim != nil && c.Heads > 0 && *h.HeadDim*c.Heads != c.Dim {
-		return ModelConfig{}, fmt.Errorf("%s: head_dim %d * num_attention_heads %d != hidden_size %d is not supported", origin, *h.HeadDim, c.Heads, c.Dim)
-	}
-	if err := c.Validate(); err != nil {
-		return ModelConfig{}, fmt.Errorf("%s: %w", origin, err)
-	}
-	return c, nil
-}
-
 // tensorSource finds a tensor by name across one or more safetensors files.
 type tensorSource interface {
 	get(name string) (safetensors.Tensor, bool)

@@ -126,12 +126,26 @@ func MatmulBackward[T Float](dinp, dw, dout, inp, w []T, N, C, OC int, alpha T) 
 // RoPETables returns cos and sin [maxT, hd/2] for rotary embeddings with
 // inverse frequencies theta^(-2i/hd), computed in float64.
 func RoPETables(maxT, hd int, theta float64) (cos, sin []float64) {
-	half := hd / 2
+	return RoPETablesFreq(maxT, RoPEInvFreq(hd, theta))
+}
+
+// RoPEInvFreq returns the hd/2 inverse frequencies theta^(-2i/hd).
+func RoPEInvFreq(hd int, theta float64) []float64 {
+	f := make([]float64, hd/2)
+	for i := range f {
+		f[i] = 1 / math.Pow(theta, float64(2*i)/float64(hd))
+	}
+	return f
+}
+
+// RoPETablesFreq returns cos and sin [maxT, len(invFreq)] of the angles
+// t*invFreq[i], computed in float64.
+func RoPETablesFreq(maxT int, invFreq []float64) (cos, sin []float64) {
+	half := len(invFreq)
 	cos, sin = make([]float64, maxT*half), make([]float64, maxT*half)
 	for t := 0; t < maxT; t++ {
-		for i := 0; i < half; i++ {
-			invFreq := 1 / math.Pow(theta, float64(2*i)/float64(hd))
-			a := float64(t) * invFreq
+		for i, f := range invFreq {
+			a := float64(t) * f
 			cos[t*half+i], sin[t*half+i] = math.Cos(a), math.Sin(a)
 		}
 	}
