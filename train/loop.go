@@ -17,6 +17,7 @@ import (
 
 	"github.com/opencluster/opencluster/train/backend"
 	"github.com/opencluster/opencluster/train/data"
+	"github.com/opencluster/opencluster/train/tokenizer"
 )
 
 // Mode is what a run trains.
@@ -68,6 +69,19 @@ type RunOptions struct {
 	// Logger receives log records; nil means slog.Default().
 	Logger *slog.Logger
 
+	// Tokenizer encodes the data; nil means the byte-level tokenizer. Its
+	// vocabulary must fit the model's embedding.
+	Tokenizer *tokenizer.Tokenizer
+	// NoPack gives every tokenized example a row of its own (cut as
+	// Truncation says, padded) instead of packing examples into windows.
+	NoPack bool
+	// Truncation is data.TruncateRight (default) or data.TruncateLeft.
+	Truncation string
+	// SkipBadLines skips malformed JSONL lines instead of failing.
+	SkipBadLines bool
+	// TokenCache is the folder of the token cache; "" is the user's cache.
+	TokenCache string
+
 	// poison, set by tests, replaces the loss of a step to inject NaN.
 	poison func(step int, loss float64) float64
 }
@@ -118,6 +132,36 @@ func ConfigHash(cfg Config) string {
 	return hex.EncodeToString(sum[:8])
 }
 
+// CheckTokenizer refuses a tokenizer whose ids do not all have a row in
+// the model's embedding (nil is the byte-level tokenizer, 256 ids).
+func CheckTokenizer(mc ModelConfig, tok *tokenizer.Tokenizer) error {
+	if tok == nil {
+		if v := (data.ByteTokenizer{}).VocabSize(); mc.VocabSize < v {
+			return fmt.Errorf("model vocab_size %d is smaller than the byte tokenizer's %d; pass --tokenizer", mc.VocabSize, v)
+		}
+		return nil
+	}
+	if v := tok.VocabSize(); v > mc.VocabSize {
+		return fmt.Errorf("the tokenizer has %d ids but the model's embedding has %d rows (vocab_size): they do not belong together", v, mc.VocabSize)
+	}
+	return nil
+}
+
+// dataHash extends ConfigHash with the tokenizer and data settings that
+// change a run's numbers; it is empty for the byte-level defaults, so older
+// checkpoints still resume.
+func dataHash(opts RunOptions) string {
+	if opts.Tokenizer == nil && !opts.NoPack && opts.Truncation == "" && !opts.SkipBadLines {
+		return ""
+	}
+	fp := "bytes"
+	if opts.Tokenizer != nil {
+		fp = opts.Tokenizer.Fingerprint()
+	}
+	sum := sha256.Sum256([]byte(fmt.Sprintf("%s|nopack=%v|trunc=%s|skip=%v", fp, opts.NoPack, opts.Truncation, opts.SkipBadLines)))
+	return "-" + hex.EncodeToString(sum[:4])
+}
+
 // Run trains as opts says: it builds the model (pretrain: NewModel; QLoRA:
 // LoadModel, QuantizeBase unless the base is already 4-bit, EnableLoRA),
 // streams batches from opts.DataDir, and runs train.steps optimizer steps of
@@ -147,6 +191,8 @@ func Run(ctx context.Context, opts RunOptions) (Result, error) {
 	ds, err := data.Open(data.Options{
 		Dir: opts.DataDir, SeqLen: tc.SeqLen, BatchSize: tc.BatchSize,
 		ValFraction: tc.ValFraction, Seed: tc.Seed, Logger: log,
+		Tokenizer: opts.Tokenizer, Pack: !opts.NoPack, Truncation: opts.Truncation,
+		SkipBadLines: opts.SkipBadLines, CacheDir: opts.TokenCache,
 	})
 	if err != nil {
 		return res, err
@@ -155,6 +201,10 @@ func Run(ctx context.Context, opts RunOptions) (Result, error) {
 	st := ds.Stats()
 	log.Info("data indexed", "dir", opts.DataDir, "files", st.Files, "bytes", st.Bytes,
 		"skipped_binary", len(st.Skipped), "val_windows", st.ValWindows)
+	if st.Examples > 0 {
+		log.Info("data tokenized", "examples", st.Examples, "train_tokens", st.TrainTokens, "val_tokens", st.ValTokens,
+			"bad_lines_skipped", st.BadLines, "dropped", st.Dropped, "packed", !opts.NoPack)
+	}
 
 	be := opts.Backend
 	if be == nil {
@@ -165,10 +215,10 @@ func Run(ctx context.Context, opts RunOptions) (Result, error) {
 		return res, err
 	}
 	res.NumTrainable = m.NumTrainable()
-	if v := (data.ByteTokenizer{}).VocabSize(); m.Config.VocabSize < v {
-		return res, fmt.Errorf("model vocab_size %d is smaller than the byte tokenizer's %d", m.Config.VocabSize, v)
+	if err := CheckTokenizer(m.Config, opts.Tokenizer); err != nil {
+		return res, err
 	}
-	hash := ConfigHash(cfg)
+	hash := ConfigHash(cfg) + dataHash(opts)
 	ckpt := opts.Checkpoint
 	res.Checkpoint = ckpt
 

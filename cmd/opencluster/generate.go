@@ -6,6 +6,7 @@ import (
 
 	"github.com/opencluster/opencluster/train"
 	"github.com/opencluster/opencluster/train/data"
+	"github.com/opencluster/opencluster/train/tokenizer"
 	"github.com/spf13/cobra"
 )
 
@@ -35,6 +36,7 @@ printed as \xNN escapes.`,
 	f.Uint64("seed", 1, "sampling seed: the same seed gives the same text")
 	f.Int("threads", 0, "CPU threads; 0 uses every core")
 	f.String("config", "tiny", "config whose quant section applies when --adapter is used")
+	f.String("tokenizer", "", "tokenizer.json or a folder holding it (default: the --base folder's tokenizer.json when it has one, else byte-level)")
 	return cmd
 }
 
@@ -83,9 +85,17 @@ func runGenerate(cmd *cobra.Command, args []string) error {
 			return fmt.Errorf("adapter %s: %w", adapter, err)
 		}
 	}
+	tokPath, _ := f.GetString("tokenizer")
+	hf, err := tokenizer.ForModel(tokPath, base)
+	if err != nil {
+		return fmt.Errorf("--tokenizer: %w", err)
+	}
+	if err := train.CheckTokenizer(m.Config, hf); err != nil {
+		return fmt.Errorf("base %s: %w", base, err)
+	}
 	var tok data.Tokenizer = data.ByteTokenizer{}
-	if m.Config.VocabSize < tok.VocabSize() {
-		return fmt.Errorf("base %s has vocab_size %d; the byte tokenizer needs %d", base, m.Config.VocabSize, tok.VocabSize())
+	if hf != nil {
+		tok = data.HFTokenizer{T: hf}
 	}
 	ids, err := train.Sample(cmd.Context(), m, tok.Encode([]byte(prompt)), train.SampleOptions{
 		MaxTokens: maxTokens, Temperature: temperature, TopK: topK, Seed: seed,

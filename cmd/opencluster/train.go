@@ -11,6 +11,7 @@ import (
 
 	"github.com/opencluster/opencluster/device/budget"
 	"github.com/opencluster/opencluster/train"
+	"github.com/opencluster/opencluster/train/tokenizer"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"golang.org/x/term"
@@ -35,7 +36,11 @@ var trainFlagKeys = map[string]string{
 // addRunFlags adds the flags pretrain and train share.
 func addRunFlags(f *pflag.FlagSet) {
 	f.String("config", "tiny", "YAML config file or preset name ("+presetNames()+")")
-	f.String("data", "", "directory of text files to train on (read recursively; binary files are skipped)")
+	f.String("data", "", "training data: a folder of text files (read recursively; binary files skipped) and/or .jsonl files of {\"text\"} or chat {\"messages\"}, or one such file")
+	f.String("tokenizer", "", "tokenizer.json or a folder holding it (default: the --base folder's tokenizer.json when it has one, else byte-level)")
+	f.Bool("pack", true, "pack examples into full windows of seq-len tokens (documents end with EOS); --pack=false gives each example its own padded row")
+	f.String("truncation", "right", "with --pack=false, which end of a too-long example to keep: right keeps the beginning, left the end")
+	f.Bool("skip-bad-lines", false, "skip malformed JSONL lines (and count them) instead of stopping at the first")
 	f.Int("steps", 0, "optimizer steps (overrides train.steps)")
 	f.Float64("lr", 0, "peak learning rate (overrides train.lr)")
 	f.Uint64("seed", 0, "seed for initialisation and batches (overrides train.seed)")
@@ -86,7 +91,7 @@ func runTraining(cmd *cobra.Command, mode train.Mode) error {
 		}
 	}
 	if dataDir == "" {
-		return errors.New("--data is required: a directory of text files")
+		return errors.New("--data is required: a folder of text or .jsonl files, or one .jsonl file")
 	}
 	if out == "" {
 		if mode == train.ModeQLoRA {
@@ -101,6 +106,19 @@ func runTraining(cmd *cobra.Command, mode train.Mode) error {
 	jsonOut, _ := f.GetBool("json")
 	resume, _ := f.GetBool("resume")
 	ckpt, _ := f.GetString("checkpoint")
+	tokPath, _ := f.GetString("tokenizer")
+	pack, _ := f.GetBool("pack")
+	truncation, _ := f.GetString("truncation")
+	skipBad, _ := f.GetBool("skip-bad-lines")
+	tok, err := tokenizer.ForModel(tokPath, base)
+	if err != nil {
+		return fmt.Errorf("--tokenizer: %w", err)
+	}
+	if tok != nil {
+		for _, w := range tok.Warnings() {
+			slog.Warn(w)
+		}
+	}
 
 	var rep train.Reporter
 	stderr := cmd.ErrOrStderr()
@@ -132,6 +150,7 @@ func runTraining(cmd *cobra.Command, mode train.Mode) error {
 	res, err := train.Run(cmd.Context(), train.RunOptions{
 		Mode: mode, Config: cfg, DataDir: dataDir, Base: base, Out: out, Backend: be,
 		Checkpoint: ckpt, Resume: resume, Governor: governor, Reporter: rep, Logger: slog.Default(),
+		Tokenizer: tok, NoPack: !pack, Truncation: truncation, SkipBadLines: skipBad,
 	})
 	if perr := stopProfiles(); perr != nil && err == nil {
 		err = perr

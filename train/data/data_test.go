@@ -354,7 +354,7 @@ func TestOpenErrors(t *testing.T) {
 		want []string
 	}{
 		{"missing dir", opts(filepath.Join(empty, "nope")), []string{"nope"}},
-		{"not a directory", opts(notDir), []string{"short.txt", "not a directory"}},
+		{"a single small file", opts(notDir), []string{"short.txt", "too small"}},
 		{"empty dir", opts(empty), []string{empty, "no text files"}},
 		{"only binaries", opts(binOnly), []string{binOnly, "blob.bin"}},
 		{"too small", opts(tiny), []string{tiny, "too small"}},

@@ -17,6 +17,8 @@ import (
 	"strings"
 	"sync"
 	"unicode/utf8"
+
+	"github.com/opencluster/opencluster/train/tokenizer"
 )
 
 // Defaults for Options fields left zero.
@@ -47,6 +49,24 @@ type Options struct {
 	MaxOpenFiles int
 	// Logger receives warnings about skipped files; nil means slog.Default().
 	Logger *slog.Logger
+
+	// Tokenizer encodes the text; nil keeps the byte-level tokenizer, whose
+	// windows are read straight from the files. With a tokenizer, or when
+	// there are JSONL files, every file is tokenized once into a cache
+	// (CacheDir) and batches are read from it.
+	Tokenizer *tokenizer.Tokenizer
+	// Pack concatenates examples (documents end with EOS) and cuts windows
+	// of SeqLen+1 tokens across them; without it each example is one row,
+	// cut to SeqLen+1 tokens as Truncation says and padded (padding is never
+	// a target). The byte-level text loader always packs.
+	Pack bool
+	// Truncation is TruncateRight (default) or TruncateLeft.
+	Truncation string
+	// SkipBadLines skips malformed JSONL lines (counted in Stats.BadLines)
+	// instead of failing on the first.
+	SkipBadLines bool
+	// CacheDir holds the token cache; "" means the user's cache folder.
+	CacheDir string
 }
 
 // Batch is B sequences of T tokens, row-major, and their next-token targets:
@@ -78,8 +98,15 @@ type Stats struct {
 	Files        int      // text files indexed
 	Skipped      []string // binary files skipped (relative paths)
 	Bytes        int64    // total bytes of the indexed files
-	TrainWindows int64    // distinct training window start positions
-	ValWindows   int      // fixed validation windows
+	TrainWindows int64    // distinct training window start positions (unpacked: rows)
+	ValWindows   int      // fixed validation windows (unpacked: rows)
+
+	// Tokenized data only.
+	Examples    int   // text chunks and JSONL lines kept
+	TrainTokens int64 // tokens in the training split
+	ValTokens   int64 // tokens in the validation split
+	BadLines    int   // malformed JSONL lines skipped (SkipBadLines)
+	Dropped     int   // examples with nothing to learn from (empty, or no target left after truncation)
 }
 
 // Dataset streams batches from a directory of text files. It indexes file
@@ -94,6 +121,8 @@ type Dataset struct {
 	trainCum []int64 // trainCum[i] = windows in train[:i+1]
 	val      []valWindow
 	stats    Stats
+
+	tokens *tokenStore // tokenized data; nil for the byte-level loader
 
 	mu    sync.Mutex
 	open  map[int]*list.Element // file index -> element holding *openFile
@@ -140,25 +169,98 @@ func Open(opts Options) (*Dataset, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	root, found, skipped, err := walk(opts)
+	if err != nil {
+		return nil, err
+	}
+	d := &Dataset{opts: opts, root: root, open: map[int]*list.Element{}, lru: list.New(), limit: opts.MaxOpenFiles}
+	d.stats.Skipped = skipped
+	if opts.Tokenizer != nil || hasJSONL(found) {
+		if err := d.openTokens(found); err != nil {
+			return nil, err
+		}
+		return d, nil
+	}
+	for _, f := range found {
+		d.files = append(d.files, f.rel)
+		d.stats.Bytes += f.size
+	}
+	d.stats.Files = len(d.files)
+	chunk := int64(opts.ChunkSize)
+	sizes := make([]int64, len(found))
+	for i, f := range found {
+		sizes[i] = f.size
+	}
+	valSegs := d.split(sizes, chunk, nil)
+	if len(valSegs) == 0 {
+		// A small corpus can miss validation entirely by chance: then the
+		// chunk that is closest to being chosen is held out, which is just
+		// as deterministic.
+		if best, ok := d.closestValChunk(sizes, chunk, window); ok {
+			d.train = nil
+			valSegs = d.split(sizes, chunk, &best)
+		}
+	}
+
+	var total int64
+	for _, s := range d.train {
+		total += s.windows(window)
+		d.trainCum = append(d.trainCum, total)
+	}
+	d.stats.TrainWindows = total
+	if total == 0 {
+		return nil, fmt.Errorf("data directory %s: the training split (%.0f%% of %d bytes) is too small for one sequence of %d bytes; add text or shorten seq_len", opts.Dir, 100*(1-opts.ValFraction), d.stats.Bytes, window)
+	}
+	// Validation: non-overlapping windows, in file order.
+	for _, s := range valSegs {
+		for off := s.start; off+window <= s.end; off += window {
+			d.val = append(d.val, valWindow{s.file, off})
+		}
+	}
+	d.stats.ValWindows = len(d.val)
+	if len(d.val) == 0 {
+		return nil, fmt.Errorf("data directory %s: the validation split (val_fraction %g of %d bytes) is too small for one sequence of %d bytes; add text, raise val_fraction or shorten seq_len", opts.Dir, opts.ValFraction, d.stats.Bytes, window)
+	}
+	return d, nil
+}
+
+// indexed is a text file found under the data root.
+type indexed struct {
+	rel  string
+	size int64
+}
+
+// walk finds the text files under opts.Dir (or opts.Dir itself when it is a
+// file): hidden entries skipped; symbolic links followed only when they
+// resolve to a file inside the tree; binary files skipped with a warning
+// naming each. It returns the root and the files sorted by relative path.
+func walk(opts Options) (string, []indexed, []string, error) {
 	root, err := filepath.Abs(opts.Dir)
 	if err == nil {
 		root, err = filepath.EvalSymlinks(root)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("data directory %s: %w", opts.Dir, err)
+		return "", nil, nil, fmt.Errorf("data directory %s: %w", opts.Dir, err)
 	}
 	if fi, err := os.Stat(root); err != nil {
-		return nil, fmt.Errorf("data directory %s: %w", opts.Dir, err)
-	} else if !fi.IsDir() {
-		return nil, fmt.Errorf("data directory %s: not a directory", opts.Dir)
+		return "", nil, nil, fmt.Errorf("data directory %s: %w", opts.Dir, err)
+	} else if !fi.IsDir() && !fi.Mode().IsRegular() {
+		return "", nil, nil, fmt.Errorf("data directory %s: not a directory", opts.Dir)
 	}
 
-	d := &Dataset{opts: opts, root: root, open: map[int]*list.Element{}, lru: list.New(), limit: opts.MaxOpenFiles}
-	type indexed struct {
-		rel  string
-		size int64
-	}
 	var found []indexed
+	var skipped []string
+	if fi, err := os.Stat(root); err == nil && fi.Mode().IsRegular() {
+		// One file: its folder is the root.
+		size, binary, why, err := sniff(root)
+		if err != nil {
+			return "", nil, nil, err
+		}
+		if binary {
+			return "", nil, nil, fmt.Errorf("data file %s: not text (%s)", opts.Dir, why)
+		}
+		return filepath.Dir(root), []indexed{{filepath.Base(root), size}}, nil, nil
+	}
 	err = filepath.WalkDir(root, func(path string, de fs.DirEntry, err error) error {
 		if err != nil {
 			return fmt.Errorf("data: reading %s: %w", path, err)
@@ -204,7 +306,7 @@ func Open(opts Options) (*Dataset, error) {
 		}
 		if binary {
 			opts.Logger.Warn("skipping binary file", "path", rel, "reason", why)
-			d.stats.Skipped = append(d.stats.Skipped, filepath.ToSlash(rel))
+			skipped = append(skipped, filepath.ToSlash(rel))
 			return nil
 		}
 		if size == 0 {
@@ -214,57 +316,16 @@ func Open(opts Options) (*Dataset, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return "", nil, nil, err
 	}
 	if len(found) == 0 {
-		if len(d.stats.Skipped) > 0 {
-			return nil, fmt.Errorf("data directory %s: no text files (skipped %d binary files, e.g. %s)", opts.Dir, len(d.stats.Skipped), d.stats.Skipped[0])
+		if len(skipped) > 0 {
+			return "", nil, nil, fmt.Errorf("data directory %s: no text files (skipped %d binary files, e.g. %s)", opts.Dir, len(skipped), skipped[0])
 		}
-		return nil, fmt.Errorf("data directory %s: no text files found", opts.Dir)
+		return "", nil, nil, fmt.Errorf("data directory %s: no text files found", opts.Dir)
 	}
 	sort.Slice(found, func(i, j int) bool { return found[i].rel < found[j].rel })
-
-	for _, f := range found {
-		d.files = append(d.files, f.rel)
-		d.stats.Bytes += f.size
-	}
-	d.stats.Files = len(d.files)
-	chunk := int64(opts.ChunkSize)
-	sizes := make([]int64, len(found))
-	for i, f := range found {
-		sizes[i] = f.size
-	}
-	valSegs := d.split(sizes, chunk, nil)
-	if len(valSegs) == 0 {
-		// A small corpus can miss validation entirely by chance: then the
-		// chunk that is closest to being chosen is held out, which is just
-		// as deterministic.
-		if best, ok := d.closestValChunk(sizes, chunk, window); ok {
-			d.train = nil
-			valSegs = d.split(sizes, chunk, &best)
-		}
-	}
-
-	var total int64
-	for _, s := range d.train {
-		total += s.windows(window)
-		d.trainCum = append(d.trainCum, total)
-	}
-	d.stats.TrainWindows = total
-	if total == 0 {
-		return nil, fmt.Errorf("data directory %s: the training split (%.0f%% of %d bytes) is too small for one sequence of %d bytes; add text or shorten seq_len", opts.Dir, 100*(1-opts.ValFraction), d.stats.Bytes, window)
-	}
-	// Validation: non-overlapping windows, in file order.
-	for _, s := range valSegs {
-		for off := s.start; off+window <= s.end; off += window {
-			d.val = append(d.val, valWindow{s.file, off})
-		}
-	}
-	d.stats.ValWindows = len(d.val)
-	if len(d.val) == 0 {
-		return nil, fmt.Errorf("data directory %s: the validation split (val_fraction %g of %d bytes) is too small for one sequence of %d bytes; add text, raise val_fraction or shorten seq_len", opts.Dir, opts.ValFraction, d.stats.Bytes, window)
-	}
-	return d, nil
+	return root, found, skipped, nil
 }
 
 // chunkRef names one chunk of one file.
@@ -399,6 +460,9 @@ func (d *Dataset) Files() []string { return append([]string(nil), d.files...) }
 // seeded with (Seed, step, micro) alone, so a resumed run reads exactly the
 // batches the uninterrupted run would have.
 func (d *Dataset) TrainBatch(step, micro int) (Batch, error) {
+	if d.tokens != nil {
+		return d.tokenTrainBatch(step, micro)
+	}
 	rng := rand.New(rand.NewPCG(d.opts.Seed, uint64(uint32(step))<<32|uint64(uint32(micro))))
 	B, T := d.opts.BatchSize, d.opts.SeqLen
 	b := newBatch(B, T)
@@ -420,13 +484,22 @@ func (d *Dataset) TrainBatch(step, micro int) (Batch, error) {
 
 // NumValBatches is how many distinct validation batches there are: the fixed
 // validation windows divided into batches of B, the last one wrapping around.
-func (d *Dataset) NumValBatches() int { return (len(d.val) + d.opts.BatchSize - 1) / d.opts.BatchSize }
+func (d *Dataset) NumValBatches() int {
+	n := len(d.val)
+	if d.tokens != nil {
+		n = d.tokens.valRows
+	}
+	return (n + d.opts.BatchSize - 1) / d.opts.BatchSize
+}
 
 // ValBatches returns n validation batches (at most NumValBatches). When there
 // are more validation windows than n*B, the windows are spread evenly over the
 // whole validation split, so a short evaluation still sees every part of the
 // data. The same dataset and n always give the same batches.
 func (d *Dataset) ValBatches(n int) ([]Batch, error) {
+	if d.tokens != nil {
+		return d.tokenValBatches(n)
+	}
 	n = min(n, d.NumValBatches())
 	if n <= 0 {
 		return nil, nil
@@ -522,5 +595,11 @@ func (d *Dataset) Close() error {
 	}
 	d.lru.Init()
 	d.open = map[int]*list.Element{}
+	if d.tokens != nil && d.tokens.f != nil {
+		if err := d.tokens.f.Close(); err != nil && first == nil {
+			first = err
+		}
+		d.tokens.f = nil
+	}
 	return first
 }

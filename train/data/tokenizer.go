@@ -8,6 +8,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/opencluster/opencluster/train/tokenizer"
 )
 
 // Tokenizer maps text to token ids and back. The byte-level tokenizer is the
@@ -50,6 +52,26 @@ func (ByteTokenizer) Decode(ids []int32) ([]byte, error) {
 
 // VocabSize is 256.
 func (ByteTokenizer) VocabSize() int { return 256 }
+
+// HFTokenizer adapts a Hugging Face tokenizer: Encode adds the special
+// tokens the tokenizer's post-processor adds (BOS), as a prompt needs;
+// Decode leaves special tokens out.
+type HFTokenizer struct{ T *tokenizer.Tokenizer }
+
+// Encode returns the ids of text, BOS included where the model uses one.
+// Invalid UTF-8 is encoded as U+FFFD, as text from a terminal would be.
+func (h HFTokenizer) Encode(text []byte) []int32 {
+	return h.T.Encode(strings.ToValidUTF8(string(text), "\uFFFD"), true)
+}
+
+// Decode returns the text of ids without special tokens.
+func (h HFTokenizer) Decode(ids []int32) ([]byte, error) {
+	s, err := h.T.Decode(ids, true)
+	return []byte(s), err
+}
+
+// VocabSize is the tokenizer's.
+func (h HFTokenizer) VocabSize() int { return h.T.VocabSize() }
 
 // Printable renders bytes a model produced so they are safe to print on a
 // terminal: valid UTF-8 text, newlines and tabs pass through; control

@@ -71,12 +71,18 @@ type Span struct{ Start, End int }
 // runs from the end of the first k messages rendered with the generation
 // prompt to the end of the first k+1; the template must render a
 // conversation's beginning as a prefix of the whole (the Llama 3, ChatML and
-// Mistral templates do), else it is an error naming the turn.
+// Mistral templates do; one that always appends its generation prompt is
+// handled too), else it is an error naming the turn (Qwen3's, which adds an
+// empty think block to the last turn only, is such a template).
 func (c *ChatTemplate) AssistantSpans(msgs []Message) (string, []Span, error) {
 	full, err := c.Render(msgs, false)
 	if err != nil {
 		return "", nil, err
 	}
+	// Some templates end every rendering with the generation prompt whether
+	// asked or not (an early Llama 3 one does): what they render for no
+	// messages is that tail, and it is not part of a turn.
+	tail, _ := c.Render(nil, false)
 	var spans []Span
 	for k, m := range msgs {
 		if m.Role() != "assistant" {
@@ -89,6 +95,9 @@ func (c *ChatTemplate) AssistantSpans(msgs []Message) (string, []Span, error) {
 		upto, err := c.Render(msgs[:k+1], false)
 		if err != nil {
 			return "", nil, fmt.Errorf("rendering up to assistant turn %d: %w", k, err)
+		}
+		if tail != "" && strings.HasSuffix(upto, tail) {
+			upto = upto[:len(upto)-len(tail)]
 		}
 		if !strings.HasPrefix(full, upto) || !strings.HasPrefix(upto, before) {
 			return "", nil, fmt.Errorf("chat template: rendering the first %d messages is not a prefix of the whole conversation, so assistant turn %d cannot be located for loss masking", k+1, k)

@@ -1,6 +1,7 @@
 package tokenizer
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 )
@@ -44,6 +45,7 @@ func (t *Tokenizer) applyConfig(raw []byte, name string) error {
 	if err := json.Unmarshal(raw, &c); err != nil {
 		return err
 	}
+	t.hash = sha256.Sum256(append(append(t.hash[:], name...), raw...))
 	for _, f := range []struct {
 		raw  json.RawMessage
 		name string

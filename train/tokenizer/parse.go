@@ -2,9 +2,9 @@ package tokenizer
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"math"
 	"sort"
 	"strings"
 )
@@ -108,7 +108,7 @@ func Parse(raw []byte) (*Tokenizer, error) {
 	if isNull(f.Model) {
 		return nil, errAt("model", "missing")
 	}
-	t := &Tokenizer{}
+	t := &Tokenizer{hash: sha256.Sum256(raw)}
 	var err error
 	if t.model, err = parseModel(f.Model, "model"); err != nil {
 		return nil, err
@@ -204,15 +204,15 @@ func parseModel(raw json.RawMessage, path string) (*bpe, error) {
 		return nil, unsupported(path+".type", kind)
 	}
 	var m struct {
-		Dropout                 *float64          `json:"dropout"`
-		UnkToken                *string           `json:"unk_token"`
-		ContinuingSubwordPrefix *string           `json:"continuing_subword_prefix"`
-		EndOfWordSuffix         *string           `json:"end_of_word_suffix"`
-		FuseUnk                 bool              `json:"fuse_unk"`
-		ByteFallback            bool              `json:"byte_fallback"`
-		IgnoreMerges            bool              `json:"ignore_merges"`
-		Vocab                   map[string]int64  `json:"vocab"`
-		Merges                  []json.RawMessage `json:"merges"`
+		Dropout                 *float64         `json:"dropout"`
+		UnkToken                *string          `json:"unk_token"`
+		ContinuingSubwordPrefix *string          `json:"continuing_subword_prefix"`
+		EndOfWordSuffix         *string          `json:"end_of_word_suffix"`
+		FuseUnk                 bool             `json:"fuse_unk"`
+		ByteFallback            bool             `json:"byte_fallback"`
+		IgnoreMerges            bool             `json:"ignore_merges"`
+		Vocab                   map[string]int64 `json:"vocab"`
+		Merges                  json.RawMessage  `json:"merges"`
 	}
 	if err := decodeInto(raw, path, &m); err != nil {
 		return nil, err
@@ -236,18 +236,17 @@ func parseModel(raw json.RawMessage, path string) (*bpe, error) {
 	if m.EndOfWordSuffix != nil {
 		b.suffix = *m.EndOfWordSuffix
 	}
-	// Deterministic error messages: check ids in token order.
-	keys := make([]string, 0, len(m.Vocab))
-	for k := range m.Vocab {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		id := m.Vocab[k]
+	var bad []string
+	for k, id := range m.Vocab {
 		if id < 0 || id >= maxTokenID {
-			return nil, errAt(fmt.Sprintf("%s.vocab[%q]", path, k), "id %d is outside [0,%d)", id, maxTokenID)
+			bad = append(bad, k)
+			continue
 		}
 		b.vocab[k] = int32(id)
+	}
+	if len(bad) > 0 {
+		sort.Strings(bad) // the same message every time
+		return nil, errAt(fmt.Sprintf("%s.vocab[%q]", path, bad[0]), "id %d is outside [0,%d)", m.Vocab[bad[0]], maxTokenID)
 	}
 	if m.UnkToken != nil {
 		id, ok := b.vocab[*m.UnkToken]
@@ -265,40 +264,56 @@ func parseModel(raw json.RawMessage, path string) (*bpe, error) {
 			}
 		}
 	}
-	b.merges = make(map[uint64]merge, len(m.Merges))
-	for i, rm := range m.Merges {
-		p := fmt.Sprintf("%s.merges[%d]", path, i)
-		var left, right string
-		var s string
-		var pair []string
-		switch {
-		case json.Unmarshal(rm, &s) == nil:
-			parts := strings.Split(s, " ")
-			if len(parts) != 2 {
-				return nil, errAt(p, "%q is not two tokens separated by one space", s)
-			}
-			left, right = parts[0], parts[1]
-		case json.Unmarshal(rm, &pair) == nil && len(pair) == 2:
-			left, right = pair[0], pair[1]
-		default:
-			return nil, errAt(p, "want \"a b\" or [\"a\", \"b\"], got %s", truncateJSON(rm))
-		}
-		a, ok1 := b.vocab[left]
-		c, ok2 := b.vocab[right]
-		n, ok3 := b.vocab[left+right]
+	pairs, err := parseMerges(m.Merges, path+".merges")
+	if err != nil {
+		return nil, err
+	}
+	b.merges = make(map[uint64]merge, len(pairs))
+	for i, p := range pairs {
+		a, ok1 := b.vocab[p[0]]
+		c, ok2 := b.vocab[p[1]]
+		n, ok3 := b.vocab[p[0]+p[1]]
 		if !ok1 || !ok2 || !ok3 {
-			return nil, errAt(p, "merge %q + %q uses a token missing from the vocabulary", left, right)
+			return nil, errAt(fmt.Sprintf("%s.merges[%d]", path, i), "merge %q + %q uses a token missing from the vocabulary", p[0], p[1])
 		}
 		key := pairKey(a, c)
 		if _, dup := b.merges[key]; !dup {
 			b.merges[key] = merge{rank: int32(i), id: n}
 		}
 	}
-	if len(m.Merges) > math.MaxInt32 {
-		return nil, errAt(path+".merges", "too many merges")
-	}
 	b.cache = newWordCache(cacheCapacity)
 	return b, nil
+}
+
+// parseMerges reads merges written as "a b" strings or as ["a", "b"] pairs.
+func parseMerges(raw json.RawMessage, path string) ([][2]string, error) {
+	if isNull(raw) {
+		return nil, nil
+	}
+	var strs []string
+	if err := json.Unmarshal(raw, &strs); err == nil {
+		out := make([][2]string, len(strs))
+		for i, s := range strs {
+			a, b, ok := strings.Cut(s, " ")
+			if !ok || strings.Contains(b, " ") {
+				return nil, errAt(fmt.Sprintf("%s[%d]", path, i), "%q is not two tokens separated by one space", s)
+			}
+			out[i] = [2]string{a, b}
+		}
+		return out, nil
+	}
+	var pairs [][]string
+	if err := json.Unmarshal(raw, &pairs); err != nil {
+		return nil, errAt(path, "want a list of \"a b\" strings or [\"a\", \"b\"] pairs: %v", err)
+	}
+	out := make([][2]string, len(pairs))
+	for i, p := range pairs {
+		if len(p) != 2 {
+			return nil, errAt(fmt.Sprintf("%s[%d]", path, i), "want two tokens, got %d", len(p))
+		}
+		out[i] = [2]string{p[0], p[1]}
+	}
+	return out, nil
 }
 
 func truncateJSON(raw json.RawMessage) string {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"sync"
 	"testing"
 )
 
@@ -31,6 +32,22 @@ func referenceDir(t testing.TB) string {
 		t.Skip(msg)
 	}
 	return dir
+}
+
+var loaded sync.Map // path -> *Tokenizer, so each real file is parsed once per test binary
+
+// loadOnce loads a reference tokenizer file or folder, once.
+func loadOnce(t testing.TB, path string) *Tokenizer {
+	t.Helper()
+	if tok, ok := loaded.Load(path); ok {
+		return tok.(*Tokenizer)
+	}
+	tok, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	loaded.Store(path, tok)
+	return tok
 }
 
 type expectedModel struct {
@@ -86,10 +103,7 @@ func TestMatchesReference(t *testing.T) {
 			if !ok {
 				t.Fatalf("no expected ids for %s", name)
 			}
-			tok, err := Load(filepath.Join(dir, "models", name, "tokenizer.json"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			tok := loadOnce(t, filepath.Join(dir, "models", name))
 			bad := 0
 			for i, text := range exp.Texts {
 				check := func(what string, got, want any) {

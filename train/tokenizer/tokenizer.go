@@ -12,6 +12,7 @@
 package tokenizer
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -37,6 +38,30 @@ type Tokenizer struct {
 	chatTemplate       string
 
 	warnings []string // what the files do that HF accepts with a warning
+	hash     [32]byte // of the files read, for Fingerprint
+}
+
+// Fingerprint identifies the tokenizer by the files it was read from
+// (tokenizer.json and the config files), for caches keyed on it.
+func (t *Tokenizer) Fingerprint() string { return hex.EncodeToString(t.hash[:16]) }
+
+// SpecialTokens returns the ids the post-processor adds before and after a
+// sequence when special tokens are added (BOS, and EOS for some models).
+func (t *Tokenizer) SpecialTokens() (before, after []int32) {
+	var walk func(p postProcessor)
+	walk = func(p postProcessor) {
+		switch p := p.(type) {
+		case postSequence:
+			for _, q := range p {
+				walk(q)
+			}
+		case template:
+			before = append(before, p.before...)
+			after = append(after, p.after...)
+		}
+	}
+	walk(t.post)
+	return before, after
 }
 
 // Warnings lists what the files do that the tokenizers library accepts
@@ -83,6 +108,22 @@ func Load(path string) (*Tokenizer, error) {
 		}
 	}
 	return t, nil
+}
+
+// ForModel returns the tokenizer a command should use: the file or folder
+// given explicitly, else the model folder's tokenizer.json when base is a
+// Hugging Face folder that has one, else nil (the byte-level tokenizer).
+func ForModel(explicit, base string) (*Tokenizer, error) {
+	if explicit != "" {
+		return Load(explicit)
+	}
+	if base == "" {
+		return nil, nil
+	}
+	if fi, err := os.Stat(filepath.Join(base, "tokenizer.json")); err == nil && fi.Mode().IsRegular() {
+		return Load(base)
+	}
+	return nil, nil
 }
 
 func readBounded(path string) ([]byte, error) {
