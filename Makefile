@@ -7,7 +7,7 @@ DEMO_DIR ?= demo-out
 # Build flags shared by every target; CGO is needed for go-nvml and the CPU kernels.
 export CGO_ENABLED := 1
 
-.PHONY: fuzz local-demo all build cuda test test-short vet fmt-check demo bench kernels gpu-check ci clean
+.PHONY: web web-check ui-test ui-bench fuzz local-demo all build cuda test test-short vet fmt-check demo bench kernels gpu-check ci clean
 
 all: build
 
@@ -81,10 +81,34 @@ gpu-check:
 # .ci/run installs the CUDA toolkit first, so build makes opencluster-cuda
 # too; the CUDA steps below then keep a CUDA compile break or stale PTX
 # from landing (nothing here needs a GPU).
-ci: fmt-check vet build test fuzz demo local-demo
+ci: fmt-check vet build test fuzz demo local-demo web-check ui-test
 	./scripts/kernels.sh --check
 	$(MAKE) --no-print-directory cuda
 	$(GO) vet -tags cuda ./kernels/... ./bench/... ./cmd/...
 
 clean:
 	rm -rf $(BIN) $(DEMO_DIR)
+
+# The dashboard's bundle (web/static, committed) from web/_ui with the npm
+# packages pinned in web/_ui/package-lock.json; web-check fails when the
+# committed bundle is stale.
+web:
+	./scripts/web.sh
+
+web-check:
+	./scripts/web.sh --check
+
+# The dashboard in Debian's headless Chromium: a live coordinator with
+# workers (the demo shortened, reusing make demo's pretrained base when it
+# is there) and a replayed simulation. Screenshots go to web/uitest/out.
+# UPDATE_SCREENSHOT=1 also writes docs/dashboard.png.
+ui-test: build
+	./scripts/install-chromium.sh >/dev/null
+	cd web/uitest && OPENCLUSTER_BIN=$(CURDIR)/$(BIN)/opencluster OPENCLUSTER_DEMO_BASE=$(CURDIR)/$(DEMO_DIR)/base.safetensors \
+	 OPENCLUSTER_UPDATE_SCREENSHOT=$(UPDATE_SCREENSHOT) $(GO) test -tags uitest -count=1 -v -timeout 15m -run 'TestDashboard' .
+
+# Frames per second of the page with 10,000 nodes (and 100 as the peer) in
+# headless Chromium; a measurement, not a pass/fail test.
+ui-bench:
+	./scripts/install-chromium.sh >/dev/null
+	cd web/uitest && $(GO) test -tags uitest -count=1 -v -timeout 10m -run 'TestBenchmarkFrames' .

@@ -66,6 +66,7 @@ stored updates (ledger verify --coordinator-dir).`,
 	f.Bool("json", false, "print one JSON object per round on stdout")
 	f.Int("threads", 1, "CPU threads per worker")
 	f.Duration("timeout", 5*time.Minute, "give up after this long")
+	f.StringSlice("regions", nil, "countries to show workers in on the dashboard, in worker order (ISO codes, e.g. DE,BR,IN); workers past the list stay unplaced")
 
 	return cmd
 }
@@ -104,8 +105,14 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 	jsonOut, _ := f.GetBool("json")
 	threads, _ := f.GetInt("threads")
 	timeout, _ := f.GetDuration("timeout")
+	regions, _ := f.GetStringSlice("regions")
 	if workers < 1 || rounds < 1 || steps < 1 {
 		return fmt.Errorf("--workers (%d), --rounds (%d) and --steps (%d) must be at least 1", workers, rounds, steps)
+	}
+	for _, r := range regions {
+		if _, _, err := protocol.LookupRegion(r); err != nil {
+			return fmt.Errorf("--regions: %w", err)
+		}
 	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 	defer cancel()
@@ -223,6 +230,7 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 	defer hc.CloseIdleConnections()
 	say("== coordinator on %s (HTTP/2 over TLS, certificate %s; state in %s); %d workers, %d rounds of %d local steps, codec %s",
 		url, caFile, coordDir, workers, rounds, steps, codec)
+	say("   dashboard: open %s/ (trust the certificate %s)", url, caFile)
 	say("   round 0: val_loss %.4f (the base alone)", v0)
 
 	// 4. The workers. They share this machine with each other, so the
@@ -240,6 +248,9 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 			"--state", filepath.Join(dir, "workers", strconv.Itoa(i)), "--config", workerCfg, "--json", "--threads", strconv.Itoa(threads),
 			"--rounds", strconv.Itoa(rounds), "--idle-exit", "30s", "--poll", "5s", "--name", fmt.Sprintf("demo-%d", i),
 			"--log-level", "warn", "--device", "cpu")
+		if i < len(regions) {
+			w.Args = append(w.Args, "--region", regions[i])
+		}
 		w.Stderr = os.Stderr
 		pipe, err := w.StdoutPipe()
 		if err != nil {
