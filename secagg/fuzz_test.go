@@ -41,3 +41,27 @@ func FuzzDecoders(f *testing.F) {
 		}
 	})
 }
+
+// FuzzTranscript: the stored-round reader must refuse garbage cleanly,
+// and what it accepts must re-encode to the same bytes.
+func FuzzTranscript(f *testing.F) {
+	p, _ := cohort(f, 4, 16, 8, 0)
+	good, _ := (&Transcript{Params: p}).MarshalBinary()
+	f.Add(good)
+	f.Add(EncodeSurvivors([]int{1, 2}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		_, _ = DecodeSurvivors(b, 10)
+		_, _ = DecodeAdverts(b, 10)
+		var tr Transcript
+		if tr.UnmarshalBinary(b) == nil {
+			again, err := tr.MarshalBinary()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var tr2 Transcript
+			if err := tr2.UnmarshalBinary(again); err != nil {
+				t.Fatalf("re-encoded transcript refused: %v", err)
+			}
+		}
+	})
+}

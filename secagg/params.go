@@ -36,23 +36,27 @@ var (
 // fills it in and sends it with the round; its Hash binds every message of
 // the round.
 type Params struct {
-	Round uint64 // the coordinator's round id
-	Seed  uint64 // the round seed: neighbour graph and random-k positions
+	Round uint64 `json:"round"` // the coordinator's round id
+	// Attempt counts the round's secure-aggregation attempts: a retry with
+	// a new cohort is a new attempt, so no message of a failed attempt can
+	// be replayed into the next.
+	Attempt uint32 `json:"attempt"`
+	Seed    uint64 `json:"seed,string"` // the round seed: neighbour graph and random-k positions
 	// Keys are the cohort's long-term ed25519 public keys; a client is
 	// known by its index here.
-	Keys         []ed25519.PublicKey
-	Degree       int // neighbours per client (even, or len(Keys)-1)
-	Threshold    int // shares needed to reconstruct a secret
-	MinSurvivors int // the server refuses to unmask fewer masked inputs
-	Length       int // masked vector length: the round's random-k count
-	Bits         uint
+	Keys         []ed25519.PublicKey `json:"keys"`
+	Degree       int                 `json:"degree"`        // neighbours per client (even, or len(Keys)-1)
+	Threshold    int                 `json:"threshold"`     // shares needed to reconstruct a secret
+	MinSurvivors int                 `json:"min_survivors"` // the server refuses to unmask fewer masked inputs
+	Length       int                 `json:"length"`        // masked vector length: the round's random-k count
+	Bits         uint                `json:"bits"`
 	// Encoding (see Encode): updates are clipped to L2 norm Clip, scaled so
 	// Clip maps to 2^(QuantBits-1)-1, stochastically rounded, and each
 	// client adds Skellam noise with parameter NoiseMu per coordinate (0:
 	// no noise).
-	Clip      float64
-	QuantBits uint
-	NoiseMu   float64
+	Clip      float64 `json:"clip"`
+	QuantBits uint    `json:"quant_bits"`
+	NoiseMu   float64 `json:"noise_mu"`
 }
 
 // NewParams fills in the defaults for a cohort: degree DefaultDegree,
@@ -155,6 +159,7 @@ func (p *Params) Hash() [32]byte {
 	put := func(v uint64) { binary.LittleEndian.PutUint64(b[:], v); h.Write(b[:]) }
 	h.Write([]byte("opencluster secagg v1 params"))
 	put(p.Round)
+	put(uint64(p.Attempt))
 	put(p.Seed)
 	put(uint64(len(p.Keys)))
 	for _, k := range p.Keys {

@@ -174,6 +174,24 @@ func TestRoundSumIsExact(t *testing.T) {
 		if err != nil || !slices.Equal(again, sum) {
 			t.Fatalf("n=%d: recompute from transcript: %v", n, err)
 		}
+		// And through the stored form.
+		b, err := srv.ServerTranscript().MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var tr Transcript
+		if err := tr.UnmarshalBinary(b); err != nil {
+			t.Fatal(err)
+		}
+		again, _, err = Recompute(tr.Params, tr.Stages)
+		if err != nil || !slices.Equal(again, sum) {
+			t.Fatalf("n=%d: recompute from the stored transcript: %v", n, err)
+		}
+		// A flipped bit anywhere in a stored masked vector is caught.
+		tr.Stages[2][0][headerSize] ^= 1
+		if _, _, err := Recompute(tr.Params, tr.Stages); !errors.Is(err, ErrMessage) {
+			t.Fatalf("n=%d: tampered stored masked vector: %v", n, err)
+		}
 	}
 }
 
