@@ -100,6 +100,9 @@ type Config struct {
 	Optimizer ServerOptimizer `mapstructure:"optimizer" json:"optimizer"`
 	// MaxUpdateBytes is the largest update body accepted.
 	MaxUpdateBytes int64 `mapstructure:"max_update_bytes" json:"max_update_bytes"`
+	// SecureAgg switches rounds to secure aggregation and, optionally,
+	// differential privacy (secure.go, docs/privacy.md).
+	SecureAgg SecureAgg `mapstructure:"secure_agg" json:"secure_agg"`
 }
 
 // Recipe is protocol.Recipe with the config file's key names; the two
@@ -140,6 +143,7 @@ func DefaultConfig() Config {
 		ForgetAfter:     7 * 24 * time.Hour,
 		Optimizer:       ServerOptimizer{Kind: OptFedAvg, LR: 1, Momentum: 0.9, Beta1: 0.9, Beta2: 0.99, Eps: 1e-3},
 		MaxUpdateBytes:  64 << 20,
+		SecureAgg:       DefaultSecureAgg(),
 	}
 }
 
@@ -279,7 +283,7 @@ func (c *Config) Validate() error {
 	if c.MaxUpdateBytes < 1024 {
 		return bad("max_update_bytes", c.MaxUpdateBytes, ">= 1024")
 	}
-	return nil
+	return c.SecureAgg.validate(c)
 }
 
 func encodeKey(pub ed25519.PublicKey) string { return protocol.EncodePublicKey(pub) }

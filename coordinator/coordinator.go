@@ -84,6 +84,10 @@ type Options struct {
 	// stored as closed and before the next one is created: the window a
 	// crash must not corrupt. Fault tests use it to stop the process there.
 	AfterClose func(round uint64)
+	// BeforeUnmask, when set, is called with a secure round's id once its
+	// unmask stage has closed and before the masks are removed. Fault tests
+	// use it to stop the process mid-unmask.
+	BeforeUnmask func(round uint64)
 }
 
 // Coordinator is one coordinator's rounds. Its methods are safe for
@@ -107,6 +111,7 @@ type Coordinator struct {
 	ev           *events // dashboard events
 	afterClose   func(round uint64)
 	admission    Admission
+	beforeUnmask func(round uint64)
 
 	mu        sync.Mutex
 	cur       Round
@@ -123,6 +128,7 @@ type Coordinator struct {
 	changed chan struct{} // closed and replaced at every transition
 	kick    chan struct{} // asks Run to Step now (quorum reached)
 	done    bool          // MaxRounds reached
+	sec     *secRound     // the secure-aggregation attempt in progress (secure.go)
 }
 
 // New opens the coordinator on opts.Dir: it resumes the round in flight
@@ -141,7 +147,7 @@ func New(ctx context.Context, cfg Config, opts Options) (*Coordinator, error) {
 		return nil, errors.New("coordinator: an in-memory coordinator publishes no base model file (BaseModelPath must be empty)")
 	}
 	c := &Coordinator{cfg: cfg, n: cfg.N(), shapesDigest: protocol.ShapesDigest(cfg.Shapes), dir: opts.Dir, store: opts.Store, ledger: opts.Ledger, key: opts.Key,
-		clock: opts.Clock, log: opts.Logger, M: newMetrics(), changed: make(chan struct{}), kick: make(chan struct{}, 1), afterClose: opts.AfterClose, admission: opts.Admission}
+		clock: opts.Clock, log: opts.Logger, M: newMetrics(), changed: make(chan struct{}), kick: make(chan struct{}, 1), afterClose: opts.AfterClose, admission: opts.Admission, beforeUnmask: opts.BeforeUnmask}
 	if c.clock == nil {
 		c.clock = SystemClock
 	}
@@ -429,15 +435,38 @@ func (c *Coordinator) stepLocked(ctx context.Context) (bool, error) {
 		if len(ws) < c.cfg.MinWorkers {
 			return false, nil
 		}
-		r.Cohort = c.pickCohort(ws, c.cfg.CohortSize, r.Seed)
+		secure := c.cfg.SecureAgg.Enabled
+		if secure {
+			if len(ws) < 2 {
+				return false, nil
+			}
+			if ok, eps := c.budgetAllows(min(c.cfg.CohortSize, len(ws)), len(ws)); !ok {
+				c.done = true
+				c.notify()
+				c.log.Warn("coordinator: privacy budget reached; no more rounds", "round", r.ID, "epsilon_after_this_round", eps,
+					"epsilon_budget", c.cfg.SecureAgg.EpsilonBudget, "spent", c.epsilonWith(nil))
+				return false, nil
+			}
+		}
+		// A retried secure attempt draws a fresh cohort.
+		r.Cohort = c.pickCohort(ws, c.cfg.CohortSize, r.Seed+uint64(r.Extensions))
 		r.State, r.Started, r.Deadline = StateCollecting, now, now.Add(c.cfg.RoundTimeout)
 		if err := c.store.UpdateRound(ctx, r); err != nil {
 			return false, err
+		}
+		if secure {
+			if err := c.openSecure(ctx, r, len(ws)); err != nil {
+				return false, err
+			}
+			r.Deadline = c.sec.deadline
 		}
 		c.setRound(r)
 		c.log.Info("coordinator: round collecting", "round", r.ID, "cohort", len(r.Cohort), "available", len(ws), "deadline", r.Deadline)
 		return true, nil
 	case StateCollecting:
+		if c.cfg.SecureAgg.Enabled {
+			return c.stepSecure(ctx, now)
+		}
 		if c.nAccepted >= c.quorum() && c.nAccepted >= c.cfg.MinUpdates {
 			return true, c.aggregate(ctx, "quorum")
 		}
@@ -463,6 +492,9 @@ func (c *Coordinator) stepLocked(ctx context.Context) (bool, error) {
 		}
 		return false, c.restart(ctx, now)
 	case StateAggregating:
+		if strings.HasPrefix(r.Note, secNote) {
+			return true, c.aggregateSecure(ctx, r.Note)
+		}
 		return true, c.aggregate(ctx, r.Note)
 	case StateClosed:
 		return true, c.openNext(ctx, r)
@@ -652,33 +684,56 @@ func (c *Coordinator) aggregate(ctx context.Context, why string) error {
 			}
 		}
 	}
+	return c.closeRound(ctx, r, closing{why: why, result: result, newHash: newHash, optHash: optHash, theta: theta, opt: opt,
+		agg: c.cfg.aggregation(c.optHash, optHash, out, result), entries: entries, ups: ups},
+		"updates", len(cs), "clipped", out.Clipped, "dropped", len(out.Dropped), "norm_bound", out.Bound, "bytes", bytesIn)
+}
+
+// closing is what closeRound publishes for a round.
+type closing struct {
+	why, result string
+	newHash     string // adapter after (the one before for a failed round)
+	optHash     string
+	theta       []float32
+	opt         OptState
+	agg         ledger.Aggregation
+	entries     []ledger.UpdateEntry
+	ups         []UpdateRecord // for the dashboard's closed event
+}
+
+// closeRound appends round r's ledger record (unless a crash already did),
+// stores the round as closed, adopts the new adapter and optimizer state,
+// and opens the next round. Plain and secure rounds end here alike.
+func (c *Coordinator) closeRound(ctx context.Context, r Round, cl closing, logAttrs ...any) error {
 	now := c.clock.Now()
 	if last, ok := c.ledgerLast(); c.ledger != nil && (!ok || last.Round < r.ID) {
-		rec := &ledger.Record{Round: r.ID, Time: now, AdapterBefore: r.BaseAdapter, AdapterAfter: newHash, Cohort: r.Cohort,
-			Seed: r.Seed, Aggregation: c.cfg.aggregation(c.optHash, optHash, out, result), Updates: entries}
+		rec := &ledger.Record{Round: r.ID, Time: now, AdapterBefore: r.BaseAdapter, AdapterAfter: cl.newHash, Cohort: r.Cohort,
+			Seed: r.Seed, Aggregation: cl.agg, Updates: cl.entries}
 		if rec.Cohort == nil {
 			rec.Cohort = []string{}
+		}
+		if rec.Updates == nil {
+			rec.Updates = []ledger.UpdateEntry{}
 		}
 		if err := c.ledger.Append(rec, c.key); err != nil {
 			return fmt.Errorf("coordinator: aggregate round %d: %w", r.ID, err)
 		}
 	}
-	r.State, r.Closed, r.NewAdapter, r.OptState = StateClosed, now, newHash, optHash
-	if result != "ok" {
-		r.Note = result
+	r.State, r.Closed, r.NewAdapter, r.OptState = StateClosed, now, cl.newHash, cl.optHash
+	if cl.result != "ok" {
+		r.Note = cl.result
 	}
 	if err := c.store.UpdateRound(ctx, r); err != nil {
 		return err
 	}
 	c.M.roundClosed(now.Sub(r.Started))
 	if last, ok := c.ledgerLast(); ok && last.Round == r.ID {
-		c.ev.closed(r, &last, ups, c.n)
+		c.ev.closed(r, &last, cl.ups, c.n)
 	} else {
-		c.ev.closed(r, nil, ups, c.n)
+		c.ev.closed(r, nil, cl.ups, c.n)
 	}
-	c.log.Info("coordinator: round closed", "round", r.ID, "why", why, "result", result, "updates", len(cs), "clipped", out.Clipped,
-		"dropped", len(out.Dropped), "norm_bound", out.Bound, "bytes", bytesIn, "adapter", shortHash(newHash))
-	c.adapter, c.opt, c.optHash = theta, opt, optHash
+	c.log.Info("coordinator: round closed", append([]any{"round", r.ID, "why", cl.why, "result", cl.result, "adapter", shortHash(cl.newHash)}, logAttrs...)...)
+	c.adapter, c.opt, c.optHash = cl.theta, cl.opt, cl.optHash
 	c.cur = r
 	if c.afterClose != nil {
 		c.afterClose(r.ID)
@@ -877,8 +932,15 @@ func (c *Coordinator) Work(ctx context.Context, workerID string) (*protocol.Roun
 	if r.State != StateCollecting || !c.cohort[workerID] || c.accepted[workerID] {
 		return nil, nil
 	}
+	info := c.roundInfo()
+	if c.cfg.SecureAgg.Enabled {
+		var ok bool
+		if info.SecAgg, ok = c.secureInfo(workerID); !ok {
+			return nil, nil
+		}
+	}
 	c.ev.took(r, workerID, blobSize(c.blobDir(), r.BaseAdapter))
-	return c.roundInfo(), nil
+	return info, nil
 }
 
 func (c *Coordinator) roundInfo() *protocol.RoundInfo {
@@ -930,6 +992,9 @@ func (c *Coordinator) Submit(ctx context.Context, body []byte) (protocol.UploadR
 func (c *Coordinator) submit(ctx context.Context, body []byte) (protocol.UploadResponse, error) {
 	if int64(len(body)) > c.cfg.MaxUpdateBytes {
 		return protocol.UploadResponse{}, reject(413, "too_large", "update of %d bytes exceeds max_update_bytes %d", len(body), c.cfg.MaxUpdateBytes)
+	}
+	if c.cfg.SecureAgg.Enabled {
+		return protocol.UploadResponse{}, reject(409, "secure_round", "this coordinator runs secure aggregation: updates go masked through /v1/secagg/{stage}, never in the clear")
 	}
 	u, err := protocol.UnmarshalUpdate(body, c.n)
 	if err != nil {
@@ -1261,6 +1326,9 @@ func Recompute(dir string, cfg Config) func(ledger.Record) (string, error) {
 			if err := st.UnmarshalBinary(ob); err != nil {
 				return "", err
 			}
+		}
+		if rec.Aggregation.Options["secure_aggregation"] != "" {
+			return cfg.recomputeSecure(rec, theta, &st, func(h string) ([]byte, error) { return load(blobsDir, h) })
 		}
 		// The candidates are the updates the coordinator aggregated and
 		// those its rule dropped; the rule must drop exactly the same.

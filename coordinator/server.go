@@ -96,6 +96,8 @@ func NewServer(c *Coordinator, opts ServerOptions) *Server {
 	s.mux.HandleFunc("GET /v1/round", s.round)
 	s.mux.HandleFunc("GET /v1/blobs/{sha}", s.blob)
 	s.mux.HandleFunc("POST /v1/updates", s.upload)
+	s.mux.HandleFunc("POST /v1/secagg/{stage}", s.secaggPost)
+	s.mux.HandleFunc("GET /v1/secagg/{stage}", s.secaggGet)
 	if c.ledger != nil {
 		s.mux.Handle("GET /v1/ledger", c.ledger)
 	}

@@ -27,6 +27,7 @@ const (
 	PathUpdates  = "/v1/updates"  // POST signed update -> UploadResponse
 	PathLedger   = "/v1/ledger"   // GET ledger.jsonl
 	PathStatus   = "/v1/status"   // GET the coordinator's round status
+	PathSecAgg   = "/v1/secagg/"  // POST /v1/secagg/<stage> a signed stage message; GET its input (signed poll)
 	MediaUpdate  = "application/x-opencluster-update"
 )
 
@@ -172,6 +173,10 @@ func (c *Client) doH(ctx context.Context, method, p, ctype string, body []byte, 
 	if out == nil || resp.StatusCode == http.StatusNoContent {
 		return resp.StatusCode, nil
 	}
+	if raw, ok := out.(*[]byte); ok { // a binary answer (secure-aggregation inputs)
+		*raw = b
+		return resp.StatusCode, nil
+	}
 	if c.CoordinatorKey != nil && (p == PathRegister || strings.HasPrefix(p, PathRound)) {
 		sig, _ := base64.StdEncoding.DecodeString(resp.Header.Get(SignatureHeader))
 		if !ed25519.Verify(c.CoordinatorKey, append([]byte(ResponsePrefix), b...), sig) {
@@ -267,4 +272,27 @@ func (c *Client) Upload(ctx context.Context, body []byte) (protocol.UploadRespon
 	var resp protocol.UploadResponse
 	_, err := c.do(ctx, http.MethodPost, PathUpdates, MediaUpdate, body, &resp)
 	return resp, err
+}
+
+// SecAggPost sends one signed secure-aggregation stage message.
+func (c *Client) SecAggPost(ctx context.Context, stage int, msg []byte) error {
+	_, err := c.do(ctx, http.MethodPost, PathSecAgg+strconv.Itoa(stage), "application/octet-stream", msg, nil)
+	return err
+}
+
+// SecAggInput long-polls for a secure-aggregation stage's input: ok false
+// when the stage had not started within wait.
+func (c *Client) SecAggInput(ctx context.Context, workerID string, key ed25519.PrivateKey, now time.Time, round uint64, attempt uint32, stage int, wait time.Duration) (b []byte, ok bool, err error) {
+	ts := now.Unix()
+	sig := ed25519.Sign(key, []byte(PollPrefix+workerID+"\n"+strconv.FormatInt(ts, 10)))
+	hdr := map[string]string{WorkerHeader: workerID, TimeHeader: strconv.FormatInt(ts, 10),
+		SignatureHeader: base64.StdEncoding.EncodeToString(sig)}
+	ctx, cancel := context.WithTimeout(ctx, wait+30*time.Second)
+	defer cancel()
+	q := url.Values{"round": {strconv.FormatUint(round, 10)}, "attempt": {strconv.FormatUint(uint64(attempt), 10)}, "wait": {wait.String()}}
+	code, err := c.doH(ctx, http.MethodGet, PathSecAgg+strconv.Itoa(stage)+"?"+q.Encode(), "", nil, hdr, &b)
+	if err != nil || code == http.StatusNoContent {
+		return nil, false, err
+	}
+	return b, true, nil
 }

@@ -15,6 +15,7 @@ const (
 	PhaseWait     = "wait"     // long-polling for a round
 	PhaseDownload = "download" // fetching the base and the global adapter
 	PhaseTrain    = "train"    // local steps
+	PhaseSecure   = "secure"   // a secure-aggregation stage (keys, shares)
 	PhaseUpload   = "upload"   // sending the signed, compressed delta
 	PhaseDone     = "done"     // the round's update was answered
 	PhaseRetry    = "retry"    // backing off after an error

@@ -276,7 +276,10 @@ func (w *Worker) Run(ctx context.Context) error {
 		if !ok {
 			continue
 		}
-		if info.Round <= w.o.State.Progress.LastRoundDone {
+		// A secure round is offered only to a cohort member that has not
+		// advertised in the current attempt, so a retried attempt of a
+		// round this worker finished before is new work.
+		if info.Round <= w.o.State.Progress.LastRoundDone && info.SecAgg == nil {
 			// Already answered; the coordinator is still collecting.
 			if err := w.o.Clock.Sleep(ctx, w.o.Backoff.Delay(0)); err != nil {
 				break
@@ -370,70 +373,18 @@ func (w *Worker) DoRound(ctx context.Context, info protocol.RoundInfo) error {
 		}
 		st.DropPending() // a round that is over: its delta can no longer apply
 	}
-	if !isSHA256(info.AdapterSHA256) || !isSHA256(info.BaseSHA256) {
-		return fmt.Errorf("netclient: round %d: base %q or adapter %q is not a SHA-256", info.Round, info.BaseSHA256, info.AdapterSHA256)
-	}
-	deadline := info.Deadline
-	w.report(Event{Phase: PhaseDownload, Round: info.Round})
-	basePath, err := w.fetch(ctx, info.Round, deadline, info.BaseSHA256, PathBlobs+info.BaseSHA256, info.BaseBytes)
-	if err != nil {
-		return err
-	}
-	if info.AdapterBytes < 0 || (info.AdapterBytes > 0 && info.AdapterBytes != 4*int64(ShapesLen(info.Shapes))) {
-		return fmt.Errorf("netclient: round %d: adapter_bytes %d does not fit the round's shapes (%d float32)", info.Round, info.AdapterBytes, ShapesLen(info.Shapes))
-	}
-	adapterPath, err := w.fetch(ctx, info.Round, deadline, info.AdapterSHA256, info.AdapterURL, 4*int64(ShapesLen(info.Shapes)))
-	if err != nil {
-		return err
-	}
-	w.report(Event{Phase: PhaseDownload, Round: info.Round, Progress: 1})
-	if err := w.prepare(info, basePath); err != nil {
-		return err
-	}
-	if err := SameShapes(w.trainer.Shapes(), info.Shapes); err != nil {
-		return fmt.Errorf("round %d: the coordinator's adapter does not fit base %s with model %q: %w", info.Round, info.BaseSHA256[:12], info.Model, err)
-	}
-	n := w.trainer.NumParams()
-	if fi, err := os.Stat(adapterPath); err != nil {
-		return fmt.Errorf("netclient: %w", err)
-	} else if fi.Size() != 4*int64(n) {
-		return fmt.Errorf("round %d adapter %s: %d bytes, the model's adapter is %d float32 (%d bytes)", info.Round, info.AdapterSHA256[:12], fi.Size(), n, 4*n)
-	}
-	blob, err := os.ReadFile(adapterPath)
-	if err != nil {
-		return fmt.Errorf("netclient: %w", err)
-	}
-	global, err := DecodeAdapter(blob, n)
-	if err != nil {
-		return fmt.Errorf("round %d adapter %s: %w", info.Round, info.AdapterSHA256[:12], err)
+	if info.SecAgg != nil {
+		return w.doSecure(ctx, info, up0, down0)
 	}
 	codec, err := compress.Parse(info.Recipe.Codec)
 	if err != nil {
 		return fmt.Errorf("round %d recipe: %w", info.Round, err)
 	}
-
-	var e0 float64
-	var measured bool
-	if w.o.Energy != nil {
-		e0, _ = w.o.Energy()
-	}
-	w.report(Event{Phase: PhaseTrain, Round: info.Round, Steps: info.Recipe.Steps})
-	res, err := w.trainer.TrainLocal(ctx, w.ds, global, LocalOptions{
-		Steps: info.Recipe.Steps, LR: info.Recipe.LR, MaxTokens: info.Recipe.MaxTokens,
-		Stream: info.Seed, Governor: w.o.Governor,
-		Progress: func(step, steps int, loss float64) {
-			w.report(Event{Phase: PhaseTrain, Round: info.Round, Step: step, Steps: steps, Loss: loss, Progress: float64(step) / float64(steps)})
-		},
-	})
+	tr, err := w.trainFor(ctx, info)
 	if err != nil {
-		return fmt.Errorf("round %d: %w", info.Round, err)
+		return err
 	}
-	var energyJ float64
-	if w.o.Energy != nil {
-		var e1 float64
-		e1, measured = w.o.Energy()
-		energyJ = math.Max(0, e1-e0)
-	}
+	n, res, energyJ, measured := tr.n, tr.res, tr.energyJ, tr.measured
 
 	var ef *compress.State
 	if !codec.Scaled {
@@ -469,6 +420,80 @@ func (w *Worker) DoRound(ctx context.Context, info protocol.RoundInfo) error {
 		return err
 	}
 	return w.upload(ctx, info, p, body, up0, down0)
+}
+
+// trainedRound is a round's local training result.
+type trainedRound struct {
+	n        int
+	res      LocalResult
+	energyJ  float64
+	measured bool
+}
+
+// trainFor downloads the round's base and adapter and trains on them.
+func (w *Worker) trainFor(ctx context.Context, info protocol.RoundInfo) (*trainedRound, error) {
+	if !isSHA256(info.AdapterSHA256) || !isSHA256(info.BaseSHA256) {
+		return nil, fmt.Errorf("netclient: round %d: base %q or adapter %q is not a SHA-256", info.Round, info.BaseSHA256, info.AdapterSHA256)
+	}
+	deadline := info.Deadline
+	w.report(Event{Phase: PhaseDownload, Round: info.Round})
+	basePath, err := w.fetch(ctx, info.Round, deadline, info.BaseSHA256, PathBlobs+info.BaseSHA256, info.BaseBytes)
+	if err != nil {
+		return nil, err
+	}
+	if info.AdapterBytes < 0 || (info.AdapterBytes > 0 && info.AdapterBytes != 4*int64(ShapesLen(info.Shapes))) {
+		return nil, fmt.Errorf("netclient: round %d: adapter_bytes %d does not fit the round's shapes (%d float32)", info.Round, info.AdapterBytes, ShapesLen(info.Shapes))
+	}
+	adapterPath, err := w.fetch(ctx, info.Round, deadline, info.AdapterSHA256, info.AdapterURL, 4*int64(ShapesLen(info.Shapes)))
+	if err != nil {
+		return nil, err
+	}
+	w.report(Event{Phase: PhaseDownload, Round: info.Round, Progress: 1})
+	if err := w.prepare(info, basePath); err != nil {
+		return nil, err
+	}
+	if err := SameShapes(w.trainer.Shapes(), info.Shapes); err != nil {
+		return nil, fmt.Errorf("round %d: the coordinator's adapter does not fit base %s with model %q: %w", info.Round, info.BaseSHA256[:12], info.Model, err)
+	}
+	n := w.trainer.NumParams()
+	if fi, err := os.Stat(adapterPath); err != nil {
+		return nil, fmt.Errorf("netclient: %w", err)
+	} else if fi.Size() != 4*int64(n) {
+		return nil, fmt.Errorf("round %d adapter %s: %d bytes, the model's adapter is %d float32 (%d bytes)", info.Round, info.AdapterSHA256[:12], fi.Size(), n, 4*n)
+	}
+	blob, err := os.ReadFile(adapterPath)
+	if err != nil {
+		return nil, fmt.Errorf("netclient: %w", err)
+	}
+	global, err := DecodeAdapter(blob, n)
+	if err != nil {
+		return nil, fmt.Errorf("round %d adapter %s: %w", info.Round, info.AdapterSHA256[:12], err)
+	}
+
+	var e0 float64
+	var measured bool
+	if w.o.Energy != nil {
+		e0, _ = w.o.Energy()
+	}
+	w.report(Event{Phase: PhaseTrain, Round: info.Round, Steps: info.Recipe.Steps})
+	res, err := w.trainer.TrainLocal(ctx, w.ds, global, LocalOptions{
+		Steps: info.Recipe.Steps, LR: info.Recipe.LR, MaxTokens: info.Recipe.MaxTokens,
+		Stream: info.Seed, Governor: w.o.Governor,
+		Progress: func(step, steps int, loss float64) {
+			w.report(Event{Phase: PhaseTrain, Round: info.Round, Step: step, Steps: steps, Loss: loss, Progress: float64(step) / float64(steps)})
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("round %d: %w", info.Round, err)
+	}
+	var energyJ float64
+	if w.o.Energy != nil {
+		var e1 float64
+		e1, measured = w.o.Energy()
+		energyJ = math.Max(0, e1-e0)
+	}
+
+	return &trainedRound{n: n, res: res, energyJ: energyJ, measured: measured}, nil
 }
 
 // upload sends a stored update and finishes the round by the answer.

@@ -1,6 +1,9 @@
 package protocol
 
-import "time"
+import (
+	"encoding/json"
+	"time"
+)
 
 // JSON API types shared by the coordinator and the workers. Hashes are
 // lowercase hex SHA-256; public keys are in the EncodePublicKey form;
@@ -74,6 +77,24 @@ type RoundInfo struct {
 	// the worker's own limit applies alone).
 	BaseBytes    int64 `json:"base_bytes,omitempty"`
 	AdapterBytes int64 `json:"adapter_bytes,omitempty"`
+	// SecAgg, when present, makes this a secure-aggregation round: the
+	// worker sends no update to /v1/updates but takes part in the four
+	// stages at /v1/secagg/{stage} (docs/protocol.md, docs/privacy.md).
+	SecAgg *SecAggRound `json:"secagg,omitempty"`
+}
+
+// SecAggRound is one worker's part of a secure-aggregation round.
+type SecAggRound struct {
+	// Index is the worker's position in the round's cohort (Params.keys).
+	Index int `json:"index"`
+	// Params are the round's secagg.Params as JSON (cohort keys, graph
+	// degree, threshold, ring width, clipping and noise). Their hash binds
+	// every stage message.
+	Params json.RawMessage `json:"params"`
+	// StageTimeout is how long the coordinator waits for each of the short
+	// stages (advertise, share keys, unmask); the masked input is due by
+	// Deadline.
+	StageTimeout time.Duration `json:"stage_timeout"`
 }
 
 // Recipe is the local training a round asks for.

@@ -34,7 +34,8 @@ type Client struct {
 	sKey  *ecdh.PrivateKey
 	beta  group.Scalar // self-mask seed
 
-	peers map[int]advert // advertised neighbours
+	peers map[int]advert  // advertised neighbours
+	own   [2]group.Scalar // this client's own [β share, σ share]
 	// held: shares of neighbours' secrets addressed to this client.
 	held map[int][2]group.Scalar // [β share, σ share]
 }
@@ -126,10 +127,13 @@ func (c *Client) ShareKeys(adverts [][]byte) ([]byte, error) {
 		}
 		c.peers[h.sender] = a
 	}
-	if len(c.peers) < c.p.Threshold {
-		return nil, fmt.Errorf("secagg: client %d: %d of %d neighbours advertised, fewer than the threshold %d: %w", c.index, len(c.peers), len(c.neigh), c.p.Threshold, ErrTooFewSurvivors)
+	if len(c.peers)+1 < c.p.Threshold {
+		return nil, fmt.Errorf("secagg: client %d: %d of %d neighbours advertised; with its own share that is fewer than the threshold %d: %w", c.index, len(c.peers), len(c.neigh), c.p.Threshold, ErrTooFewSurvivors)
 	}
-	to := make([]int, 0, len(c.peers))
+	// The holders are the advertised neighbours and the client itself: it
+	// keeps one share of each secret, so a survivor's own share counts
+	// towards unmasking it (a dropped client's own share is gone with it).
+	to := []int{c.index}
 	for v := range c.peers {
 		to = append(to, v)
 	}
@@ -137,8 +141,12 @@ func (c *Client) ShareKeys(adverts [][]byte) ([]byte, error) {
 	betaShares := shareSecret(c.rnd, c.beta, to, c.p.Threshold)
 	sigmaShares := shareSecret(c.rnd, c.sigma, to, c.p.Threshold)
 	b := appendHeader(nil, StageShareKeys, c.p, c.hash, c.index)
-	b = binary.LittleEndian.AppendUint32(b, uint32(len(to)))
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(to)-1))
 	for i, v := range to {
+		if v == c.index {
+			c.own = [2]group.Scalar{betaShares[i].Value, sigmaShares[i].Value}
+			continue
+		}
 		aead, err := c.shareCipher(v)
 		if err != nil {
 			return nil, err
@@ -227,6 +235,7 @@ func (c *Client) MaskedInput(shares []Routed, x []uint32) ([]byte, error) {
 			return nil, err
 		}
 	}
+	c.held[c.index] = c.own
 	b := appendHeader(nil, StageMasked, c.p, c.hash, c.index)
 	b = pack(b, y, c.p.Bits)
 	return sign(c.priv, b), nil

@@ -267,7 +267,7 @@ func TestTooManyDropoutsFailCleanly(t *testing.T) {
 		t.Fatal(err)
 	}
 	var few [][]byte
-	for _, v := range p.neighboursOf(0)[:p.Threshold-1] {
+	for _, v := range p.neighboursOf(0)[:p.Threshold-2] {
 		o, _ := NewClient(p, v, privs[v], detReader(uint64(v)))
 		m, _ := o.Advertise()
 		few = append(few, m)
@@ -277,7 +277,7 @@ func TestTooManyDropoutsFailCleanly(t *testing.T) {
 	}
 	// During unmask: drop all but threshold-1 of some client's neighbours.
 	var d drops
-	d[4] = p.neighboursOf(0)[:p.Degree-p.Threshold+1]
+	d[4] = p.neighboursOf(0)[:p.Degree-p.Threshold+2] // its own share plus t-2 left
 	_, sum, _, err := round(t, p, privs, in, d)
 	if !errors.Is(err, ErrTooFewSurvivors) || sum != nil {
 		t.Fatalf("unmask with too few of client 0's neighbours: got %v, want ErrTooFewSurvivors and no sum", err)

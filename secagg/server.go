@@ -122,7 +122,7 @@ func (s *Server) Receive(msg []byte) error {
 		}
 		// u reveals about exactly the neighbours whose shares it was sent,
 		// and the kind the survivor list calls for.
-		want := s.sharersTo(u)
+		want := append(s.sharersTo(u), u) // its neighbours' and its own
 		if len(rs) != len(want) {
 			return bad("%d shares revealed, %d expected", len(rs), len(want))
 		}

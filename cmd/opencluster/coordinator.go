@@ -160,12 +160,16 @@ func runCoordinator(cmd *cobra.Command, _ []string) error {
 	hub := web.NewHub(web.HubOptions{Source: protocol.SourceLive, CoordinatorKey: protocol.EncodePublicKey(key.Public().(ed25519.PublicKey)),
 		Model: cfg.Rounds.Model})
 	defer hub.Close()
+	beforeUnmask, err := pauseBeforeUnmaskHook()
+	if err != nil {
+		return err
+	}
 	afterClose, err := pauseAfterCloseHook()
 	if err != nil {
 		return err
 	}
 	c, err := coordinator.New(ctx, cfg.Rounds.Config, coordinator.Options{Dir: dir, Store: store, Ledger: led, Key: key,
-		InitialAdapter: init, BaseModelPath: cfg.BaseModel, Events: hub, GridGPerKWh: cfg.GridGPerKWh, AfterClose: afterClose, Admission: cfg.Admission})
+		InitialAdapter: init, BaseModelPath: cfg.BaseModel, Events: hub, GridGPerKWh: cfg.GridGPerKWh, AfterClose: afterClose, Admission: cfg.Admission, BeforeUnmask: beforeUnmask})
 	if err != nil {
 		return err
 	}

@@ -187,3 +187,52 @@ func pauseAfterCloseHook() (func(uint64), error) {
 		}
 	}, nil
 }
+
+// haltSecureStageEnv is a test hook for the fault tests (faults/): when
+// set to a secure-aggregation stage 1..4, the worker stops for good just
+// before it would send its first message of that stage, after saying so
+// on stderr, so a test can kill it between stages. Never set it otherwise.
+const haltSecureStageEnv = "OPENCLUSTER_TEST_HALT_SECURE_STAGE"
+
+func haltSecureStage(hc *http.Client, v string) error {
+	stage, err := strconv.Atoi(v)
+	if err != nil || stage < 1 || stage > 4 {
+		return fmt.Errorf("%s=%q: want a stage 1..4", haltSecureStageEnv, v)
+	}
+	next := hc.Transport
+	if next == nil {
+		next = http.DefaultTransport
+	}
+	path := netclient.PathSecAgg + strconv.Itoa(stage)
+	hc.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+		if r.Method == http.MethodPost && r.URL.Path == path {
+			fmt.Fprintf(os.Stderr, "opencluster: test hook: halted before secure stage %d\n", stage)
+			select {} // until killed
+		}
+		return next.RoundTrip(r)
+	})
+	return nil
+}
+
+// pauseBeforeUnmaskEnv is a test hook for the fault tests (faults/): when
+// set to a round id N, the coordinator stops for good once round N's
+// unmask stage has closed and before it removes the masks, after saying so
+// on stderr, so a test can kill it mid-unmask. Never set it otherwise.
+const pauseBeforeUnmaskEnv = "OPENCLUSTER_TEST_PAUSE_BEFORE_UNMASK"
+
+func pauseBeforeUnmaskHook() (func(uint64), error) {
+	v, ok := os.LookupEnv(pauseBeforeUnmaskEnv)
+	if !ok {
+		return nil, nil
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil || n == 0 {
+		return nil, fmt.Errorf("%s=%q: want a round id", pauseBeforeUnmaskEnv, v)
+	}
+	return func(round uint64) {
+		if round == n {
+			fmt.Fprintf(os.Stderr, "opencluster: test hook: paused before unmasking round %d\n", round)
+			select {} // until killed
+		}
+	}, nil
+}

@@ -115,6 +115,11 @@ func runWorker(cmd *cobra.Command, _ []string) error {
 			return err
 		}
 	}
+	if v, ok := os.LookupEnv(haltSecureStageEnv); ok {
+		if err := haltSecureStage(hc, v); err != nil {
+			return err
+		}
+	}
 	st, err := netclient.OpenState(stateDir)
 	if err != nil {
 		return err
