@@ -22,6 +22,7 @@ import (
 //	DIR/coordinator.db    the SQLite store (when not on PostgreSQL)
 //	DIR/ledger.jsonl      the ledger
 //	DIR/coordinator.key   the coordinator's ed25519 key (PEM, 0600)
+//	DIR/coordinator.pub   its public half (PEM, 0644), for verifiers
 //	DIR/tls.crt, tls.key  the self-signed certificate made on first start
 const (
 	blobsDir   = "blobs"

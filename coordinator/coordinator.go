@@ -179,10 +179,15 @@ func New(ctx context.Context, cfg Config, opts Options) (*Coordinator, error) {
 		c.M.workers.Store(int64(n))
 	}
 	cur, err := c.store.LatestRound(ctx)
+	fresh := errors.Is(err, ErrNotFound)
+	if err == nil || fresh {
+		err = c.checkLedger(cur, fresh)
+	}
 	switch {
-	case errors.Is(err, ErrNotFound):
+	case err != nil:
+	case fresh:
 		err = c.startFresh(ctx, opts.InitialAdapter)
-	case err == nil:
+	default:
 		err = c.resume(ctx, cur)
 	}
 	if err != nil {
@@ -247,6 +252,50 @@ func (c *Coordinator) startFresh(ctx context.Context, init []float32) error {
 	return nil
 }
 
+// checkLedger refuses to start on a ledger this coordinator did not sign,
+// or one that does not match the store: the store's newest closed round
+// must be the ledger's last record, publishing the same adapter (cur is
+// the store's newest round; fresh: the store has none). Starting anyway
+// would sign records onto a chain they do not follow, or wedge.
+func (c *Coordinator) checkLedger(cur Round, fresh bool) error {
+	if c.ledger == nil {
+		return nil
+	}
+	refuse := func(format string, args ...any) error {
+		return fmt.Errorf("coordinator: refusing to start: "+format, args...)
+	}
+	last, ok := c.ledger.Last()
+	if ok && last.CoordinatorKey != encodeKey(c.PublicKey()) {
+		return refuse("%s is signed by coordinator key %s, but this coordinator's key is %s: the ledger belongs to another coordinator (wrong --dir, or the key file was replaced)",
+			c.ledger.Path(), last.CoordinatorKey, encodeKey(c.PublicKey()))
+	}
+	if fresh {
+		if ok {
+			return refuse("the store has no rounds but %s has %d records: the database is new or was reset; restore it, or move the ledger away to start a new run", c.ledger.Path(), c.ledger.Len())
+		}
+		return nil
+	}
+	closed := cur.ID - 1 // the newest round the store has closed
+	if cur.State == StateClosed {
+		closed = cur.ID
+	}
+	var got uint64
+	if ok {
+		got = last.Round
+	}
+	switch {
+	case got > cur.ID || (got == cur.ID && cur.State != StateClosed && cur.State != StateAggregating):
+		return refuse("%s's last record is round %d, but the store's newest round is %d (%s): the database is older than the ledger; restore a matching pair", c.ledger.Path(), got, cur.ID, cur.State)
+	case got < closed:
+		return refuse("the store has closed round %d, but %s ends at round %d: ledger records are missing; restore the ledger", closed, c.ledger.Path(), got)
+	case closed >= 1 && got == closed && closed == cur.ID && cur.NewAdapter != last.AdapterAfter:
+		return refuse("the store says round %d published adapter %s, the ledger's record says %s", cur.ID, cur.NewAdapter, last.AdapterAfter)
+	case closed >= 1 && got == closed && closed < cur.ID && cur.BaseAdapter != last.AdapterAfter:
+		return refuse("round %d starts from adapter %s in the store, but the ledger's record of round %d published %s", cur.ID, cur.BaseAdapter, got, last.AdapterAfter)
+	}
+	return nil
+}
+
 // resume rebuilds the in-memory state from the store after a restart. A
 // round still in flight continues from its starting adapter and the
 // optimizer state the previous round left; a closed round (the last one
@@ -278,13 +327,13 @@ func (c *Coordinator) resume(ctx context.Context, cur Round) error {
 	}
 	b, err := c.blobs.get(adapterHash)
 	if err != nil {
-		return fmt.Errorf("coordinator: resume round %d: adapter: %w", cur.ID, err)
+		return fmt.Errorf("coordinator: refusing to start: round %d's adapter: %w (the store names a blob that is missing or damaged)", cur.ID, err)
 	}
 	if c.adapter, err = DecodeAdapter(b, c.n); err != nil {
 		return fmt.Errorf("coordinator: resume round %d: adapter %s: %w (did the shapes change?)", cur.ID, adapterHash, err)
 	}
 	if err := c.loadOpt(optHash); err != nil {
-		return fmt.Errorf("coordinator: resume round %d: optimizer state: %w", cur.ID, err)
+		return fmt.Errorf("coordinator: refusing to start: round %d's optimizer state: %w (the store names a blob that is missing or damaged)", cur.ID, err)
 	}
 	c.setRound(cur)
 	ups, err := c.store.Updates(ctx, cur.ID)

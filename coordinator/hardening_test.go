@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/ed25519"
+	"database/sql"
 	"encoding/base64"
 	"encoding/json"
 	"math"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -562,5 +564,111 @@ func TestProbation(t *testing.T) {
 	e.step()
 	if c := e.c.cur.Cohort; len(c) != 1 || c[0] != old.id {
 		t.Fatalf("cohort %v, want only %s (%s is on probation)", c, old.id, fresh.id)
+	}
+}
+
+// openAgain opens a coordinator on dir as a restart would and returns
+// New's error (nil after closing what it opened).
+func openAgain(t *testing.T, dir string, cfg Config) error {
+	t.Helper()
+	st, err := OpenSQLite(context.Background(), filepath.Join(dir, "coordinator.db"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	led, err := ledger.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer led.Close()
+	key, _, err := protocol.LoadOrCreateKey(filepath.Join(dir, "coordinator.key"))
+	if err != nil {
+		return err
+	}
+	_, err = New(context.Background(), cfg, Options{Dir: dir, Store: st, Ledger: led, Key: key, Clock: &fakeClock{t: time.Unix(1_750_000_000, 0)}, Logger: quiet})
+	return err
+}
+
+// finishedRun runs one round to the end (max_rounds 1) in a new directory
+// and returns the directory, the config and the published adapter's hash.
+func finishedRun(t *testing.T) (string, Config, string) {
+	t.Helper()
+	cfg := testConfig()
+	cfg.MaxRounds = 1
+	dir := t.TempDir()
+	e := newEnv(t, dir, cfg, &fakeClock{t: time.Unix(1_750_000_000, 0)}, nil)
+	ws, info := e.startRound(3)
+	for i, w := range ws {
+		body, _ := makeUpdate(t, w, info, seqDelta(e.cfg.N(), float32(i+1)), 10)
+		if status, msg := e.upload(body); status != 200 {
+			t.Fatal(status, msg)
+		}
+	}
+	e.step()
+	_, h := e.c.Adapter()
+	e.close()
+	return dir, cfg, h
+}
+
+// Start-up refuses, naming what is wrong, a directory whose ledger,
+// database or blobs it cannot trust. (Before, the coordinator started on a
+// ledger signed by a foreign key and then wedged on every append, served
+// a damaged SQLite database and a damaged current adapter silently.)
+func TestStartupRefusesWhatItCannotTrust(t *testing.T) {
+	damage := []struct {
+		name string
+		do   func(t *testing.T, dir, published string)
+		want string
+	}{
+		{"a ledger signed by another key", func(t *testing.T, dir, _ string) {
+			os.Remove(filepath.Join(dir, "coordinator.key"))
+		}, "belongs to another coordinator"},
+		{"ledger records missing", func(t *testing.T, dir, _ string) {
+			os.Truncate(filepath.Join(dir, ledger.FileName), 0)
+		}, "ledger records are missing"},
+		{"a reset database", func(t *testing.T, dir, _ string) {
+			os.Remove(filepath.Join(dir, "coordinator.db"))
+		}, "the database is new or was reset"},
+		{"the current adapter damaged", func(t *testing.T, dir, published string) {
+			p := filepath.Join(dir, "blobs", published)
+			b, _ := os.ReadFile(p)
+			b[0] ^= 1
+			os.WriteFile(p, b, 0o644)
+		}, "round 1's adapter"},
+		{"a damaged database page", func(t *testing.T, dir, _ string) {
+			p := filepath.Join(dir, "coordinator.db")
+			db, err := sql.Open("sqlite", "file:"+p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var root, size int
+			db.QueryRow(`SELECT rootpage FROM sqlite_master WHERE name = 'workers'`).Scan(&root)
+			db.QueryRow(`PRAGMA page_size`).Scan(&size)
+			db.Close()
+			f, err := os.OpenFile(p, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			// The page's first-freeblock field: queries still read its rows.
+			b := make([]byte, 1)
+			at := int64((root-1)*size + 5)
+			f.ReadAt(b, at)
+			f.WriteAt([]byte{b[0] ^ 0x5a}, at)
+		}, "quick_check"},
+	}
+	for _, tc := range damage {
+		t.Run(tc.name, func(t *testing.T) {
+			dir, cfg, published := finishedRun(t)
+			if err := openAgain(t, dir, cfg); err != nil {
+				t.Fatalf("undamaged directory: %v", err)
+			}
+			tc.do(t, dir, published)
+			err := openAgain(t, dir, cfg)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("start on %s: %v, want an error naming %q", tc.name, err, tc.want)
+			}
+			t.Logf("%v", err)
+		})
 	}
 }

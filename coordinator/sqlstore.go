@@ -110,11 +110,42 @@ func OpenSQLite(ctx context.Context, path string) (Store, error) {
 	// connection never sees SQLITE_BUSY from itself.
 	db.SetMaxOpenConns(1)
 	s := &sqlStore{db: db}
+	if err := s.quickCheck(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("coordinator: sqlite %s: %w", path, err)
+	}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("coordinator: sqlite %s: %w", path, err)
 	}
 	return s, nil
+}
+
+// quickCheck runs PRAGMA quick_check: SQLite reads a damaged page only
+// when a query touches it, and some damage (a page's free space, its cell
+// offsets) lets queries go on returning rows. Checking every page at
+// start-up turns that into a refusal to start that names the damage.
+func (s *sqlStore) quickCheck(ctx context.Context) error {
+	rows, err := s.db.QueryContext(ctx, `PRAGMA quick_check(8)`)
+	if err != nil {
+		return fmt.Errorf("integrity check: %w (the database file is damaged: restore it from a backup)", err)
+	}
+	defer rows.Close()
+	var report []string
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			return fmt.Errorf("integrity check: %w", err)
+		}
+		report = append(report, line)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("integrity check: %w (the database file is damaged: restore it from a backup)", err)
+	}
+	if len(report) != 1 || report[0] != "ok" {
+		return fmt.Errorf("integrity check (PRAGMA quick_check) failed: %s; the database file is damaged: restore it from a backup", strings.ReplaceAll(strings.Join(report, "; "), "\n", " "))
+	}
+	return nil
 }
 
 // OpenPostgres connects to PostgreSQL with a pgx DSN (URL or key=value

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -376,14 +377,34 @@ func TestFaultWorkerKilledMidUpload(t *testing.T) {
 		t.Errorf("the restarted worker did not finish round 1:\n%s", tail(c.workers[2].out.String(), 2048))
 	}
 
+	// ledger verify --coordinator-dir pins the directory's key: with
+	// another coordinator's key in the directory, the ledger fails.
+	pubPath := filepath.Join(c.coord, "coordinator.pub")
+	pubPEM, err := os.ReadFile(pubPath)
+	if err != nil {
+		t.Fatalf("the coordinator did not write its public key: %v", err)
+	}
+	keyDir := t.TempDir()
+	foreign, _, err := protocol.LoadOrCreateKey(filepath.Join(keyDir, "k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	protocol.SavePublicKey(pubPath, foreign.Public().(ed25519.PublicKey))
+	os.Rename(filepath.Join(c.coord, "coordinator.key"), filepath.Join(keyDir, "coordinator.key"))
+	out, err := exec.CommandContext(c.ctx, bin, "ledger", "verify", "--coordinator-dir", c.coord).CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "signed by coordinator key") {
+		t.Errorf("ledger verify --coordinator-dir with another key in the directory: %v\n%s", err, out)
+	}
+	os.WriteFile(pubPath, pubPEM, 0o644)
+
 	// The recomputation really compares: under another server learning
 	// rate the stored updates no longer give the recorded adapters.
 	cfgPath := filepath.Join(c.coord, "coordinator.yaml")
 	b, _ := os.ReadFile(cfgPath)
 	other := filepath.Join(c.dir, "other-lr.yaml")
 	os.WriteFile(other, bytes.Replace(b, []byte(`"max_rounds"`), []byte(`"optimizer": {"kind": "fedavg", "lr": 0.5}, "max_rounds"`), 1), 0o644)
-	out, err := exec.CommandContext(c.ctx, bin, "ledger", "verify", "--coordinator-dir", c.coord, "--config", other).CombinedOutput()
-	var ee *exec.ExitError
+	out, err = exec.CommandContext(c.ctx, bin, "ledger", "verify", "--coordinator-dir", c.coord, "--config", other).CombinedOutput()
 	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "FAILED") {
 		t.Errorf("ledger verify with the wrong server lr: %v\n%s", err, out)
 	}

@@ -140,12 +140,15 @@ func runCoordinator(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	defer led.Close()
-	key, created, err := protocol.LoadOrCreateKey(filepath.Join(dir, "coordinator.key"))
+	key, created, err := protocol.LoadOrCreateKey(filepath.Join(dir, coordinator.KeyFile))
 	if err != nil {
 		return err
 	}
 	if created {
-		slog.Info("coordinator: made a new signing key", "file", filepath.Join(dir, "coordinator.key"))
+		slog.Info("coordinator: made a new signing key", "file", filepath.Join(dir, coordinator.KeyFile))
+	}
+	if err := coordinator.WritePublicKey(dir, key); err != nil {
+		return err
 	}
 	var init []float32
 	if cfg.InitialAdapter != "" {

@@ -62,7 +62,9 @@ checked too. --coordinator-key pins the key that must sign the chain and
 that records were cut off the end).
 
 With --coordinator-dir DIR (a coordinator's state directory) FILE defaults to
-DIR/ledger.jsonl, the accepted updates kept in DIR/updates are checked as with
+DIR/ledger.jsonl, every record must be signed by the directory's key
+(DIR/coordinator.pub, else DIR/coordinator.key), the accepted updates kept in
+DIR/updates are checked as with
 --updates, and every round's aggregate is recomputed from them: the adapter
 before (DIR/blobs) plus the FedAvg of the stored updates, through the server
 optimizer, must hash to the record's adapter_after. The round policy comes
@@ -110,6 +112,14 @@ func runLedgerVerify(cmd *cobra.Command, args []string) error {
 		if err != nil {
 			return &ledgerError{exitLedgerUnreadable, fmt.Errorf("--coordinator-dir %s: the round policy to recompute with: %w", coordDir, err)}
 		}
+		dirKey, err := coordinator.DirPublicKey(coordDir)
+		if err != nil {
+			return &ledgerError{exitLedgerUnreadable, fmt.Errorf("--coordinator-dir %s: %w", coordDir, err)}
+		}
+		if coordKey != "" && coordKey != dirKey {
+			return &ledgerError{exitLedgerInvalid, fmt.Errorf("--coordinator-key %s is not the key of --coordinator-dir %s (%s)", coordKey, coordDir, dirKey)}
+		}
+		opts.CoordinatorKey = dirKey
 		recompute := coordinator.Recompute(coordDir, cfg.Rounds.Config)
 		opts.Recompute = func(r ledger.Record) (string, error) {
 			h, err := recompute(r)
