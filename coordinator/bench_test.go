@@ -12,7 +12,6 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -100,10 +99,7 @@ func BenchmarkRound1000Clients(b *testing.B) {
 			go func() {
 				defer wg.Done()
 				req, _ := http.NewRequest("GET", srv.URL+"/v1/round", nil)
-				ts := time.Now().Unix()
-				req.Header.Set(WorkerHeader, w.id)
-				req.Header.Set(TimeHeader, strconv.FormatInt(ts, 10))
-				req.Header.Set(SignatureHeader, base64.StdEncoding.EncodeToString(ed25519.Sign(w.priv, PollMessage(w.id, ts))))
+				protocol.SignPoll(req.Header, w.id, w.priv, time.Now().Unix(), "GET", "/v1/round")
 				resp, err := client.Do(req)
 				if err != nil {
 					errs <- err

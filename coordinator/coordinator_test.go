@@ -19,7 +19,6 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -175,10 +174,7 @@ func (e *env) checkSigned(resp *http.Response, body []byte) {
 func (e *env) poll(w *worker, wait string) (*protocol.RoundInfo, int) {
 	e.t.Helper()
 	req, _ := http.NewRequest("GET", e.srv.URL+"/v1/round?wait="+wait, nil)
-	ts := e.clock.Now().Unix()
-	req.Header.Set(WorkerHeader, w.id)
-	req.Header.Set(TimeHeader, strconv.FormatInt(ts, 10))
-	req.Header.Set(SignatureHeader, base64.StdEncoding.EncodeToString(ed25519.Sign(w.priv, PollMessage(w.id, ts))))
+	protocol.SignPoll(req.Header, w.id, w.priv, e.clock.Now().Unix(), "GET", "/v1/round")
 	resp, b := e.do(req)
 	if resp.StatusCode != 200 {
 		return nil, resp.StatusCode
@@ -714,17 +710,41 @@ func TestPollAuth(t *testing.T) {
 	}
 	for _, tc := range tests {
 		req, _ := http.NewRequest("GET", e.srv.URL+"/v1/round", nil)
-		req.Header.Set(WorkerHeader, tc.id)
-		req.Header.Set(TimeHeader, strconv.FormatInt(tc.ts, 10))
-		req.Header.Set(SignatureHeader, base64.StdEncoding.EncodeToString(ed25519.Sign(tc.signer, PollMessage(tc.id, tc.ts))))
+		protocol.SignPoll(req.Header, tc.id, tc.signer, tc.ts, "GET", "/v1/round")
 		if resp, b := e.do(req); resp.StatusCode != tc.status {
 			t.Errorf("%s: %d %s, want %d", tc.name, resp.StatusCode, b, tc.status)
 		}
 	}
+	// A captured poll cannot be replayed inside the time window, nor its
+	// signature used for another endpoint, nor sent without a nonce.
+	// (Before poll v2 a replay within 5 minutes was answered as the
+	// worker, 204.)
+	req, _ := http.NewRequest("GET", e.srv.URL+"/v1/round", nil)
+	protocol.SignPoll(req.Header, w.id, w.priv, clock.Now().Unix(), "GET", "/v1/round")
+	if resp, b := e.do(req); resp.StatusCode != 204 {
+		t.Fatalf("first poll: %d %s", resp.StatusCode, b)
+	}
+	clock.Add(time.Minute)
+	replay, _ := http.NewRequest("GET", e.srv.URL+"/v1/round", nil)
+	replay.Header = req.Header.Clone()
+	if resp, b := e.do(replay); resp.StatusCode != 401 || !strings.Contains(string(b), "replay") {
+		t.Errorf("replayed poll: %d %s, want 401 replay", resp.StatusCode, b)
+	}
+	other2, _ := http.NewRequest("GET", e.srv.URL+"/v1/secagg/1?round=1&attempt=0", nil)
+	protocol.SignPoll(other2.Header, w.id, w.priv, clock.Now().Unix(), "GET", "/v1/round")
+	if resp, b := e.do(other2); resp.StatusCode != 401 || !strings.Contains(string(b), "bad_signature") {
+		t.Errorf("a poll signed for /v1/round sent to /v1/secagg/1: %d %s, want 401 bad_signature", resp.StatusCode, b)
+	}
+	bare, _ := http.NewRequest("GET", e.srv.URL+"/v1/round", nil)
+	protocol.SignPoll(bare.Header, w.id, w.priv, clock.Now().Unix(), "GET", "/v1/round")
+	bare.Header.Del(NonceHeader)
+	if resp, b := e.do(bare); resp.StatusCode != 401 {
+		t.Errorf("poll without a nonce: %d %s, want 401", resp.StatusCode, b)
+	}
 	// Registration must be signed by the key it registers.
 	pub, _, _ := ed25519.GenerateKey(nil)
 	body, _ := json.Marshal(protocol.RegisterRequest{PublicKey: protocol.EncodePublicKey(pub)})
-	req, _ := http.NewRequest("POST", e.srv.URL+"/v1/register", bytes.NewReader(body))
+	req, _ = http.NewRequest("POST", e.srv.URL+"/v1/register", bytes.NewReader(body))
 	req.Header.Set(SignatureHeader, base64.StdEncoding.EncodeToString(ed25519.Sign(w.priv, append([]byte(RegisterPrefix), body...))))
 	if resp, b := e.do(req); resp.StatusCode != 401 {
 		t.Errorf("register with another key's signature: %d %s", resp.StatusCode, b)

@@ -54,9 +54,6 @@ func (s *Server) secaggGet(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	if s.rateLimited(w, "worker:"+id) {
-		return
-	}
 	q := r.URL.Query()
 	stage, err1 := strconv.Atoi(r.PathValue("stage"))
 	round, err2 := strconv.ParseUint(q.Get("round"), 10, 64)

@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/json"
 	"math"
 	"net/http"
@@ -16,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencluster/opencluster/protocol"
 	"github.com/opencluster/opencluster/secagg"
 )
 
@@ -36,10 +36,7 @@ func (e *env) secureInput(w *worker, p *secagg.Params, stage int) ([]byte, int) 
 	e.t.Helper()
 	req, _ := http.NewRequest("GET", e.srv.URL+"/v1/secagg/"+strconv.Itoa(stage)+"?round="+strconv.FormatUint(p.Round, 10)+
 		"&attempt="+strconv.Itoa(int(p.Attempt)), nil)
-	ts := e.clock.Now().Unix()
-	req.Header.Set(WorkerHeader, w.id)
-	req.Header.Set(TimeHeader, strconv.FormatInt(ts, 10))
-	req.Header.Set(SignatureHeader, base64.StdEncoding.EncodeToString(ed25519Sign(w, PollMessage(w.id, ts))))
+	protocol.SignPoll(req.Header, w.id, w.priv, e.clock.Now().Unix(), "GET", req.URL.Path)
 	resp, b := e.do(req)
 	return b, resp.StatusCode
 }

@@ -34,19 +34,17 @@ import (
 // made for one purpose can never be replayed for another.
 const (
 	// SignatureHeader carries a signature of the body (or, for a poll,
-	// of the poll string).
-	SignatureHeader = "X-OpenCluster-Signature"
-	// WorkerHeader and TimeHeader identify a polling worker.
-	WorkerHeader = "X-OpenCluster-Worker"
-	TimeHeader   = "X-OpenCluster-Time"
+	// of protocol.PollMessage).
+	SignatureHeader = protocol.SignatureHeader
+	// WorkerHeader, TimeHeader and NonceHeader identify a polling worker.
+	WorkerHeader = protocol.WorkerHeader
+	TimeHeader   = protocol.TimeHeader
+	NonceHeader  = protocol.NonceHeader
 	// PoWBitsHeader, on a pow_required refusal of a registration, is the
 	// number of leading zero bits the proof of work must have.
 	PoWBitsHeader = "X-OpenCluster-PoW-Bits"
 	// RegisterPrefix + body: the worker's signature on POST /v1/register.
 	RegisterPrefix = "opencluster register v1\n"
-	// PollPrefix + worker id + "\n" + unix seconds: the worker's signature
-	// on GET /v1/round.
-	PollPrefix = "opencluster poll v1\n"
 	// ResponsePrefix + body: the coordinator's signature on the RoundInfo
 	// and RegisterResponse bodies it sends.
 	ResponsePrefix = "opencluster response v1\n"
@@ -55,11 +53,6 @@ const (
 	// MaxWait bounds ?wait= on GET /v1/round.
 	MaxWait = 60 * time.Second
 )
-
-// PollMessage is the message a worker signs to poll at unix time ts.
-func PollMessage(workerID string, ts int64) []byte {
-	return []byte(PollPrefix + workerID + "\n" + strconv.FormatInt(ts, 10))
-}
 
 // ServerOptions tune the HTTP front end.
 type ServerOptions struct {
@@ -79,7 +72,14 @@ type Server struct {
 
 	mu      sync.Mutex
 	buckets map[string]*bucket
+	// polls holds the poll nonces seen and until when they could still
+	// verify, so a captured poll cannot be replayed.
+	polls map[string]time.Time
 }
+
+// maxPollNonces bounds the replay cache; past it, expired nonces are
+// swept, and if none expired the poll is refused as busy.
+const maxPollNonces = 1 << 18
 
 type bucket struct {
 	tokens float64
@@ -91,7 +91,7 @@ func NewServer(c *Coordinator, opts ServerOptions) *Server {
 	if opts.MaxJSONBytes <= 0 {
 		opts.MaxJSONBytes = 64 << 10
 	}
-	s := &Server{c: c, opts: opts, mux: http.NewServeMux(), buckets: map[string]*bucket{}}
+	s := &Server{c: c, opts: opts, mux: http.NewServeMux(), buckets: map[string]*bucket{}, polls: map[string]time.Time{}}
 	s.mux.HandleFunc("POST /v1/register", s.register)
 	s.mux.HandleFunc("GET /v1/round", s.round)
 	s.mux.HandleFunc("GET /v1/blobs/{sha}", s.blob)
@@ -222,12 +222,14 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request) {
 	s.writeSigned(w, resp)
 }
 
-// authWorker checks a poll's worker, time and signature headers.
+// authWorker checks a signed poll's headers: worker, time within
+// PollSkew, a nonce never seen before, and the signature over them, the
+// method and the path (protocol.PollMessage).
 func (s *Server) authWorker(r *http.Request) (string, error) {
-	id := r.Header.Get(WorkerHeader)
+	id, nonce := r.Header.Get(WorkerHeader), r.Header.Get(NonceHeader)
 	ts, err := strconv.ParseInt(r.Header.Get(TimeHeader), 10, 64)
-	if id == "" || err != nil {
-		return "", reject(http.StatusUnauthorized, "unauthenticated", "headers %s and %s (unix seconds) are required", WorkerHeader, TimeHeader)
+	if id == "" || err != nil || len(nonce) != protocol.PollNonceLen || !isHex(nonce) {
+		return "", reject(http.StatusUnauthorized, "unauthenticated", "headers %s, %s (unix seconds) and %s (%d hex digits) are required", WorkerHeader, TimeHeader, NonceHeader, protocol.PollNonceLen)
 	}
 	now := s.c.clock.Now()
 	if d := now.Sub(time.Unix(ts, 0)); d > PollSkew || d < -PollSkew {
@@ -241,10 +243,49 @@ func (s *Server) authWorker(r *http.Request) (string, error) {
 		return "", err
 	}
 	sig, err := base64.StdEncoding.DecodeString(r.Header.Get(SignatureHeader))
-	if err != nil || !ed25519.Verify(w.PublicKey, PollMessage(id, ts), sig) {
-		return "", reject(http.StatusUnauthorized, "bad_signature", "poll signature of worker %q does not verify", id)
+	if err != nil || !ed25519.Verify(w.PublicKey, protocol.PollMessage(id, ts, nonce, r.Method, r.URL.Path), sig) {
+		return "", reject(http.StatusUnauthorized, "bad_signature", "poll signature of worker %q does not verify (protocol.PollMessage: id, time, nonce, method, path)", id)
+	}
+	// Rate-limited before its nonce is kept, so no worker can fill the
+	// replay cache.
+	if !s.allow("worker:" + id) {
+		s.c.M.rejected("rate_limited")
+		return "", reject(http.StatusTooManyRequests, "rate_limited", "too many requests from worker %s; retry later", id)
+	}
+	if err := s.pollOnce(id+"/"+nonce, time.Unix(ts, 0).Add(PollSkew), now); err != nil {
+		return "", err
 	}
 	return id, nil
+}
+
+// pollOnce records a poll nonce until it expires, refusing one seen before.
+func (s *Server) pollOnce(key string, expires, now time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, seen := s.polls[key]; seen {
+		return reject(http.StatusUnauthorized, "replay", "poll nonce %s was already used", key)
+	}
+	if len(s.polls) >= maxPollNonces {
+		for k, exp := range s.polls {
+			if now.After(exp) {
+				delete(s.polls, k)
+			}
+		}
+		if len(s.polls) >= maxPollNonces {
+			return reject(http.StatusServiceUnavailable, "busy", "too many polls in the last %v; retry later", 2*PollSkew)
+		}
+	}
+	s.polls[key] = expires
+	return nil
+}
+
+func isHex(s string) bool {
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // round is GET /v1/round?wait=30s: the worker's RoundInfo (200), or 204
@@ -253,9 +294,6 @@ func (s *Server) round(w http.ResponseWriter, r *http.Request) {
 	id, err := s.authWorker(r)
 	if err != nil {
 		writeError(w, err)
-		return
-	}
-	if s.rateLimited(w, "worker:"+id) {
 		return
 	}
 	wait := time.Duration(0)

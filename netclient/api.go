@@ -35,15 +35,14 @@ const (
 // SignatureHeader over a fixed prefix and the bytes it covers, so one made
 // for one purpose cannot be replayed for another: registration signs
 // RegisterPrefix + body (proving the worker holds its key), a poll signs
-// PollPrefix + worker id + "\n" + unix seconds (sent in WorkerHeader and
-// TimeHeader), and the coordinator signs ResponsePrefix + body of what it
-// answers to both.
+// protocol.PollMessage (worker id, unix seconds, a fresh nonce, method and
+// path; protocol.SignPoll sets the headers), and the coordinator signs
+// ResponsePrefix + body of what it answers to both.
 const (
-	SignatureHeader = "X-OpenCluster-Signature"
-	WorkerHeader    = "X-OpenCluster-Worker"
-	TimeHeader      = "X-OpenCluster-Time"
+	SignatureHeader = protocol.SignatureHeader
+	WorkerHeader    = protocol.WorkerHeader
+	TimeHeader      = protocol.TimeHeader
 	RegisterPrefix  = "opencluster register v1\n"
-	PollPrefix      = "opencluster poll v1\n"
 	ResponsePrefix  = "opencluster response v1\n"
 )
 
@@ -253,10 +252,7 @@ func (c *Client) register(ctx context.Context, req protocol.RegisterRequest, key
 // coordinator had none within wait. When CoordinatorKey is set, the
 // answer must carry the coordinator's signature.
 func (c *Client) Round(ctx context.Context, workerID string, key ed25519.PrivateKey, now time.Time, wait time.Duration) (info protocol.RoundInfo, ok bool, err error) {
-	ts := now.Unix()
-	sig := ed25519.Sign(key, []byte(PollPrefix+workerID+"\n"+strconv.FormatInt(ts, 10)))
-	hdr := map[string]string{WorkerHeader: workerID, TimeHeader: strconv.FormatInt(ts, 10),
-		SignatureHeader: base64.StdEncoding.EncodeToString(sig)}
+	hdr := pollHeaders(workerID, key, now, PathRound)
 	ctx, cancel := context.WithTimeout(ctx, wait+30*time.Second)
 	defer cancel()
 	q := url.Values{"wait": {wait.String()}}
@@ -283,10 +279,7 @@ func (c *Client) SecAggPost(ctx context.Context, stage int, msg []byte) error {
 // SecAggInput long-polls for a secure-aggregation stage's input: ok false
 // when the stage had not started within wait.
 func (c *Client) SecAggInput(ctx context.Context, workerID string, key ed25519.PrivateKey, now time.Time, round uint64, attempt uint32, stage int, wait time.Duration) (b []byte, ok bool, err error) {
-	ts := now.Unix()
-	sig := ed25519.Sign(key, []byte(PollPrefix+workerID+"\n"+strconv.FormatInt(ts, 10)))
-	hdr := map[string]string{WorkerHeader: workerID, TimeHeader: strconv.FormatInt(ts, 10),
-		SignatureHeader: base64.StdEncoding.EncodeToString(sig)}
+	hdr := pollHeaders(workerID, key, now, PathSecAgg+strconv.Itoa(stage))
 	ctx, cancel := context.WithTimeout(ctx, wait+30*time.Second)
 	defer cancel()
 	q := url.Values{"round": {strconv.FormatUint(round, 10)}, "attempt": {strconv.FormatUint(uint64(attempt), 10)}, "wait": {wait.String()}}
@@ -295,4 +288,16 @@ func (c *Client) SecAggInput(ctx context.Context, workerID string, key ed25519.P
 		return nil, false, err
 	}
 	return b, true, nil
+}
+
+// pollHeaders signs a GET of path (relative to the API root) by workerID
+// at now, with a fresh nonce (protocol.SignPoll).
+func pollHeaders(workerID string, key ed25519.PrivateKey, now time.Time, path string) map[string]string {
+	h := http.Header{}
+	protocol.SignPoll(h, workerID, key, now.Unix(), http.MethodGet, path)
+	out := map[string]string{}
+	for k := range h {
+		out[k] = h.Get(k)
+	}
+	return out
 }

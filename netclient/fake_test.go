@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -156,7 +157,8 @@ func (f *fakeCoordinator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		sig, _ := base64.StdEncoding.DecodeString(r.Header.Get(SignatureHeader))
-		if !ed25519.Verify(pub, []byte(PollPrefix+id+"\n"+r.Header.Get(TimeHeader)), sig) {
+		ts, _ := strconv.ParseInt(r.Header.Get(TimeHeader), 10, 64)
+		if !ed25519.Verify(pub, protocol.PollMessage(id, ts, r.Header.Get(protocol.NonceHeader), r.Method, r.URL.Path), sig) {
 			writeErr(w, 401, "bad poll signature")
 			return
 		}

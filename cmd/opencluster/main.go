@@ -21,7 +21,11 @@ var rootCmd = &cobra.Command{
 	SilenceUsage:  true,
 	SilenceErrors: true,
 	PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
-		return setupLogging(cmd)
+		if err := setupLogging(cmd); err != nil {
+			return err
+		}
+		warnUnknownEnv(os.Environ(), slog.Default())
+		return nil
 	},
 }
 

@@ -181,7 +181,13 @@ func parseHeader(hdr []byte, dataLen uint64) (*header, error) {
 			elems = lo
 			shape[i] = int(d)
 		}
-		if want := elems * uint64(size); want != end-begin {
+		// The byte count in 128 bits: 2^61 elements of 8 bytes must not
+		// wrap to 0 and match an empty range.
+		hi, want := bits.Mul64(elems, uint64(size))
+		if hi != 0 || want > math.MaxInt64 {
+			return nil, fmt.Errorf("safetensors: tensor %q: shape %v of %s is too large (more than 2^63 bytes)", name, e.Shape, e.DType)
+		}
+		if want != end-begin {
 			return nil, fmt.Errorf("safetensors: tensor %q: shape %v of %s needs %d bytes, data_offsets give %d", name, e.Shape, e.DType, want, end-begin)
 		}
 		h.entries[name] = entry{dtype: e.DType, shape: shape, begin: begin, end: end}

@@ -120,6 +120,10 @@ func TestParseErrors(t *testing.T) {
 		{"duplicate", build(`{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"a":{"dtype":"U8","shape":[2],"data_offsets":[2,4]}}`, make([]byte, 4)), "duplicate"},
 		{"negative dim", build(`{"a":{"dtype":"U8","shape":[-2],"data_offsets":[0,2]}}`, make([]byte, 2)), "negative"},
 		{"huge shape", build(`{"a":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,2]}}`, make([]byte, 2)), "too large"},
+		// 2^61 elements of 8 bytes: the byte count wraps to 0 in 64 bits,
+		// which used to match an empty data range and then panic in quantize.
+		{"byte count wraps", build(`{"a":{"dtype":"F64","shape":[2147483648,1073741824],"data_offsets":[0,0]}}`, nil), "too large"},
+		{"byte count wraps, 4-byte", build(`{"a":{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,0]}}`, nil), "too large"},
 		{"three offsets", build(`{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,1,2]}}`, make([]byte, 2)), "3 entries"},
 		{"extra field", build(`{"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2],"x":1}}`, make([]byte, 2)), "unknown field"},
 		{"bad metadata", build(`{"__metadata__":{"a":1}}`, nil), "__metadata__"},
