@@ -111,15 +111,19 @@ func (v *addedVocab) split(text string, n normalizer) []addedPiece {
 	return out
 }
 
-// trie is a byte trie of token contents.
+// trie is a byte trie of token contents. At the root, starts says which
+// bytes begin some token, so most positions of a text are passed over
+// without a map lookup.
 type trie struct {
-	next  map[byte]*trie
-	token *addedToken
+	next   map[byte]*trie
+	token  *addedToken
+	starts [256]bool
 }
 
 func newTrie() *trie { return &trie{} }
 
 func (t *trie) add(s string, tok *addedToken) {
+	t.starts[s[0]] = true
 	n := t
 	for i := 0; i < len(s); i++ {
 		if n.next == nil {
@@ -164,6 +168,10 @@ func (t *trie) split(s string, atStart bool) []addedPiece {
 	var out []addedPiece
 	done := 0 // bytes of s already emitted
 	for i := 0; i < len(s); {
+		if !t.starts[s[i]] {
+			i++
+			continue
+		}
 		tok, n := t.longest(s[i:])
 		if tok == nil {
 			i++

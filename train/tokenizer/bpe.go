@@ -1,7 +1,6 @@
 package tokenizer
 
 import (
-	"container/heap"
 	"sync"
 	"unicode/utf8"
 )
@@ -166,37 +165,66 @@ type candidate struct {
 	id        int32 // the merged id, to detect stale entries
 }
 
+// candidates is a binary min-heap ordered by (rank, pos), written out
+// rather than through container/heap to avoid boxing every entry.
 type candidates []candidate
 
-func (h candidates) Len() int { return len(h) }
-func (h candidates) Less(i, j int) bool {
+func (h candidates) less(i, j int) bool {
 	if h[i].rank != h[j].rank {
 		return h[i].rank < h[j].rank
 	}
 	return h[i].pos < h[j].pos
 }
-func (h candidates) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *candidates) Push(x any)   { *h = append(*h, x.(candidate)) }
-func (h *candidates) Pop() any {
-	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
+
+func (h *candidates) push(c candidate) {
+	*h = append(*h, c)
+	q := *h
+	for i := len(q) - 1; i > 0; {
+		parent := (i - 1) / 2
+		if !q.less(i, parent) {
+			break
+		}
+		q[i], q[parent] = q[parent], q[i]
+		i = parent
+	}
+}
+
+func (h *candidates) pop() candidate {
+	q := *h
+	top := q[0]
+	last := len(q) - 1
+	q[0] = q[last]
+	q = q[:last]
+	for i := 0; ; {
+		l, r, m := 2*i+1, 2*i+2, i
+		if l < len(q) && q.less(l, m) {
+			m = l
+		}
+		if r < len(q) && q.less(r, m) {
+			m = r
+		}
+		if m == i {
+			break
+		}
+		q[i], q[m] = q[m], q[i]
+		i = m
+	}
+	*h = q
+	return top
 }
 
 // mergeAll applies merges until none applies. syms[0] is always alive (a
 // merge keeps the left symbol), so the list starts at index 0.
 func (b *bpe) mergeAll(syms []symbol) {
-	var h candidates
+	h := make(candidates, 0, len(syms))
 	for i := 0; i+1 < len(syms); i++ {
 		if m, ok := b.merges[pairKey(syms[i].id, syms[i+1].id)]; ok {
-			h = append(h, candidate{rank: m.rank, pos: int32(i), id: m.id})
+			h.push(candidate{rank: m.rank, pos: int32(i), id: m.id})
 		}
 	}
-	heap.Init(&h)
 	n := int32(len(syms))
-	for h.Len() > 0 {
-		c := heap.Pop(&h).(candidate)
+	for len(h) > 0 {
+		c := h.pop()
 		left := &syms[c.pos]
 		if left.dead || left.next >= n {
 			continue
@@ -214,12 +242,12 @@ func (b *bpe) mergeAll(syms []symbol) {
 		}
 		if left.prev >= 0 {
 			if m, ok := b.merges[pairKey(syms[left.prev].id, left.id)]; ok {
-				heap.Push(&h, candidate{rank: m.rank, pos: left.prev, id: m.id})
+				h.push(candidate{rank: m.rank, pos: left.prev, id: m.id})
 			}
 		}
 		if left.next < n {
 			if m, ok := b.merges[pairKey(left.id, syms[left.next].id)]; ok {
-				heap.Push(&h, candidate{rank: m.rank, pos: c.pos, id: m.id})
+				h.push(candidate{rank: m.rank, pos: c.pos, id: m.id})
 			}
 		}
 	}
