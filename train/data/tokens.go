@@ -597,12 +597,7 @@ func (ts *tokenStore) hasTarget(ex example, T int, side string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	for _, t := range w[1:] {
-		if t&unscored == 0 {
-			return true, nil
-		}
-	}
-	return false, nil
+	return scores(w), nil
 }
 
 // fill writes row i of b from stored tokens w (len <= T+1), padding the
@@ -630,8 +625,15 @@ func (d *Dataset) tokenTrainBatch(step, micro int) (Batch, error) {
 		var w []uint32
 		var err error
 		if d.opts.Pack {
-			pos := int64(rng.Uint64N(uint64(d.stats.TrainWindows)))
-			w, err = ts.readStream(ts.train, ts.trainCum, pos, T+1)
+			// A packed window can fall wholly inside prompts (long chat
+			// prompts, short seq_len): draw again, a bounded number of
+			// times, so a row has something to learn.
+			for try := 0; try < maxRedraws; try++ {
+				pos := int64(rng.Uint64N(uint64(d.stats.TrainWindows)))
+				if w, err = ts.readStream(ts.train, ts.trainCum, pos, T+1); err != nil || scores(w) {
+					break
+				}
+			}
 		} else {
 			w, err = ts.window(ts.train[rng.IntN(len(ts.train))], T, d.opts.Truncation)
 		}
@@ -660,7 +662,13 @@ func (d *Dataset) tokenValBatches(n int) ([]Batch, error) {
 			var w []uint32
 			var err error
 			if d.opts.Pack {
-				w, err = ts.readStream(ts.val, ts.valCum, int64(row)*int64(T+1), T+1)
+				// The next window when this one holds no target.
+				for try := 0; try < min(maxRedraws, ts.valRows); try++ {
+					r := (row + try) % ts.valRows
+					if w, err = ts.readStream(ts.val, ts.valCum, int64(r)*int64(T+1), T+1); err != nil || scores(w) {
+						break
+					}
+				}
 			} else {
 				w, err = ts.window(ts.val[row], T, d.opts.Truncation)
 			}
@@ -671,6 +679,19 @@ func (d *Dataset) tokenValBatches(n int) ([]Batch, error) {
 		}
 	}
 	return out, nil
+}
+
+// maxRedraws bounds the windows tried for one packed row.
+const maxRedraws = 64
+
+// scores reports whether a window has a target to learn.
+func scores(w []uint32) bool {
+	for _, t := range w[1:] {
+		if t&unscored == 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // hasJSONL reports whether any file is JSONL.

@@ -310,3 +310,52 @@ func TestChatNeedsTokenizer(t *testing.T) {
 		t.Errorf("byte-level JSONL gave id %d", b.Tokens[0])
 	}
 }
+
+func TestPackedRowsAlwaysLearnSomething(t *testing.T) {
+	dir := t.TempDir()
+	// Long prompts, one-word replies, short windows: most windows are prompt only.
+	var b strings.Builder
+	for i := range 40 {
+		line, _ := json.Marshal(map[string]any{"messages": []map[string]string{
+			{"role": "user", "content": strings.Repeat(fmt.Sprintf("the model learns from text %d. ", i), 8)},
+			{"role": "assistant", "content": "yes"},
+		}})
+		b.Write(line)
+		b.WriteByte('\n')
+	}
+	writeFile(t, filepath.Join(dir, "c.jsonl"), []byte(b.String()))
+	o := tokOpts(t, dir)
+	o.SeqLen, o.BatchSize = 8, 1
+	d, err := Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	for step := 1; step <= 30; step++ {
+		b, err := d.TrainBatch(step, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, tg := range b.Targets {
+			if tg >= 0 {
+				n++
+			}
+		}
+		if n == 0 {
+			t.Fatalf("step %d: a packed row with no target", step)
+		}
+	}
+	vals, _ := d.ValBatches(d.NumValBatches())
+	for i, v := range vals {
+		n := 0
+		for _, tg := range v.Targets {
+			if tg >= 0 {
+				n++
+			}
+		}
+		if n == 0 {
+			t.Fatalf("validation batch %d has no target", i)
+		}
+	}
+}
