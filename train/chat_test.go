@@ -116,6 +116,7 @@ func TestLossIgnoresPromptTokens(t *testing.T) {
 // interrupts it and resumes: the same losses as a straight run.
 func TestChatFineTuneResumes(t *testing.T) {
 	needModel(t)
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
 	path, tok := chatData(t)
 	cfg := testConfig(8)
 	cfg.Model.VocabSize = tok.VocabSize()

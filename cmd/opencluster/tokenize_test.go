@@ -2,6 +2,8 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -62,5 +64,67 @@ func TestTokenizeRoundTrip(t *testing.T) {
 		if _, _, err := execute(t, c.args...); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: error %v, want %q", c.args, err, c.want)
 		}
+	}
+}
+
+// TestChatFineTuneCommands runs pretrain and train on chat JSONL with a BPE
+// tokenizer folder, unpacked rows and a malformed line skipped, then
+// generates with the same tokenizer.
+func TestChatFineTuneCommands(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir()) // the token cache goes there
+	dir := t.TempDir()
+	var b strings.Builder
+	var corpus []string
+	for i := range 60 {
+		line, _ := json.Marshal(map[string]any{"messages": []map[string]string{
+			{"role": "user", "content": fmt.Sprintf("what does worker %d send?", i)},
+			{"role": "assistant", "content": fmt.Sprintf("worker %d sends its update.", i)},
+		}})
+		b.Write(line)
+		b.WriteByte('\n')
+		corpus = append(corpus, string(line))
+		if i == 30 {
+			b.WriteString("{\"messages\": \"not a list\"}\n")
+		}
+	}
+	data := filepath.Join(dir, "chat.jsonl")
+	if err := os.WriteFile(data, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, raw, err := tokenizer.Train(corpus, 300)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokDir := filepath.Join(dir, "tok")
+	if err := tokenizer.WriteFolder(tokDir, raw); err != nil {
+		t.Fatal(err)
+	}
+	cfg := smallConfig(t, dir)
+	src, _ := os.ReadFile(cfg)
+	if err := os.WriteFile(cfg, []byte(strings.Replace(string(src), "vocab_size: 256", "vocab_size: 300", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	base := filepath.Join(dir, "base.safetensors")
+	common := []string{"--config", cfg, "--data", data, "--tokenizer", tokDir, "--steps", "3", "--threads", "1", "--json"}
+	_, _, err = execute(t, append([]string{"pretrain", "--out", base}, common...)...)
+	if err == nil || !strings.Contains(err.Error(), "chat.jsonl:32:") || !strings.Contains(err.Error(), "--skip-bad-lines") {
+		t.Fatalf("malformed line: %v", err)
+	}
+	common = append(common, "--skip-bad-lines", "--pack=false", "--truncation", "left")
+	if _, _, err := execute(t, append([]string{"pretrain", "--out", base}, common...)...); err != nil {
+		t.Fatal(err)
+	}
+	adapter := filepath.Join(dir, "adapter")
+	if _, _, err := execute(t, append([]string{"train", "--base", base, "--out", adapter}, common...)...); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := execute(t, "generate", "--base", base, "--adapter", adapter, "--config", cfg, "--tokenizer", tokDir, "--prompt", "worker 3", "--max-tokens", "5", "--threads", "1")
+	if err != nil || !strings.HasPrefix(out, "worker 3") {
+		t.Fatalf("generate: %q, %v", out, err)
+	}
+	// A byte-level model cannot take this tokenizer's ids.
+	_, _, err = execute(t, "generate", "--base", base, "--tokenizer", filepath.Join(t.TempDir(), "none"), "--prompt", "x")
+	if err == nil || !strings.Contains(err.Error(), "--tokenizer") {
+		t.Errorf("missing tokenizer: %v", err)
 	}
 }

