@@ -1,6 +1,10 @@
 package quant
 
-import "math"
+import (
+	"math"
+
+	"github.com/opencluster/opencluster/quant/safetensors"
+)
 
 // bfloat16 keeps the top 16 bits of an IEEE float32 (sign, 8-bit exponent,
 // 7-bit mantissa): the same range as float32 at about 3 significant digits.
@@ -9,14 +13,7 @@ import "math"
 
 // BF16FromFloat32 rounds x to the nearest bfloat16, ties to even (as
 // PyTorch's .to(torch.bfloat16)); NaN stays a quiet NaN with its sign.
-func BF16FromFloat32(x float32) uint16 {
-	b := math.Float32bits(x)
-	if b&0x7FFFFFFF > 0x7F800000 { // NaN: keep it NaN after truncation
-		return uint16(b>>16) | 0x40
-	}
-	b += 0x7FFF + (b>>16)&1
-	return uint16(b >> 16)
-}
+func BF16FromFloat32(x float32) uint16 { return safetensors.F32ToBF16(x) }
 
 // BF16ToFloat32 widens a bfloat16 exactly.
 func BF16ToFloat32(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }

@@ -14,10 +14,14 @@ type HFInfo struct {
 	NameOrPath string
 	// EOS lists the end-of-sequence ids (eos_token_id: one id or a list).
 	EOS []int32
-	// BOS is bos_token_id, or -1.
-	BOS int32
+	// BOS is bos_token_id when HasBOS.
+	BOS    int32
+	HasBOS bool
 	// Quant is the quantization_config of a bitsandbytes 4-bit folder.
 	Quant *QuantConfig
+	// Dir is the folder the model was loaded from ("" for a file); its
+	// tokenizer files go along when the model is written again.
+	Dir string
 }
 
 // hfModelType maps an architecture to config.json's model_type.
@@ -61,7 +65,7 @@ func (h hfKeys) bad(key string, v any, why string) error {
 // requireArch false accepts a config without architectures and model_type
 // as Llama: the metadata copy inside checkpoints written before folders.
 func parseHFConfig(b []byte, origin string, requireArch bool) (ModelConfig, HFInfo, error) {
-	info := HFInfo{BOS: -1}
+	var info HFInfo
 	h := hfKeys{origin: origin}
 	if err := json.Unmarshal(b, &h.m); err != nil {
 		return ModelConfig{}, info, fmt.Errorf("%s: bad model config JSON: %w", origin, err)
@@ -428,7 +432,7 @@ func (h hfKeys) tokenIDs(info *HFInfo) error {
 	if ok, err := h.get("bos_token_id", &bos); err != nil {
 		return err
 	} else if ok {
-		info.BOS = bos
+		info.BOS, info.HasBOS = bos, true
 	}
 	if !h.has("eos_token_id") {
 		return nil
@@ -490,7 +494,7 @@ func (c ModelConfig) HFConfigJSON(info HFInfo, dtype string, q *QuantConfig) ([]
 	if info.NameOrPath != "" {
 		m["_name_or_path"] = info.NameOrPath
 	}
-	if info.BOS >= 0 {
+	if info.HasBOS {
 		m["bos_token_id"] = info.BOS
 	}
 	switch len(info.EOS) {

@@ -181,6 +181,7 @@ func openBase(path string) (cfg ModelConfig, info HFInfo, files baseFiles, quant
 		if cfg, info, err = parseHFConfig(b, filepath.Join(path, "config.json"), true); err != nil {
 			return cfg, info, nil, "", fmt.Errorf("train: %w", err)
 		}
+		info.Dir = path
 		names, err := shardNames(path)
 		if err != nil {
 			return cfg, info, nil, "", err
@@ -221,6 +222,9 @@ func loadBase(path string, be backend.Backend, q *QuantConfig) (*Model, error) {
 		if dt, _, _ := f.Info(linearName(0, modQ)); dt == "U8" {
 			packed = true // a 4-bit file written by someone else: packed U8 weights
 		}
+	}
+	if info.Quant != nil && !packed {
+		return nil, fmt.Errorf("train: %s: config.json has a bitsandbytes quantization_config but %s is not a packed 4-bit tensor", path, linearName(0, modQ))
 	}
 	m, err := newEmpty(cfg, be, packed || q != nil)
 	if err != nil {

@@ -53,6 +53,9 @@ type RunOptions struct {
 	DataDir string
 	// Base is the base checkpoint of a QLoRA run (LoadModel's path).
 	Base string
+	// BaseName is the adapter's base_model_name_or_path; "" means the
+	// base's _name_or_path, else its absolute path (see BaseName).
+	BaseName string
 	// Out is where the result goes: the base safetensors file of a pretrain
 	// run, or the PEFT adapter folder of a QLoRA run.
 	Out string
@@ -508,7 +511,7 @@ func checkMeta(meta map[string]string, mode Mode, hash, path string) (int, error
 // writeOut writes the run's result: the base file or the adapter folder.
 func writeOut(m *Model, opts RunOptions) error {
 	if opts.Mode == ModeQLoRA {
-		if err := m.SaveAdapter(opts.Out, filepath.Base(opts.Base)); err != nil {
+		if err := m.SaveAdapter(opts.Out, BaseName(opts.BaseName, m, opts.Base)); err != nil {
 			return fmt.Errorf("write adapter %s: %w", opts.Out, err)
 		}
 		return nil

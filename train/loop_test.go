@@ -299,6 +299,9 @@ func TestQLoRALowersValLossOnNewText(t *testing.T) {
 			t.Errorf("adapter folder lacks %s: %v", f, err)
 		}
 	}
+	if got := readJSON(t, filepath.Join(adapter, "adapter_config.json"))["base_model_name_or_path"]; got != base || !filepath.IsAbs(base) {
+		t.Errorf("base_model_name_or_path %v, want the base's absolute path %s", got, base)
+	}
 	if res.NumTrainable == 0 || res.NumTrainable >= int(cfg.Model.NumParams())/2 {
 		t.Errorf("QLoRA trains %d of %d params", res.NumTrainable, cfg.Model.NumParams())
 	}

@@ -1,6 +1,7 @@
 package train
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -120,11 +121,15 @@ func shardNames(dir string) ([]string, error) {
 // 4-bit layout) with the model config in the safetensors metadata under
 // "opencluster.config" and "format": "pt", atomically.
 func (m *Model) SaveBase(path string) error {
-	cfgJSON, err := json.Marshal(m.Config)
+	indented, err := m.Config.HFConfigJSON(m.Info, "float32", nil)
 	if err != nil {
 		return err
 	}
-	meta := map[string]string{"format": "pt", metaConfig: string(cfgJSON)}
+	var cfgJSON bytes.Buffer
+	if err := json.Compact(&cfgJSON, indented); err != nil {
+		return err
+	}
+	meta := map[string]string{"format": "pt", metaConfig: cfgJSON.String()}
 	var out []safetensors.Named
 	for _, sp := range m.specs {
 		out = append(out, safetensors.Named{Name: sp.name, Tensor: safetensors.F32Tensor(sp.shape, m.download(m.be.View(m.params, sp.off, sp.n)))})
@@ -173,6 +178,23 @@ const (
 	adapterWeights = "adapter_model.safetensors"
 	adapterConfig  = "adapter_config.json"
 )
+
+// BaseName is what an adapter trained on model m, loaded from path, records
+// as base_model_name_or_path, for PEFT to find the base: explicit when
+// given, else the base's own _name_or_path (a hub id such as
+// "meta-llama/Llama-3.2-1B"), else the base's absolute path.
+func BaseName(explicit string, m *Model, path string) string {
+	switch {
+	case explicit != "":
+		return explicit
+	case m.Info.NameOrPath != "":
+		return m.Info.NameOrPath
+	}
+	if abs, err := filepath.Abs(path); err == nil {
+		return abs
+	}
+	return path
+}
 
 // SaveAdapter writes the adapters in PEFT layout: DIR/adapter_model.safetensors
 // and DIR/adapter_config.json. baseName goes to base_model_name_or_path.

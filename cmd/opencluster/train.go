@@ -72,6 +72,7 @@ for --resume. Your text never leaves the machine.`,
 	f := cmd.Flags()
 	f.String("base", "", "base checkpoint: a safetensors file from pretrain, or a Hugging Face Llama folder")
 	f.String("out", "", "adapter folder to write (PEFT layout)")
+	f.String("base-name", "", "base_model_name_or_path to record in the adapter (default: the base's _name_or_path, else its absolute path)")
 	f.Int("rank", 0, "LoRA rank (overrides lora.rank)")
 	addRunFlags(f)
 	return cmd
@@ -83,8 +84,9 @@ func runTraining(cmd *cobra.Command, mode train.Mode) error {
 	source, _ := f.GetString("config")
 	dataDir, _ := f.GetString("data")
 	out, _ := f.GetString("out")
-	base := ""
+	base, baseName := "", ""
 	if mode == train.ModeQLoRA {
+		baseName, _ = f.GetString("base-name")
 		base, _ = f.GetString("base")
 		if base == "" {
 			return errors.New("--base is required: the base checkpoint to fine-tune")
@@ -148,7 +150,7 @@ func runTraining(cmd *cobra.Command, mode train.Mode) error {
 		return err
 	}
 	res, err := train.Run(cmd.Context(), train.RunOptions{
-		Mode: mode, Config: cfg, DataDir: dataDir, Base: base, Out: out, Backend: be,
+		Mode: mode, Config: cfg, DataDir: dataDir, Base: base, BaseName: baseName, Out: out, Backend: be,
 		Checkpoint: ckpt, Resume: resume, Governor: governor, Reporter: rep, Logger: slog.Default(),
 		Tokenizer: tok, NoPack: !pack, Truncation: truncation, SkipBadLines: skipBad,
 	})

@@ -10,7 +10,7 @@ import (
 // as torch's .to(torch.bfloat16) does; NaN stays NaN.
 func F32ToBF16(x float32) uint16 {
 	bits := math.Float32bits(x)
-	if x != x {
+	if bits&0x7FFFFFFF > 0x7F800000 {
 		return uint16(bits>>16) | 0x40 // keep it a NaN whatever the dropped bits were
 	}
 	return uint16((bits + 0x7FFF + (bits>>16)&1) >> 16)
