@@ -296,5 +296,8 @@ func (c Config) Validate() error {
 	if c.Train.SeqLen > c.Model.MaxSeqLen {
 		return fmt.Errorf("train.seq_len (%d) exceeds model.max_seq_len (%d)", c.Train.SeqLen, c.Model.MaxSeqLen)
 	}
+	if c.Train.SeqLen > c.Model.Context() {
+		return fmt.Errorf("train.seq_len (%d) exceeds the model's sliding window (%d), which is not implemented beyond refusing longer sequences", c.Train.SeqLen, c.Model.SlidingWindow)
+	}
 	return nil
 }

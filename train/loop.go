@@ -165,6 +165,17 @@ func dataHash(opts RunOptions) string {
 	return "-" + hex.EncodeToString(sum[:4])
 }
 
+// openData opens opts.DataDir as a run reads it (Eval reads it the same way).
+func openData(opts RunOptions, log *slog.Logger) (*data.Dataset, error) {
+	tc := opts.Config.Train
+	return data.Open(data.Options{
+		Dir: opts.DataDir, SeqLen: tc.SeqLen, BatchSize: tc.BatchSize,
+		ValFraction: tc.ValFraction, Seed: tc.Seed, Logger: log,
+		Tokenizer: opts.Tokenizer, Pack: !opts.NoPack, Truncation: opts.Truncation,
+		SkipBadLines: opts.SkipBadLines, CacheDir: opts.TokenCache,
+	})
+}
+
 // Run trains as opts says: it builds the model (pretrain: NewModel; QLoRA:
 // LoadModel, QuantizeBase unless the base is already 4-bit, EnableLoRA),
 // streams batches from opts.DataDir, and runs train.steps optimizer steps of
@@ -191,12 +202,7 @@ func Run(ctx context.Context, opts RunOptions) (Result, error) {
 	tc := cfg.Train
 
 	// Data first: it is cheap and its errors are the most common.
-	ds, err := data.Open(data.Options{
-		Dir: opts.DataDir, SeqLen: tc.SeqLen, BatchSize: tc.BatchSize,
-		ValFraction: tc.ValFraction, Seed: tc.Seed, Logger: log,
-		Tokenizer: opts.Tokenizer, Pack: !opts.NoPack, Truncation: opts.Truncation,
-		SkipBadLines: opts.SkipBadLines, CacheDir: opts.TokenCache,
-	})
+	ds, err := openData(opts, log)
 	if err != nil {
 		return res, err
 	}

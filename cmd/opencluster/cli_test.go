@@ -23,7 +23,7 @@ var stdin string
 func execute(t *testing.T, args ...string) (string, string, error) {
 	t.Helper()
 	root := &cobra.Command{Use: "opencluster", SilenceUsage: true, SilenceErrors: true}
-	root.AddCommand(newPretrainCmd(), newTrainCmd(), newGenerateCmd(), newTokenizeCmd())
+	root.AddCommand(newPretrainCmd(), newTrainCmd(), newGenerateCmd(), newTokenizeCmd(), newQuantizeCmd(), newEvalCmd(), newExportCmd())
 	var out, errOut bytes.Buffer
 	root.SetOut(&out)
 	root.SetErr(&errOut)

@@ -1,15 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/opencluster/opencluster/quant"
 	"github.com/opencluster/opencluster/quant/safetensors"
-	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 )
 
 func TestQuantizeCommand(t *testing.T) {
@@ -27,13 +24,10 @@ func TestQuantizeCommand(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stdout bytes.Buffer
-	rootCmd.SetOut(&stdout)
-	rootCmd.SetArgs([]string{"quantize", "--in", in, "--out", out, "--double-quant", "--block-size", "64"})
-	if err := rootCmd.Execute(); err != nil {
+	line, _, err := execute(t, "quantize", "--in", in, "--out", out, "--double-quant", "--block-size", "64")
+	if err != nil {
 		t.Fatal(err)
 	}
-	line := stdout.String()
 	if !strings.Contains(line, "quantized 1 tensors (nf4, block 64, double quant), copied 1") || !strings.Contains(line, "bits/param") {
 		t.Fatalf("summary = %q", line)
 	}
@@ -55,20 +49,9 @@ func TestQuantizeCommand(t *testing.T) {
 		{[]string{"quantize", "--in", in, "--out", out, "--block-size", "100"}, "--block-size 100"},
 		{[]string{"quantize", "--in", in, "--out", in}, "is the input file"},
 	} {
-		resetFlags(quantizeCmd)
-		rootCmd.SetArgs(c.args)
-		err := rootCmd.Execute()
+		_, _, err := execute(t, c.args...)
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: err = %v, want it to mention %q", c.args, err, c.want)
 		}
 	}
-}
-
-// resetFlags puts a command's flags back to their defaults: cobra keeps
-// values from one Execute to the next within a test binary.
-func resetFlags(c *cobra.Command) {
-	c.Flags().VisitAll(func(f *pflag.Flag) {
-		f.Value.Set(f.DefValue)
-		f.Changed = false
-	})
 }

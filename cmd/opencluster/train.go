@@ -33,20 +33,47 @@ var trainFlagKeys = map[string]string{
 	"lora.rank":        "rank",
 }
 
-// addRunFlags adds the flags pretrain and train share.
-func addRunFlags(f *pflag.FlagSet) {
+// addDataFlags adds the flags that say how --data is read and split:
+// pretrain, train and eval share them, so eval reads data as training does.
+func addDataFlags(f *pflag.FlagSet) {
 	f.String("config", "tiny", "YAML config file or preset name ("+presetNames()+")")
 	f.String("data", "", "training data: a folder of text files (read recursively; binary files skipped) and/or .jsonl files of {\"text\"} or chat {\"messages\"}, or one such file")
 	f.String("tokenizer", "", "tokenizer.json or a folder holding it (default: the --base folder's tokenizer.json when it has one, else byte-level)")
 	f.Bool("pack", true, "pack examples into full windows of seq-len tokens (documents end with EOS); --pack=false gives each example its own padded row")
 	f.String("truncation", "right", "with --pack=false, which end of a too-long example to keep: right keeps the beginning, left the end")
 	f.Bool("skip-bad-lines", false, "skip malformed JSONL lines (and count them) instead of stopping at the first")
-	f.Int("steps", 0, "optimizer steps (overrides train.steps)")
-	f.Float64("lr", 0, "peak learning rate (overrides train.lr)")
-	f.Uint64("seed", 0, "seed for initialisation and batches (overrides train.seed)")
 	f.Int("batch-size", 0, "sequences per micro-batch (overrides train.batch_size)")
 	f.Int("seq-len", 0, "tokens per sequence (overrides train.seq_len)")
 	f.Int("threads", 0, "CPU threads; 0 uses every core (overrides train.threads)")
+}
+
+// readDataFlags fills the data settings of opts from addDataFlags' flags,
+// with the tokenizer found for base.
+func readDataFlags(f *pflag.FlagSet, base string, opts *train.RunOptions) error {
+	tokPath, _ := f.GetString("tokenizer")
+	pack, _ := f.GetBool("pack")
+	opts.NoPack = !pack
+	opts.Truncation, _ = f.GetString("truncation")
+	opts.SkipBadLines, _ = f.GetBool("skip-bad-lines")
+	tok, err := tokenizer.ForModel(tokPath, base)
+	if err != nil {
+		return fmt.Errorf("--tokenizer: %w", err)
+	}
+	if tok != nil {
+		for _, w := range tok.Warnings() {
+			slog.Warn(w)
+		}
+	}
+	opts.Tokenizer = tok
+	return nil
+}
+
+// addRunFlags adds the flags pretrain and train share.
+func addRunFlags(f *pflag.FlagSet) {
+	addDataFlags(f)
+	f.Int("steps", 0, "optimizer steps (overrides train.steps)")
+	f.Float64("lr", 0, "peak learning rate (overrides train.lr)")
+	f.Uint64("seed", 0, "seed for initialisation and batches (overrides train.seed)")
 	f.Bool("json", false, "print one JSON object per step and a summary object on stdout")
 	f.Bool("resume", false, "continue from the checkpoint beside --out")
 	f.String("checkpoint", "", "training-state file (default: beside or inside --out)")
@@ -108,18 +135,9 @@ func runTraining(cmd *cobra.Command, mode train.Mode) error {
 	jsonOut, _ := f.GetBool("json")
 	resume, _ := f.GetBool("resume")
 	ckpt, _ := f.GetString("checkpoint")
-	tokPath, _ := f.GetString("tokenizer")
-	pack, _ := f.GetBool("pack")
-	truncation, _ := f.GetString("truncation")
-	skipBad, _ := f.GetBool("skip-bad-lines")
-	tok, err := tokenizer.ForModel(tokPath, base)
-	if err != nil {
-		return fmt.Errorf("--tokenizer: %w", err)
-	}
-	if tok != nil {
-		for _, w := range tok.Warnings() {
-			slog.Warn(w)
-		}
+	var dataOpts train.RunOptions
+	if err := readDataFlags(f, base, &dataOpts); err != nil {
+		return err
 	}
 
 	var rep train.Reporter
@@ -152,7 +170,7 @@ func runTraining(cmd *cobra.Command, mode train.Mode) error {
 	res, err := train.Run(cmd.Context(), train.RunOptions{
 		Mode: mode, Config: cfg, DataDir: dataDir, Base: base, BaseName: baseName, Out: out, Backend: be,
 		Checkpoint: ckpt, Resume: resume, Governor: governor, Reporter: rep, Logger: slog.Default(),
-		Tokenizer: tok, NoPack: !pack, Truncation: truncation, SkipBadLines: skipBad,
+		Tokenizer: dataOpts.Tokenizer, NoPack: dataOpts.NoPack, Truncation: dataOpts.Truncation, SkipBadLines: dataOpts.SkipBadLines,
 	})
 	if perr := stopProfiles(); perr != nil && err == nil {
 		err = perr
