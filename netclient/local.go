@@ -41,14 +41,10 @@ func NewTrainerOn(cfg train.Config, basePath string, be backend.Backend) (*Train
 	if err := cfg.Quant.Validate(); err != nil {
 		return nil, err
 	}
-	m, err := train.LoadModel(basePath, be)
+	// Quantized as it streams in: the fp32 base is never in memory.
+	m, err := train.LoadQuantized(basePath, be, cfg.Quant)
 	if err != nil {
 		return nil, fmt.Errorf("netclient: base %s: %w", basePath, err)
-	}
-	if !m.Quantized() {
-		if err := m.QuantizeBase(cfg.Quant); err != nil {
-			return nil, fmt.Errorf("netclient: quantize base %s: %w", basePath, err)
-		}
 	}
 	if err := m.EnableLoRA(cfg.LoRA, cfg.Train.Seed); err != nil {
 		return nil, err

@@ -103,14 +103,26 @@ func Quantize4(data []float32, shape []int, f Format, blockSize int, double bool
 	if i, ok := firstNonFinite(data); ok {
 		return nil, fmt.Errorf("quant: element %d is %v: cannot quantize NaN or Inf", i, data[i])
 	}
+	nb := (n + blockSize - 1) / blockSize
 	t := &Tensor4{
 		Format:    f,
 		BlockSize: blockSize,
 		Shape:     append([]int(nil), shape...),
 		Packed:    make([]byte, (n+1)/2),
-		Absmax:    make([]float32, (n+blockSize-1)/blockSize),
 	}
-	parallelBlocks(len(t.Absmax), n, func(b0, b1 int) {
+	if double {
+		// The fp32 absmax only lives until it is double-quantized: take it
+		// from a pool, so quantizing a model tensor by tensor makes no garbage.
+		buf := absmaxPool.Get().(*[]float32)
+		if cap(*buf) < nb {
+			*buf = make([]float32, nb)
+		}
+		t.Absmax = (*buf)[:nb]
+		defer absmaxPool.Put(buf)
+	} else {
+		t.Absmax = make([]float32, nb)
+	}
+	parallelBlocks(nb, n, func(b0, b1 int) {
 		for b := b0; b < b1; b++ {
 			quantizeBlock4(t, data, b)
 		}
@@ -121,6 +133,8 @@ func Quantize4(data []float32, shape []int, f Format, blockSize int, double bool
 	}
 	return t, nil
 }
+
+var absmaxPool = sync.Pool{New: func() any { return new([]float32) }}
 
 // quantizeBlock4 codes block b of data into t.Packed and t.Absmax[b], as one
 // thread block of bitsandbytes' kQuantizeBlockwise (NF4/FP4) does: the
@@ -151,8 +165,9 @@ func quantizeBlock4(t *Tensor4, data []float32, b int) {
 	}
 }
 
-// nestAbsmax double-quantizes absmax as bitsandbytes' quantize_4bit does with
-// compress_statistics: offset = mean(absmax), then quantize_blockwise of
+// nestAbsmax double-quantizes absmax (overwriting it) as bitsandbytes'
+// quantize_4bit does with compress_statistics: offset = mean(absmax), then
+// quantize_blockwise of
 // absmax - offset in blocks of 256 with the signed dynamic map. The mean is
 // summed in float64 and rounded once (torch's float32 reduction order is not
 // reproducible bit for bit; the file stores the offset, so readers agree).
@@ -165,12 +180,11 @@ func nestAbsmax(absmax []float32) *Nested {
 	if len(absmax) > 0 {
 		offset = float32(sum / float64(len(absmax)))
 	}
-	centered := make([]float32, len(absmax))
-	for i, a := range absmax {
-		centered[i] = a - offset
+	for i, a := range absmax { // centred in place: the caller drops absmax
+		absmax[i] = a - offset
 	}
 	nd := &Nested{Offset: offset, BlockSize: NestedBlockSize, Map: dynamicMap}
-	nd.Codes, nd.Absmax = quantizeBlockwise8(&nd.Map, centered, NestedBlockSize)
+	nd.Codes, nd.Absmax = quantizeBlockwise8(&nd.Map, absmax, NestedBlockSize)
 	return nd
 }
 
@@ -225,6 +239,20 @@ func (t *Tensor4) StorageBytes() int64 {
 		b += 4 * int64(len(t.Absmax))
 	}
 	return b
+}
+
+// Storage4 is the memory a Tensor4 of n elements takes, as Quantize4 makes
+// it: the packed codes, the per-block scales (fp32, or the 8-bit codes, the
+// nested fp32 absmax and the nested map), so memory plans can be sized
+// before anything is quantized.
+func Storage4(n, blockSize int, double bool) int64 {
+	blocks := int64((n + blockSize - 1) / blockSize)
+	b := int64((n + 1) / 2)
+	if double {
+		nested := (blocks + NestedBlockSize - 1) / NestedBlockSize
+		return b + blocks + 4*nested + 4*256 + 4
+	}
+	return b + 4*blocks
 }
 
 // Validate checks that every slice has the length the shape and block sizes

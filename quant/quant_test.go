@@ -492,3 +492,24 @@ func TestPaddingNibbleCodesZero(t *testing.T) {
 		}
 	}
 }
+
+// TestStorage4MatchesQuantize4: the planning formula counts what Quantize4
+// really allocates.
+func TestStorage4MatchesQuantize4(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 5))
+	for _, n := range []int{1, 63, 64, 65, 4096, 64*256 + 1, 100003} {
+		for _, double := range []bool{false, true} {
+			q, err := Quantize4(randNormal(rng, n), []int{n}, NF4, 64, double)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := int64(len(q.Packed) + 4*len(q.Absmax))
+			if nd := q.Nested; nd != nil {
+				want = int64(len(q.Packed)+len(nd.Codes)+4*len(nd.Absmax)) + 4*int64(len(nd.Map)) + 4
+			}
+			if got := Storage4(n, 64, double); got != want {
+				t.Errorf("n=%d double=%v: Storage4 = %d, Quantize4 holds %d", n, double, got, want)
+			}
+		}
+	}
+}

@@ -13,6 +13,7 @@ import "github.com/opencluster/opencluster/train/backend"
 // tensors and one block's inner tensors instead of n_layers of them.
 type activations struct {
 	B, T  int
+	row0  int  // the micro-batch's first sequence in the batch (dropout keys)
 	train bool // laid out for ForwardBackward (dropout scratch, gradients)
 	ckpt  bool // one shared layerActs, recomputed in backward
 

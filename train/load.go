@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 
 	"github.com/opencluster/opencluster/quant"
 	"github.com/opencluster/opencluster/quant/safetensors"
@@ -98,8 +99,15 @@ func NewQuantizedModel(cfg ModelConfig, be backend.Backend, seed uint64, q Quant
 	}
 	m.setEmbed16(emb, head)
 	m.markQuantized(q)
+	releaseScratch()
 	return m, nil
 }
+
+// releaseScratch collects the load's scratch (the fp32 linear, the read
+// buffers) once the model is built, so the first step's allocations reuse
+// those pages instead of adding to the peak. The model's memory holds no
+// pointers, so the collection is quick even for a 7B model.
+func releaseScratch() { runtime.GC() }
 
 // specIndex maps the names of m's fp32 tensors to their specs.
 func (m *Model) specIndex() map[string]paramSpec {
@@ -239,6 +247,7 @@ func loadBase(path string, be backend.Backend, q *QuantConfig) (*Model, error) {
 		return nil, fmt.Errorf("train: %s: %w", path, err)
 	}
 	m.Info = info
+	releaseScratch()
 	return m, nil
 }
 

@@ -177,7 +177,8 @@ func openData(opts RunOptions, log *slog.Logger) (*data.Dataset, error) {
 }
 
 // Run trains as opts says: it builds the model (pretrain: NewModel; QLoRA:
-// LoadModel, QuantizeBase unless the base is already 4-bit, EnableLoRA),
+// LoadQuantized, which quantizes as it streams unless the base is already
+// 4-bit, then EnableLoRA),
 // streams batches from opts.DataDir, and runs train.steps optimizer steps of
 // grad_accum micro-batches each, with clipping, the learning-rate schedule
 // and AdamW. It evaluates before the first step, every eval_every steps and at
@@ -478,7 +479,8 @@ func buildModel(cfg *Config, opts RunOptions, be backend.Backend, log *slog.Logg
 		log.Info("model initialised", "params", cfg.Model.NumParams(), "backend", be.Name())
 		return m, nil
 	}
-	m, err := LoadModel(opts.Base, be)
+	// Quantized as it streams in: the fp32 base is never in memory.
+	m, err := LoadQuantized(opts.Base, be, cfg.Quant)
 	if err != nil {
 		return nil, fmt.Errorf("base %s: %w", opts.Base, err)
 	}
@@ -486,12 +488,7 @@ func buildModel(cfg *Config, opts RunOptions, be backend.Backend, log *slog.Logg
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("base %s with this config: %w", opts.Base, err)
 	}
-	if !m.Quantized() {
-		if err := m.QuantizeBase(cfg.Quant); err != nil {
-			return nil, fmt.Errorf("quantize base %s: %w", opts.Base, err)
-		}
-		log.Info("base quantized", "format", cfg.Quant.Format, "block", cfg.Quant.BlockSize, "double_quant", cfg.Quant.DoubleQuant)
-	}
+	log.Info("base loaded in 4-bit", "format", cfg.Quant.Format, "block", cfg.Quant.BlockSize, "double_quant", cfg.Quant.DoubleQuant)
 	if err := m.EnableLoRA(cfg.LoRA, seed); err != nil {
 		return nil, fmt.Errorf("enable LoRA: %w", err)
 	}

@@ -70,6 +70,7 @@ type Model struct {
 	hostP, hostG []float32 // host copies of params and grads for a host step
 
 	ckpt             bool // activation checkpointing (SetCheckpointing)
+	micro            int  // sequences per forward/backward (SetMicroBatch); 0: all
 	ropeCos, ropeSin backend.Buf
 	acts             [2]*activations // small cache: training shape and inference shape
 }
@@ -505,11 +506,22 @@ func (m *Model) ForwardBackward(tokens, targets []int32, B, T int, gradScale flo
 	if _, g := m.trainable(); g == nil {
 		return 0, errors.New("train: the model has no trainable parameters (quantized base without LoRA); call EnableLoRA")
 	}
-	a := m.activations(B, T, true)
-	m.forward(a, tokens, true, step)
-	loss = m.headLoss(a, targets, count, gradScale, true)
-	m.backward(a, tokens, step)
-	return loss, nil
+	mb := m.microBatch(B)
+	for b0 := 0; b0 < B; b0 += mb {
+		nb := min(mb, B-b0)
+		tk, tg := tokens[b0*T:(b0+nb)*T], targets[b0*T:(b0+nb)*T]
+		if !anyScored(tg) {
+			continue
+		}
+		a := m.activations(nb, T, true)
+		a.row0 = b0
+		m.forward(a, tk, true, step)
+		// Scaled by the whole batch's count, the micro-batches' gradients
+		// and loss sums add up to the batch's mean.
+		loss += m.headLoss(a, tg, count, gradScale, true)
+		m.backward(a, tk, step)
+	}
+	return loss / float64(count), nil
 }
 
 // Loss runs the forward pass only and returns mean cross-entropy (no dropout).
@@ -530,9 +542,43 @@ func (m *Model) LossSum(tokens, targets []int32, B, T int) (sum float64, count i
 	if count, err = m.checkBatch(tokens, targets, B, T); err != nil {
 		return 0, 0, err
 	}
-	a := m.activations(B, T, false)
-	m.forward(a, tokens, false, 0)
-	return m.headLoss(a, targets, count, 0, false) * float64(count), count, nil
+	mb := m.microBatch(B)
+	for b0 := 0; b0 < B; b0 += mb {
+		nb := min(mb, B-b0)
+		tk, tg := tokens[b0*T:(b0+nb)*T], targets[b0*T:(b0+nb)*T]
+		if !anyScored(tg) {
+			continue
+		}
+		a := m.activations(nb, T, false)
+		m.forward(a, tk, false, 0)
+		sum += m.headLoss(a, tg, count, 0, false)
+	}
+	return sum, count, nil
+}
+
+// SetMicroBatch makes ForwardBackward and Loss run a batch of B sequences
+// as micro-batches of at most n (0: the whole batch at once), so
+// activation memory is that of n sequences. The gradient is the batch's
+// (each micro-batch weighted by its share of the scored targets); the
+// arithmetic differs only in summation order.
+func (m *Model) SetMicroBatch(n int) {
+	if n < 0 {
+		n = 0
+	}
+	if n != m.micro {
+		m.micro = n
+		m.resetActivations()
+	}
+}
+
+// MicroBatch is the SetMicroBatch setting (0: whole batches).
+func (m *Model) MicroBatch() int { return m.micro }
+
+func (m *Model) microBatch(B int) int {
+	if m.micro <= 0 || m.micro > B {
+		return B
+	}
+	return m.micro
 }
 
 // Logits returns the next-token logits [VocabSize] after the last of tokens.
@@ -595,7 +641,7 @@ func (m *Model) headBackward(dinp, dlogits, inp backend.Buf, n int) {
 
 // headLoss runs lm_head and the fused cross-entropy a chunk of rows at a
 // time (a.ceRows), so the [N,V] logits and their gradient are never held
-// whole, and returns the mean loss over the scored targets. With grad it
+// whole, and returns the sum of the rows' losses. With grad it
 // also runs each chunk's lm_head backward at once, leaving dlnf in
 // a.grads.dlnf (the loss gradient scaled by gradScale/count). A chunk with
 // no scored target (every target negative) is skipped: its loss and
@@ -625,7 +671,7 @@ func (m *Model) headLoss(a *activations, targets []int32, count int, gradScale f
 	for _, l := range losses {
 		sum += l
 	}
-	return sum / float64(count)
+	return sum
 }
 
 func anyScored(targets []int32) bool {
@@ -740,6 +786,17 @@ func (m *Model) layerBackward(a *activations, l int, step int) {
 	be.RMSNormBackward(g.dres, grad(L.dln1), g.dln, a.resid[l], L.ln1, la.rstd1, N, D)
 }
 
+// dropoutKey keys the dropout mask of module j in layer l for the
+// micro-batch in a: the batch's key for its first micro-batch, a distinct
+// one for each later micro-batch, so their masks are independent.
+func (m *Model) dropoutKey(a *activations, step, l, j int) uint64 {
+	k := m.lora.key(step, l, j)
+	if a.row0 != 0 {
+		k = backend.Mix64(k + uint64(a.row0)*0x9E3779B97F4A7C15)
+	}
+	return k
+}
+
 // linearForward computes out = inp·Wᵀ (W fp32 or 4-bit) plus the LoRA branch
 // (α/r)·(dropout(inp)·Aᵀ)·Bᵀ when module j of layer l has an adapter.
 func (m *Model) linearForward(a *activations, l, j int, inp, out backend.Buf, N int, train bool, step int) {
@@ -762,7 +819,7 @@ func (m *Model) linearForward(a *activations, l, j int, inp, out backend.Buf, N 
 	xd := inp
 	if p > 0 {
 		xd = be.View(a.xd, 0, N*in)
-		be.DropoutForward(xd, inp, p, m.lora.key(step, l, j))
+		be.DropoutForward(xd, inp, p, m.dropoutKey(a, step, l, j))
 	}
 	xa := a.layer(l).xa[j]
 	be.MatmulForward(xa, xd, ad.A, N, in, r, 1, 0)
@@ -780,8 +837,8 @@ func (m *Model) linearBackward(a *activations, l, j int, dout, inp, dinp backend
 		be.Zero(dxa)
 		be.MatmulBackward(dxa, ad.dB, dout, a.layer(l).xa[j], ad.B, N, r, outDim, m.lora.scale())
 		xd, dxd := inp, dinp
+		key := m.dropoutKey(a, step, l, j)
 		if p > 0 {
-			key := m.lora.key(step, l, j)
 			xd = be.View(a.xd, 0, N*in)
 			be.DropoutForward(xd, inp, p, key)
 			dxd = be.View(a.grads.dxd, 0, N*in)
@@ -789,7 +846,7 @@ func (m *Model) linearBackward(a *activations, l, j int, dout, inp, dinp backend
 		}
 		be.MatmulBackward(dxd, ad.dA, dxa, xd, ad.A, N, in, r, 1)
 		if p > 0 {
-			be.DropoutBackward(dinp, dxd, p, m.lora.key(step, l, j))
+			be.DropoutBackward(dinp, dxd, p, key)
 		}
 	}
 	if L.q4[j] != nil {

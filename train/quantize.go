@@ -3,6 +3,7 @@ package train
 import (
 	"errors"
 	"fmt"
+	"runtime/debug"
 
 	"github.com/opencluster/opencluster/quant"
 	"github.com/opencluster/opencluster/quant/safetensors"
@@ -73,6 +74,7 @@ func (m *Model) QuantizeBase(q QuantConfig) error {
 	}
 	m.setEmbed16(emb, head)
 	m.markQuantized(q)
+	debug.FreeOSMemory() // the fp32 weights just dropped are most of the heap
 	return nil
 }
 

@@ -28,6 +28,15 @@ presets in pretrain and QLoRA mode (random weights, NF4 base, LoRA on the
 preset's linears) as tokens/s and GFLOPS, and the peak RSS of one small QLoRA
 step measured in a fresh child process.
 
+With --only qlora it measures instead QLoRA training of full-size model
+shapes (--model llama-1b, llama-7b, ...; random weights made straight into
+NF4, LoRA on the preset's linears) at --seq-len: tokens/s and the peak
+resident memory of this process, next to the memory model's estimate
+(docs/memory.md). One model per run gives a figure /usr/bin/time -v can
+check:
+
+  opencluster bench --device cpu --only qlora --model llama-7b --seq-len 512 --json
+
 It prints a table, or with --json one JSON object per row.`,
 	Args: cobra.NoArgs,
 	RunE: runBench,
@@ -42,6 +51,11 @@ func init() {
 	f.String("peer-coretype", bench.PeerCoreAuto, "OpenBLAS kernels for the peer: auto (when the library's own choice is older than this CPU, force the newest core the CPU runs), keep, or a core name such as SkylakeX")
 	f.String("out", "", "also write the JSON rows to this file (atomically)")
 	f.Bool("no-steps", false, "skip the training-step rows")
+	f.String("only", "", "measure only these rows: qlora (full-size QLoRA steps of --model, with peak RSS)")
+	f.String("model", "llama-1b", "with --only qlora: the model presets to train, comma-separated (e.g. llama-1b,llama-7b)")
+	f.Int("seq-len", 0, "with --only qlora: tokens per sequence (0: the preset's train.seq_len)")
+	f.Int("steps", 1, "with --only qlora: timed optimizer steps after the warm-up step")
+	addMaxMemoryFlag(f)
 	f.String("sgemm-kernel", "auto", "our kernel family: auto (the widest this CPU runs), avx512, avx2 or go; a narrower one measures that path on this CPU")
 	// The child process behind the train_step_peak_rss row (bench.RunStepChild).
 	f.String("step-child", "", "internal: run one QLoRA step of this preset and print its peak RSS")
@@ -101,6 +115,13 @@ func runBench(cmd *cobra.Command, _ []string) error {
 	}
 
 	opt := bench.Options{Quick: quick, Threads: threads, NoPeer: noPeer, PeerCoreType: coretype, Probe: peerProbe}
+	switch only, _ := f.GetString("only"); only {
+	case "":
+	case "qlora":
+		return runBenchQLoRA(cmd, opt, asJSON, out)
+	default:
+		return fmt.Errorf("--only %q: the only selectable rows are qlora", only)
+	}
 	if !noSteps {
 		presets := map[string]train.Config{}
 		for _, name := range []string{"tiny", "small"} {
@@ -121,6 +142,45 @@ func runBench(cmd *cobra.Command, _ []string) error {
 	}
 	return emitRows(cmd, asJSON, out, "bench: measuring (about a minute; --quick for less)...", func(emit func(bench.Row)) error {
 		return bench.Run(cmd.Context(), opt, emit)
+	})
+}
+
+// runBenchQLoRA runs the full-size QLoRA rows (--only qlora).
+func runBenchQLoRA(cmd *cobra.Command, opt bench.Options, asJSON bool, out string) error {
+	f := cmd.Flags()
+	models, _ := f.GetString("model")
+	seqLen, _ := f.GetInt("seq-len")
+	steps, _ := f.GetInt("steps")
+	memFlag, _ := f.GetString("max-memory")
+	if seqLen < 0 || steps < 0 {
+		return fmt.Errorf("--seq-len %d and --steps %d must not be negative", seqLen, steps)
+	}
+	budget, source, err := maxMemory(cmd.Context(), memFlag, "cpu")
+	if err != nil {
+		return err
+	}
+	limitHeap(budget)
+	var rows []bench.QLoRAConfig
+	for _, name := range strings.Split(models, ",") {
+		name = strings.TrimSpace(name)
+		if name == "" {
+			continue
+		}
+		cfg, err := loadPreset(name)
+		if err != nil {
+			return err
+		}
+		if seqLen > 0 {
+			cfg.Train.SeqLen = seqLen
+		}
+		rows = append(rows, bench.QLoRAConfig{Preset: name, Config: cfg, Budget: budget, Steps: steps, Threads: opt.Threads, Options: opt})
+	}
+	if len(rows) == 0 {
+		return errors.New("--model: no model preset given")
+	}
+	intro := fmt.Sprintf("bench: QLoRA of %s on the CPU within %.1f GiB (%s); a 7B step takes minutes...", models, float64(budget)/(1<<30), source)
+	return emitRows(cmd, asJSON, out, intro, func(emit func(bench.Row)) error {
+		return bench.RunQLoRA(cmd.Context(), rows, emit)
 	})
 }
 

@@ -64,23 +64,23 @@ func runGenerate(cmd *cobra.Command, args []string) error {
 	if err != nil {
 		return err
 	}
-	m, err := train.LoadModel(base, be)
-	if err != nil {
-		return fmt.Errorf("base %s: %w", base, err)
-	}
-	if adapter != "" {
+	var m *train.Model
+	if adapter != "" { // the adapter's base is frozen in 4-bit, quantized as it loads
 		var cfg train.Config
 		if err := loadConfig(source, f, nil, &cfg); err != nil {
 			return err
 		}
-		if !m.Quantized() {
-			if err := cfg.Quant.Validate(); err != nil {
-				return err
-			}
-			if err := m.QuantizeBase(cfg.Quant); err != nil {
-				return fmt.Errorf("quantize base %s: %w", base, err)
-			}
+		if err := cfg.Quant.Validate(); err != nil {
+			return err
 		}
+		m, err = train.LoadQuantized(base, be, cfg.Quant)
+	} else {
+		m, err = train.LoadModel(base, be)
+	}
+	if err != nil {
+		return fmt.Errorf("base %s: %w", base, err)
+	}
+	if adapter != "" {
 		if err := m.LoadAdapter(adapter); err != nil {
 			return fmt.Errorf("adapter %s: %w", adapter, err)
 		}

@@ -65,6 +65,9 @@ type cpu struct {
 
 	mu      sync.Mutex // guards scratch
 	scratch []float32  // dequantized weight tiles
+
+	attMu sync.Mutex // guards attDS
+	attDS []float32  // AttentionBackward's T x T scratch, reused: no garbage per call
 }
 
 func (c *cpu) Name() string { return "cpu" }
@@ -382,7 +385,12 @@ func (c *cpu) AttentionBackward(dq, dk, dv, dout, att, q, k, v Buf, B, T, H, KVH
 	dqs, dks, dvs, do, a, qs, ks, vs := s(dq), s(dk), s(dv), s(dout), s(att), s(q), s(k), s(v)
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	C, KC, grp := H*hd, KVH*hd, H/KVH
-	ds := make([]float32, T*T)
+	c.attMu.Lock()
+	defer c.attMu.Unlock()
+	if cap(c.attDS) < T*T {
+		c.attDS = make([]float32, T*T)
+	}
+	ds := c.attDS[:T*T]
 	for bh := 0; bh < B*H; bh++ {
 		b, h := bh/H, bh%H
 		kh := h / grp

@@ -219,6 +219,22 @@ func getWorkspace(t, kc, nc int) *workspace {
 	return ws
 }
 
+// WorkspaceBytes is the memory of the workspaces an m x n x k product on
+// threads threads takes (the packed B slices and the per-thread packed A
+// blocks), for memory plans. Workspaces are reused, so a run of products
+// holds about the largest of them.
+func WorkspaceBytes(m, n, k, threads int) int64 {
+	t := max(threads, 1)
+	kc := int64(min(k, depthBlock(m, n)))
+	one := func(cols, threads int) int64 {
+		return 4 * (2*kc*int64(min(cols, blockNC)+maxNR) + int64(threads)*blockMC*blockKCLarge)
+	}
+	if t > 1 && splitColumns(m, n, maxNR, t) { // one single-thread workspace per band
+		return int64(t) * one((n+t-1)/t, 1)
+	}
+	return one(n, t)
+}
+
 func putWorkspace(ws *workspace) {
 	freeMu.Lock()
 	if len(freeList) < maxFreeWSs {
