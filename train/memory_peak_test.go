@@ -22,7 +22,7 @@ import (
 // enough for a test yet large enough (a few hundred MiB) that the runtime's
 // fixed cost does not decide the comparison.
 
-const memChildEnv = "OPENCLUSTER_TRAIN_MEMORY_CHILD"
+const memChildEnv = "OPENCLUSTER_TEST_MEMORY_CHILD"
 
 // peakJob is the measured job: 32k vocabulary (an untied bf16 embedding and
 // lm_head, chunked cross-entropy), 4 layers, LoRA r=16 on every linear.
