@@ -11,7 +11,8 @@ import (
 // regexp lacks. regexp2's .NET semantics agree with Oniguruma's on them:
 // \s is Unicode White_Space in both.
 type pattern struct {
-	re *regexp2.Regexp
+	re   *regexp2.Regexp
+	fast func(string) [][]int // a hand-written matcher for a known pattern, or nil
 }
 
 func compileRegex(expr string) (*pattern, error) {
@@ -21,7 +22,7 @@ func compileRegex(expr string) (*pattern, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pattern %q: %w", expr, err)
 	}
-	return &pattern{re: re}, nil
+	return &pattern{re: re, fast: fastSplitter(expr)}, nil
 }
 
 // findAll returns the byte ranges of every non-overlapping match.
@@ -29,6 +30,14 @@ func (p *pattern) findAll(s string) [][]int {
 	if s == "" {
 		return nil
 	}
+	if p.fast != nil {
+		return p.fast(s)
+	}
+	return p.slow(s)
+}
+
+// slow runs the regular expression itself.
+func (p *pattern) slow(s string) [][]int {
 	m, err := p.re.FindAllStringIndex(s, -1)
 	if err != nil {
 		// Only a timeout or a stack limit can fail, and neither is set.
