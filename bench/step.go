@@ -16,8 +16,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/opencluster/opencluster/train"
@@ -497,4 +499,44 @@ func lastLine(s string) string {
 		return s[i+1:]
 	}
 	return s
+}
+
+// TrainStepConcurrent times n single-threaded trainers of preset at once,
+// each on its own model, as n worker processes sharing this machine run
+// (the federated demo's workers use one thread each). GOMAXPROCS is raised
+// to n meanwhile, so that, like n processes, they get n threads' share of
+// a loaded machine. The row is the mean of the n: tokens/s and GFLOPS per
+// trainer, fraction_of_peak against sc.PeakGFLOPS / n (one trainer's
+// share of the machine).
+func TrainStepConcurrent(ctx context.Context, preset, mode string, cfg train.Config, sc StepConfig, n int) (Row, error) {
+	if n < 1 {
+		return Row{}, fmt.Errorf("train step %s/%s: %d concurrent trainers", preset, mode, n)
+	}
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(max(n, runtime.GOMAXPROCS(0))))
+	sc.Threads, sc.PeakGFLOPS = 1, sc.PeakGFLOPS/float64(n)
+	rows, errs := make([]Row, n), make([]error, n)
+	var wg sync.WaitGroup
+	for i := range rows {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rows[i], errs[i] = TrainStep(ctx, preset, mode, cfg, sc)
+		}()
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return Row{}, err
+	}
+	out := rows[0]
+	out.Size += fmt.Sprintf(" x%d concurrent", n)
+	var gflops, tps float64
+	for _, r := range rows {
+		gflops += r.GFLOPS / float64(n)
+		tps += r.Extra["tokens_per_s"].(float64) / float64(n)
+	}
+	out.GFLOPS, out.Extra["tokens_per_s"], out.Extra["concurrent"] = gflops, tps, n
+	if out.PeakGFLOPS > 0 {
+		out.FractionOfPeak = gflops / out.PeakGFLOPS
+	}
+	return out, nil
 }

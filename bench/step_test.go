@@ -316,3 +316,24 @@ func TestParseVmHWM(t *testing.T) {
 		})
 	}
 }
+
+// n trainers at once: the row is their mean, its fraction of peak taken
+// against one trainer's share of the machine.
+func TestTrainStepConcurrent(t *testing.T) {
+	sc := StepConfig{Presets: map[string]train.Config{"tiny": tinyConfig()}, Quick: true, PeakGFLOPS: 100}
+	r, err := TrainStepConcurrent(context.Background(), "tiny", ModeQLoRA, tinyConfig(), sc, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tps, _ := r.Extra["tokens_per_s"].(float64)
+	fpt, _ := r.Extra["flops_per_token"].(float64)
+	if r.Extra["concurrent"] != 3 || r.Extra["threads"] != 1 || tps <= 0 || !strings.HasSuffix(r.Size, "x3 concurrent") {
+		t.Fatalf("row %+v", r)
+	}
+	if !near(fpt*tps/1e9, r.GFLOPS) || !near(r.FractionOfPeak, r.GFLOPS/(100.0/3)) {
+		t.Errorf("GFLOPS %v fraction %v, flops/token %v at %v tokens/s per trainer", r.GFLOPS, r.FractionOfPeak, fpt, tps)
+	}
+	if _, err := TrainStepConcurrent(context.Background(), "tiny", ModeQLoRA, tinyConfig(), sc, 0); err == nil {
+		t.Error("0 trainers: no error")
+	}
+}

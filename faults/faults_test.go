@@ -7,7 +7,6 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -17,7 +16,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -28,6 +26,7 @@ import (
 	"github.com/opencluster/opencluster/configs"
 	"github.com/opencluster/opencluster/coordinator"
 	"github.com/opencluster/opencluster/coordinator/ledger"
+	"github.com/opencluster/opencluster/internal/testbin"
 	"github.com/opencluster/opencluster/netclient"
 	"github.com/opencluster/opencluster/protocol"
 	"github.com/opencluster/opencluster/train"
@@ -39,32 +38,7 @@ import (
 // process's own code).
 var bin string
 
-func TestMain(m *testing.M) {
-	flag.Parse()
-	if testing.Short() {
-		os.Exit(m.Run()) // every test here skips itself
-	}
-	dir, err := os.MkdirTemp("", "opencluster-faults-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "faults:", err)
-		os.Exit(1)
-	}
-	bin = filepath.Join(dir, "opencluster")
-	goCmd, err := exec.LookPath("go")
-	if err != nil {
-		goCmd = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
-	build := exec.Command(goCmd, "build", "-o", bin, "../cmd/opencluster")
-	build.Env = append(os.Environ(), "CGO_ENABLED=1")
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "faults: go build ../cmd/opencluster: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testbin.Main(m, "../cmd/opencluster", &bin) }
 
 // Each test's scale: small enough that a round takes about a second on 2
 // cores, big enough that updates are real (every LoRA tensor of the tiny

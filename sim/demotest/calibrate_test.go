@@ -1,0 +1,102 @@
+package demotest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/opencluster/opencluster/coordinator"
+	"github.com/opencluster/opencluster/internal/testbin"
+)
+
+// bin is the opencluster binary TestMain builds (without -race: the
+// processes it starts are what is measured).
+var bin string
+
+func TestMain(m *testing.M) { testbin.Main(m, "../../cmd/opencluster", &bin) }
+
+const (
+	workers = 4
+	rounds  = 4
+	steps   = 10 // the demo's default local steps
+)
+
+// predict runs `simulate --calibrate-demo`, which measures this machine's
+// QLoRA step speed now and predicts the demo's mean round duration.
+func predict(t *testing.T, ctx context.Context) (float64, map[string]any) {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, bin, "simulate", "--calibrate-demo", "--json", "--log-level", "warn",
+		"--demo-workers", fmt.Sprint(workers), "--demo-rounds", fmt.Sprint(rounds), "--demo-steps", fmt.Sprint(steps))
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("simulate --calibrate-demo: %v", err)
+	}
+	lines := bytes.Split(bytes.TrimSpace(out), []byte("\n"))
+	var last struct {
+		Calibrate map[string]any `json:"calibrate_demo"`
+	}
+	if err := json.Unmarshal(lines[len(lines)-1], &last); err != nil || last.Calibrate == nil {
+		t.Fatalf("simulate --calibrate-demo: last line %q: %v", lines[len(lines)-1], err)
+	}
+	p, _ := last.Calibrate["predicted_round_s"].(float64)
+	if !(p > 0) {
+		t.Fatalf("predicted round %v s", p)
+	}
+	return p, last.Calibrate
+}
+
+// The simulator's prediction of `make demo`'s round duration must fall
+// within 30% of the real demo's mean round (rounds 2..4: round 1 also
+// starts the workers). The machine's speed is measured just before and
+// just after the demo, and the prediction is the mean of the two, so a
+// machine whose load changes during the test is seen by both sides.
+func TestCalibrateDemo(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs the real demo (about a minute)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	before, info := predict(t, ctx)
+
+	dir := t.TempDir()
+	demo := exec.CommandContext(ctx, bin, "demo", "--workers", fmt.Sprint(workers), "--rounds", fmt.Sprint(rounds), "--steps", fmt.Sprint(steps),
+		"--dir", dir, "--device", "cpu", "--log-level", "warn", "--json")
+	if out, err := demo.CombinedOutput(); err != nil {
+		t.Fatalf("demo: %v\n%s", err, out)
+	}
+	after, _ := predict(t, ctx)
+
+	store, err := coordinator.OpenSQLite(ctx, filepath.Join(dir, "coordinator", "coordinator.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	var sum float64
+	var each []float64
+	for id := uint64(2); id <= rounds; id++ {
+		r, err := store.Round(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.State != coordinator.StateClosed {
+			t.Fatalf("demo round %d is %s, not closed", id, r.State)
+		}
+		d := r.Closed.Sub(r.Opened).Seconds()
+		each = append(each, d)
+		sum += d
+	}
+	measured := sum / float64(len(each))
+	predicted := (before + after) / 2
+	off := (predicted - measured) / measured
+	t.Logf("make demo (%d workers, %d local steps): measured mean round %.3f s (rounds 2..%d: %.3f); simulate --calibrate-demo predicted %.3f s (%.3f before, %.3f after the demo; machine %v, utilisation %v); off by %+.1f%%",
+		workers, steps, measured, rounds, each, predicted, before, after, info["cpu"], info["utilisation"], 100*off)
+	if math.Abs(off) > 0.3 {
+		t.Errorf("the prediction %.3f s is %+.0f%% off the measured %.3f s: more than 30%%", predicted, 100*off, measured)
+	}
+}
