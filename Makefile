@@ -32,11 +32,14 @@ cuda:
 # OPENCLUSTER_REQUIRE_TOKENIZERS=1 (CI).
 # python3-torch runs the independent reference forward of the Hugging Face
 # model tests; without it they skip, unless OPENCLUSTER_REQUIRE_TORCH=1 (CI).
+# The simulator's calibration against the real demo times both, so it runs
+# after the others, alone (OPENCLUSTER_CALIBRATE_DEMO=1; skipped otherwise).
 test:
 	@./scripts/install-torch.sh || echo "make test: no python3 with torch; the reference-forward tests will skip"
 	@pgbin=$$(./scripts/install-postgres.sh) || { echo "make test: no PostgreSQL binaries; those tests will skip"; pgbin=; }; \
 	 tokdir=$$(./scripts/fetch-tokenizers.sh) || { echo "make test: no reference tokenizers; those tests will skip"; tokdir=; }; \
-	 echo "$(GO) test -race -count=1 ./..."; PATH="$$pgbin:$$PATH" OPENCLUSTER_TOKENIZERS="$$tokdir" $(GO) test -race -count=1 ./...
+	 echo "$(GO) test -race -count=1 ./..."; PATH="$$pgbin:$$PATH" OPENCLUSTER_TOKENIZERS="$$tokdir" $(GO) test -race -count=1 ./... && \
+	 echo "$(GO) test -count=1 ./sim/demotest/ (alone)" && OPENCLUSTER_CALIBRATE_DEMO=1 $(GO) test -count=1 ./sim/demotest/
 
 # Bounded fuzzing of the decoders that read untrusted bytes. Bounded by
 # executions, not time: a time limit that ends during input minimization
