@@ -318,6 +318,26 @@ func TestAttention(t *testing.T) {
 	e.check("attention dv", dv, tolFP32)
 }
 
+// TestAttentionDecode checks generation's attention against the CPU for
+// every cache length up to tT.
+func TestAttentionDecode(t *testing.T) {
+	e := newEnv(t)
+	q := e.in(randn(tH*tHD, 1))
+	k, v := e.in(randn(tT*tKVH*tHD, 1)), e.in(randn(tT*tKVH*tHD, 1))
+	for L := 1; L <= tT; L++ {
+		out, att := e.out(tH*tHD), e.out(tH*L)
+		kv := func(p pair) pair {
+			n := L * tKVH * tHD
+			return pair{e.cpu.View(p.cpu, 0, n), e.gpu.View(p.gpu, 0, n), n}
+		}
+		kL, vL := kv(k), kv(v)
+		e.cpu.AttentionDecode(out.cpu, att.cpu, q.cpu, kL.cpu, vL.cpu, L, tH, tKVH, tHD)
+		e.gpu.AttentionDecode(out.gpu, att.gpu, q.gpu, kL.gpu, vL.gpu, L, tH, tKVH, tHD)
+		e.check(fmt.Sprintf("decode out L=%d", L), out, tolFP32)
+		e.check(fmt.Sprintf("decode probabilities L=%d", L), att, tolFP32)
+	}
+}
+
 func TestElementwise(t *testing.T) {
 	e := newEnv(t)
 	const n = 4099

@@ -27,6 +27,7 @@ var Modules = []Module{
 	{"adamw", []string{"adamw_update"}},
 	{"attention", []string{"attention_forward", "attention_backward_dpre", "attention_backward_dq", "attention_backward_dkv"}},
 	{"crossentropy", []string{"crossentropy_forward_backward"}},
+	{"decode", []string{"attention_decode"}},
 	{"encoder", []string{"encoder_forward", "encoder_forward_bf16", "encoder_backward"}},
 	{"gemm", []string{"gemm_f32", "gemm_tf32", "gemm_bf16", "gemm_fp16", "gemm_bf16_native", "gemm_fp16_native", "convert_f32_bf16", "convert_f32_fp16", "widen_bf16_f32"}},
 	{"nf4", []string{"nf4_dequantize", "nf4_dequantize_bf16", "nf4_matmul_fwd_f32", "nf4_matmul_bwd_f32", "nf4_matmul_fwd_bf16", "nf4_matmul_bwd_bf16", "nf4_matmul_fwd_fp16", "nf4_matmul_bwd_fp16"}},

@@ -341,6 +341,23 @@ func (c *CUDA) AttentionBackward(dq, dk, dv, dout, att, q, k, v backend.Buf, B, 
 	}))
 }
 
+// AttentionDecode attends one position to L cached ones: one block per
+// query head.
+func (c *CUDA) AttentionDecode(out, att, q, k, v backend.Buf, L, H, KVH, hd int) {
+	o, a, qs, ks, vs := c.buf(out), c.buf(att), c.buf(q), c.buf(k), c.buf(v)
+	op := "AttentionDecode"
+	c.checkAttention(op, 1, L, H, KVH, hd)
+	if L <= 0 {
+		panic(fmt.Sprintf("kernels: %s: %s: no cached position (L = %d)", c.Name(), op, L))
+	}
+	c.need(op, "out", o, H*hd)
+	c.need(op, "att", a, H*L)
+	c.need(op, "q", qs, H*hd)
+	c.need(op, "k", ks, L*KVH*hd)
+	c.need(op, "v", vs, L*KVH*hd)
+	c.launch(op, "attention_decode", dim3{H, 1, 1}, threads128, o, a, qs, ks, vs, L, H, KVH, hd)
+}
+
 // elementwise checks that every buffer has n = first's length elements.
 func (c *CUDA) sameLen(op string, names []string, bufs ...*Buffer) int {
 	n := bufs[0].n

@@ -3,7 +3,11 @@ package train
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -444,6 +448,33 @@ func (h hfKeys) tokenIDs(info *HFInfo) error {
 	}
 	if _, err := h.get("eos_token_id", &info.EOS); err != nil {
 		return err
+	}
+	return nil
+}
+
+// readGenerationConfig adds the eos_token_id of dir's generation_config.json
+// (instruct models list their end-of-turn tokens there) to info.EOS.
+func readGenerationConfig(dir string, info *HFInfo) error {
+	path := filepath.Join(dir, "generation_config.json")
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	h := hfKeys{origin: path}
+	if err := json.Unmarshal(b, &h.m); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	var gen HFInfo
+	if err := h.tokenIDs(&gen); err != nil {
+		return err
+	}
+	for _, id := range gen.EOS {
+		if !slices.Contains(info.EOS, id) {
+			info.EOS = append(info.EOS, id)
+		}
 	}
 	return nil
 }

@@ -190,6 +190,9 @@ func openBase(path string) (cfg ModelConfig, info HFInfo, files baseFiles, quant
 			return cfg, info, nil, "", fmt.Errorf("train: %w", err)
 		}
 		info.Dir = path
+		if err := readGenerationConfig(path, &info); err != nil {
+			return cfg, info, nil, "", fmt.Errorf("train: %w", err)
+		}
 		names, err := shardNames(path)
 		if err != nil {
 			return cfg, info, nil, "", err

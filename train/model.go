@@ -697,18 +697,28 @@ func (m *Model) forward(a *activations, tokens []int32, train bool, step int) {
 // layerForward runs decoder block l from resid[l] to resid[l+1], saving its
 // inner tensors in a.layer(l).
 func (m *Model) layerForward(a *activations, l int, train bool, step int) {
+	m.block(a, l, train, step, func(la *layerActs) {
+		be, c := m.be, m.Config
+		N, hd := a.B*a.T, c.HeadDim()
+		be.RoPEForward(la.q, m.ropeCos, m.ropeSin, N, a.T, c.Heads, hd)
+		be.RoPEForward(la.k, m.ropeCos, m.ropeSin, N, a.T, c.KVHeads, hd)
+		be.AttentionForward(la.atty, la.att, la.q, la.k, la.v, a.B, a.T, c.Heads, c.KVHeads, hd)
+	})
+}
+
+// block runs decoder block l from resid[l] to resid[l+1], with attend
+// turning q, k, v into atty: causal attention over the batch for training
+// and scoring, attention against the KV cache for generation.
+func (m *Model) block(a *activations, l int, train bool, step int, attend func(la *layerActs)) {
 	be, c := m.be, m.Config
-	B, T := a.B, a.T
-	N, D, hd := B*T, c.Dim, c.HeadDim()
+	N, D := a.B*a.T, c.Dim
 	L, la := &m.layers[l], a.layer(l)
 	x := a.resid[l]
 	be.RMSNormForward(la.ln1, la.rstd1, x, L.ln1, N, D, c.NormEps)
 	m.linearForward(a, l, modQ, la.ln1, la.q, N, train, step)
 	m.linearForward(a, l, modK, la.ln1, la.k, N, train, step)
 	m.linearForward(a, l, modV, la.ln1, la.v, N, train, step)
-	be.RoPEForward(la.q, m.ropeCos, m.ropeSin, N, T, c.Heads, hd)
-	be.RoPEForward(la.k, m.ropeCos, m.ropeSin, N, T, c.KVHeads, hd)
-	be.AttentionForward(la.atty, la.att, la.q, la.k, la.v, B, T, c.Heads, c.KVHeads, hd)
+	attend(la)
 	m.linearForward(a, l, modO, la.atty, a.tmpD, N, train, step)
 	be.Add(la.x2, x, a.tmpD)
 	be.RMSNormForward(la.ln2, la.rstd2, la.x2, L.ln2, N, D, c.NormEps)

@@ -16,13 +16,18 @@ func init() {
 
 func newGenerateCmd() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "generate --base BASE [--adapter DIR] --prompt TEXT",
+		Use:   "generate --base BASE [--adapter DIR] --prompt TEXT [--chat]",
 		Short: "Sample text from a base model, optionally with a trained adapter",
 		Long: `generate continues --prompt with text sampled from the model, so you can see
-what training did. With --adapter, the base is quantized as in training (the
-quant section of --config, unless the base is already 4-bit) and the PEFT
-adapter is applied. Control characters and bytes that are not valid UTF-8 are
-printed as \xNN escapes.`,
+what training did. It keeps a KV cache (the prompt runs once, then each token
+costs one position), samples with --temperature, --top-k and --top-p from
+--seed, and stops at the model's end-of-sequence tokens (config.json,
+generation_config.json and the tokenizer's EOS). With --chat the prompt is
+the user's turn of a conversation rendered with the tokenizer's chat
+template, and only the reply is printed. With --adapter, the base is
+quantized as in training (the quant section of --config, unless the base is
+already 4-bit) and the PEFT adapter is applied. Control characters and bytes
+that are not valid UTF-8 are printed as \xNN escapes.`,
 		Args: cobra.NoArgs,
 		RunE: runGenerate,
 	}
@@ -33,6 +38,9 @@ printed as \xNN escapes.`,
 	f.Int("max-tokens", 200, "tokens to generate")
 	f.Float64("temperature", 0.8, "sampling temperature; 0 always picks the most likely token")
 	f.Int("top-k", 40, "sample among the K most likely tokens; 0 uses all")
+	f.Float64("top-p", 0.95, "sample among the most likely tokens whose probabilities add up to P; 1 uses all")
+	f.Bool("chat", false, "render --prompt as a user turn with the tokenizer's chat template and print only the reply")
+	f.String("system", "", "with --chat, a system message before the user turn")
 	f.Uint64("seed", 1, "sampling seed: the same seed gives the same text")
 	f.Int("threads", 0, "CPU threads; 0 uses every core")
 	f.String("config", "tiny", "config whose quant section applies when --adapter is used")
@@ -48,6 +56,9 @@ func runGenerate(cmd *cobra.Command, args []string) error {
 	maxTokens, _ := f.GetInt("max-tokens")
 	temperature, _ := f.GetFloat64("temperature")
 	topK, _ := f.GetInt("top-k")
+	topP, _ := f.GetFloat64("top-p")
+	chat, _ := f.GetBool("chat")
+	system, _ := f.GetString("system")
 	seed, _ := f.GetUint64("seed")
 	threads, _ := f.GetInt("threads")
 	source, _ := f.GetString("config")
@@ -59,6 +70,12 @@ func runGenerate(cmd *cobra.Command, args []string) error {
 	}
 	if maxTokens < 0 || topK < 0 || temperature < 0 {
 		return fmt.Errorf("--max-tokens (%d), --top-k (%d) and --temperature (%g) must not be negative", maxTokens, topK, temperature)
+	}
+	if !(topP > 0 && topP <= 1) {
+		return fmt.Errorf("--top-p %g: want a probability in (0,1]", topP)
+	}
+	if system != "" && !chat {
+		return errors.New("--system needs --chat")
 	}
 	be, err := commandBackend(cmd, threads)
 	if err != nil {
@@ -97,8 +114,18 @@ func runGenerate(cmd *cobra.Command, args []string) error {
 	if hf != nil {
 		tok = data.HFTokenizer{T: hf}
 	}
-	ids, err := train.Sample(cmd.Context(), m, tok.Encode([]byte(prompt)), train.SampleOptions{
-		MaxTokens: maxTokens, Temperature: temperature, TopK: topK, Seed: seed,
+	promptIDs := tok.Encode([]byte(prompt))
+	if chat {
+		if hf == nil {
+			return errors.New("--chat needs a tokenizer with a chat template (--tokenizer, or a --base folder with tokenizer.json and tokenizer_config.json)")
+		}
+		if promptIDs, err = train.ChatPrompt(hf, system, prompt); err != nil {
+			return err
+		}
+	}
+	ids, err := train.Sample(cmd.Context(), m, promptIDs, train.SampleOptions{
+		MaxTokens: maxTokens, Temperature: temperature, TopK: topK, TopP: topP, Seed: seed,
+		Stop: m.StopTokens(hf),
 	})
 	if err != nil {
 		return err
@@ -107,6 +134,9 @@ func runGenerate(cmd *cobra.Command, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(cmd.OutOrStdout(), data.Printable(append([]byte(prompt), text...)))
+	if !chat {
+		text = append([]byte(prompt), text...)
+	}
+	fmt.Fprintln(cmd.OutOrStdout(), data.Printable(text))
 	return nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/opencluster/opencluster/train"
 	"github.com/opencluster/opencluster/train/backend"
+	"github.com/opencluster/opencluster/train/tokenizer"
 )
 
 // evalLoss runs eval --json and returns its loss and token count.
@@ -107,6 +108,46 @@ func TestHuggingFaceFolderFlow(t *testing.T) {
 	} {
 		if _, _, err := execute(t, bad...); err == nil {
 			t.Errorf("%v succeeded", bad)
+		}
+	}
+}
+
+func TestGenerateChat(t *testing.T) {
+	dir := t.TempDir()
+	tok, raw, err := tokenizer.Train([]string{"the worker trains the adapter.", "a volunteer keeps its data."}, 300)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokDir, model := filepath.Join(dir, "tok"), filepath.Join(dir, "model")
+	if err := tokenizer.WriteFolder(tokDir, raw); err != nil {
+		t.Fatal(err)
+	}
+	m, err := train.NewModel(train.ModelConfig{VocabSize: tok.VocabSize(), Dim: 32, Layers: 1, Heads: 2, KVHeads: 1,
+		HiddenDim: 64, MaxSeqLen: 64, RopeTheta: 10000, NormEps: 1e-5, TiedEmbeddings: true}, backend.NewCPU(1), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.SaveHF(model, train.SaveOptions{TokenizerDir: tokDir}); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"generate", "--base", model, "--chat", "--system", "be brief", "--prompt", "hello", "--max-tokens", "12", "--seed", "4"}
+	a, _, err := execute(t, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _, _ := execute(t, args...)
+	if a != b || strings.Contains(a, "hello") || strings.Contains(a, "<|im_start|>") {
+		t.Errorf("chat replies %q then %q: want the same reply, without the prompt or the template", a, b)
+	}
+	for _, bad := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"generate", "--base", model, "--prompt", "x", "--top-p", "0"}, "--top-p"},
+		{[]string{"generate", "--base", model, "--prompt", "x", "--system", "s"}, "--system needs --chat"},
+	} {
+		if _, _, err := execute(t, bad.args...); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%v: %v, want an error naming %s", bad.args, err, bad.want)
 		}
 	}
 }

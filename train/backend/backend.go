@@ -95,6 +95,11 @@ type Backend interface {
 	AttentionForward(out, att, q, k, v Buf, B, T, H, KVH, hd int)
 	// AttentionBackward accumulates dq, dk, dv.
 	AttentionBackward(dq, dk, dv, dout, att, q, k, v Buf, B, T, H, KVH, hd int)
+	// AttentionDecode attends one new position to L cached ones (itself
+	// included, so no mask): q and out are [H*hd], k and v the cache rows
+	// [L, KVH*hd]; att [H, L] receives the probabilities. Generation with a
+	// KV cache runs it once per layer and token.
+	AttentionDecode(out, att, q, k, v Buf, L, H, KVH, hd int)
 	// SwiGLUForward: out = silu(gate) * up.
 	SwiGLUForward(out, gate, up Buf)
 	// SwiGLUBackward accumulates dgate and dup.

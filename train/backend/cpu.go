@@ -408,6 +408,14 @@ func (c *cpu) AttentionBackward(dq, dk, dv, dout, att, q, k, v Buf, B, T, H, KVH
 	}
 }
 
+// AttentionDecode runs the reference a range of query heads per worker.
+func (c *cpu) AttentionDecode(out, att, q, k, v Buf, L, H, KVH, hd int) {
+	o, a, qs, ks, vs := s(out), s(att), s(q), s(k), s(v)
+	c.parallel(H, func(_, h0, h1 int) {
+		AttentionDecode(o, a, qs, ks, vs, L, H, KVH, hd, h0, h1)
+	})
+}
+
 // softmaxBackwardRow turns dP into dS = P∘(dP - Σ dP∘P)·scale in place for
 // query position t; entries past t (masked) become zero.
 func softmaxBackwardRow(d, p []float32, t int, scale float32) {

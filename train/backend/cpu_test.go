@@ -185,3 +185,51 @@ func TestBF16OpsMatchWidened(t *testing.T) {
 	}()
 	be.EncoderForwardBF16(be.Alloc(4), be.UploadBF16(make([]uint16, 8)), []int32{2}, 1, 4)
 }
+
+// AttentionDecode of the last position over the cache equals the last row
+// of causal attention over the whole sequence, on the CPU backend and in
+// the float64 reference.
+func TestAttentionDecodeIsTheLastCausalRow(t *testing.T) {
+	be := NewCPU(3)
+	rng := rand.New(rand.NewPCG(5, 5))
+	const T, H, KVH, hd = 9, 6, 2, 8
+	C, KC := H*hd, KVH*hd
+	q, k, v := randF32(rng, T*C), randF32(rng, T*KC), randF32(rng, T*KC)
+	out, att := be.Alloc(T*C), be.Alloc(H*T*T)
+	be.AttentionForward(out, att, up(be, q), up(be, k), up(be, v), 1, T, H, KVH, hd)
+	full := make([]float32, T*C)
+	be.Download(full, out)
+	for L := 1; L <= T; L++ {
+		dec, datt := be.Alloc(C), be.Alloc(H*L)
+		be.AttentionDecode(dec, datt, up(be, q[(L-1)*C:L*C]), up(be, k[:L*KC]), up(be, v[:L*KC]), L, H, KVH, hd)
+		got := make([]float32, C)
+		be.Download(got, dec)
+		if L == T {
+			closeTo(t, "decode vs causal row", got, full[(T-1)*C:], 1e-5)
+		}
+		p := make([]float32, H*L)
+		be.Download(p, datt)
+		for h := 0; h < H; h++ {
+			var sum float64
+			for _, x := range p[h*L : (h+1)*L] {
+				sum += float64(x)
+			}
+			if math.Abs(sum-1) > 1e-5 {
+				t.Fatalf("L=%d head %d: probabilities sum to %v", L, h, sum)
+			}
+		}
+		// the float64 reference agrees
+		q64, k64, v64 := widen(q[(L-1)*C:L*C]), widen(k[:L*KC]), widen(v[:L*KC])
+		o64, a64 := make([]float64, C), make([]float64, H*L)
+		AttentionDecode(o64, a64, q64, k64, v64, L, H, KVH, hd, 0, H)
+		closeTo(t, "decode vs float64 reference", got, toF32(o64), 1e-5)
+	}
+}
+
+func widen(x []float32) []float64 {
+	out := make([]float64, len(x))
+	for i, v := range x {
+		out[i] = float64(v)
+	}
+	return out
+}

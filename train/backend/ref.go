@@ -280,6 +280,49 @@ func AttentionBackward[T Float](dq, dk, dv, datt, dout, att, q, k, v []T, B, T_,
 	}
 }
 
+// AttentionDecode attends the query heads [h0,h1) of one position, q
+// [H*hd], to L cached keys and values k, v [L, KVH*hd] (query head h reads
+// kv head h/(H/KVH)); out [H*hd] gets the result and att [H, L] the
+// softmax probabilities. Every cached position is visible: the cache holds
+// only the past and the position itself.
+func AttentionDecode[T Float](out, att, q, k, v []T, L, H, KVH, hd, h0, h1 int) {
+	scale := T(1 / math.Sqrt(float64(hd)))
+	KC, grp := KVH*hd, H/KVH
+	for h := h0; h < h1; h++ {
+		kh := h / grp
+		qh := q[h*hd : (h+1)*hd]
+		row := att[h*L : (h+1)*L]
+		maxv := T(math.Inf(-1))
+		for t := 0; t < L; t++ {
+			kt := k[t*KC+kh*hd : t*KC+(kh+1)*hd]
+			var s T
+			for i := range qh {
+				s += qh[i] * kt[i]
+			}
+			s *= scale
+			row[t] = s
+			maxv = max(maxv, s)
+		}
+		var sum T
+		for t := range row {
+			e := T(math.Exp(float64(row[t] - maxv)))
+			row[t] = e
+			sum += e
+		}
+		inv := 1 / sum
+		o := out[h*hd : (h+1)*hd]
+		clear(o)
+		for t, p := range row {
+			p *= inv
+			row[t] = p
+			vt := v[t*KC+kh*hd : t*KC+(kh+1)*hd]
+			for i := range o {
+				o[i] += p * vt[i]
+			}
+		}
+	}
+}
+
 // SwiGLUForward computes out = silu(gate) * up elementwise, silu(x) = x*sigmoid(x).
 func SwiGLUForward[T Float](out, gate, up []T) {
 	for i, g := range gate {
