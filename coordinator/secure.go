@@ -52,6 +52,10 @@ type SecureAgg struct {
 	// QuantBits is the bits per quantized value before the ring's headroom
 	// for the cohort sum is added (secagg.Bits).
 	QuantBits uint `mapstructure:"quant_bits" json:"quant_bits"`
+	// Dropout is the fraction of a cohort that may vanish mid-round: the
+	// neighbour graph's degree is sized so a round fails for lack of shares
+	// less than once in a thousand at that rate (secagg.DegreeFor).
+	Dropout float64 `mapstructure:"dropout" json:"dropout"`
 	// StageTimeout bounds the short stages (advertise, share keys,
 	// unmask); the masked input is due round_timeout after the keys.
 	StageTimeout time.Duration `mapstructure:"stage_timeout" json:"stage_timeout"`
@@ -69,7 +73,7 @@ type SecureAgg struct {
 
 // DefaultSecureAgg is off, with the settings it would use when switched on.
 func DefaultSecureAgg() SecureAgg {
-	return SecureAgg{Fraction: 0.05, Clip: 1, QuantBits: 8, StageTimeout: time.Minute, Delta: 1e-6}
+	return SecureAgg{Fraction: 0.05, Clip: 1, QuantBits: 8, Dropout: secagg.DefaultDropout, StageTimeout: time.Minute, Delta: 1e-6}
 }
 
 func (s SecureAgg) validate(c *Config) error {
@@ -84,6 +88,9 @@ func (s SecureAgg) validate(c *Config) error {
 	}
 	if s.QuantBits < 2 || s.QuantBits > 16 {
 		return bad("quant_bits", s.QuantBits, "2..16")
+	}
+	if math.IsNaN(s.Dropout) || s.Dropout < 0 || s.Dropout > 0.4 {
+		return bad("dropout", s.Dropout, "in [0, 0.4]")
 	}
 	if s.StageTimeout <= 0 {
 		return bad("stage_timeout", s.StageTimeout, "> 0")
@@ -155,6 +162,9 @@ func (c *Coordinator) openSecure(ctx context.Context, r Round, available int) er
 		return err
 	}
 	p.Attempt = uint32(r.Extensions)
+	if err := p.Tolerate(sa.Dropout); err != nil {
+		return err
+	}
 	if sa.NoiseMultiplier > 0 {
 		p.NoiseMu = secagg.SkellamFor(sa.NoiseMultiplier, p.Sensitivity(), p.MinSurvivors)
 		if p.Bits, err = secagg.Bits(len(keys), p.QuantBits, p.NoiseMu); err != nil {
@@ -421,7 +431,7 @@ func (c *Coordinator) secureEntries(ctx context.Context, tr *secagg.Transcript) 
 	stage := map[int]int{}
 	for st, msgs := range tr.Stages {
 		for _, m := range msgs {
-			i := int(binary.LittleEndian.Uint32(m[46:50])) // sender index (secagg header)
+			_, i, _ := secagg.MessageInfo(m)
 			last[i], stage[i] = m, st+1
 		}
 	}
@@ -443,7 +453,7 @@ func (c *Coordinator) secureEntries(ctx context.Context, tr *secagg.Transcript) 
 		case stage[i] >= secagg.StageMasked:
 			mm := tr.Stages[secagg.StageMasked-1]
 			for _, x := range mm {
-				if int(binary.LittleEndian.Uint32(x[46:50])) == i {
+				if _, j, _ := secagg.MessageInfo(x); j == i {
 					m = x
 				}
 			}
@@ -519,6 +529,9 @@ func (c *Coordinator) budgetAllows(cohort, available int) (bool, float64) {
 		keys[i] = make(ed25519.PublicKey, ed25519.PublicKeySize)
 	}
 	p, err := secagg.NewParams(c.cur.ID, 0, keys, c.cfg.secureLength(), sa.Clip, sa.QuantBits, 0)
+	if err == nil {
+		err = p.Tolerate(sa.Dropout)
+	}
 	if err != nil {
 		return false, math.Inf(1)
 	}
@@ -579,6 +592,9 @@ func (c *Coordinator) SecAggSubmit(ctx context.Context, body []byte) error {
 		return reject(400, "refused", "%v", err)
 	}
 	c.M.bytesReceived.Add(int64(len(body)))
+	if st, i, ok := secagg.MessageInfo(body); ok && st == secagg.StageMasked && i < len(s.ids) {
+		c.ev.accepted(c.cur, s.ids[i], int64(len(body)), false) // the dashboard's "update came back", masked
+	}
 	st := s.srv.Stage()
 	expected := len(s.ids)
 	if st > secagg.StageAdvertise {

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/opencluster/opencluster/secagg"
 )
 
 // Secure-aggregation endpoints (docs/protocol.md):
@@ -33,7 +35,7 @@ func (s *Server) secaggPost(w http.ResponseWriter, r *http.Request) {
 		writeError(w, reject(http.StatusBadRequest, "malformed", "reading the message: %v", err))
 		return
 	}
-	if st, err := strconv.Atoi(r.PathValue("stage")); err != nil || st < 1 || st > 4 || len(body) < 6 || int(body[5]) != st {
+	if st, err := strconv.Atoi(r.PathValue("stage")); err != nil || st < 1 || st > 4 || !secagg.IsStage(body, st) {
 		writeError(w, reject(http.StatusBadRequest, "malformed", "POST /v1/secagg/%s: the path's stage must be 1..4 and match the message's", r.PathValue("stage")))
 		return
 	}

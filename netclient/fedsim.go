@@ -2,10 +2,13 @@ package netclient
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
 	"fmt"
 	"math"
 
 	"github.com/opencluster/opencluster/compress"
+	"github.com/opencluster/opencluster/secagg"
 	"github.com/opencluster/opencluster/train"
 	"github.com/opencluster/opencluster/train/data"
 )
@@ -33,6 +36,20 @@ type SimOptions struct {
 	Aggregate func(global []float32, deltas []*compress.Sparse, weights []float64) error
 	// Report, when set, receives each round's numbers.
 	Report func(SimRound)
+	// Secure, when set, replaces Codec with secure aggregation's encoding:
+	// each worker's update plus residual on the round's shared positions,
+	// clipped, quantized into the ring (with Skellam noise for DP), summed
+	// in the ring and decoded, exactly the numbers a secure round's
+	// coordinator gets (the masks cancel exactly; secagg's tests check it).
+	Secure *SimSecure
+}
+
+// SimSecure is the secure-aggregation encoding for Simulate.
+type SimSecure struct {
+	Fraction  float64 // share of the adapter on the shared positions
+	Clip      float64
+	QuantBits uint
+	Noise     float64 // DP noise multiplier (0: none)
 }
 
 // SimRound is one simulated round's numbers.
@@ -68,6 +85,9 @@ func ValBatches(dir string, seqLen, batch, n int, seed uint64) ([]data.Batch, er
 func Simulate(ctx context.Context, o SimOptions) ([]SimRound, error) {
 	if o.Aggregate == nil {
 		return nil, fmt.Errorf("netclient: Simulate needs an Aggregate function")
+	}
+	if o.Secure != nil {
+		o.Codec = "dense" // the error feedback below is ShareOfUpdate's
 	}
 	codec, err := compress.Parse(o.Codec)
 	if err != nil {
@@ -119,6 +139,12 @@ func Simulate(ctx context.Context, o SimOptions) ([]SimRound, error) {
 		var weights []float64
 		var bytes int64
 		var loss float64
+		var sec *secureSum
+		if o.Secure != nil {
+			if sec, err = newSecureSum(*o.Secure, len(ws), n, seed); err != nil {
+				return out, err
+			}
+		}
 		for i := range ws {
 			if err := ctx.Err(); err != nil {
 				return out, err
@@ -126,6 +152,15 @@ func Simulate(ctx context.Context, o SimOptions) ([]SimRound, error) {
 			res, err := tr.TrainLocal(ctx, ws[i].ds, global, LocalOptions{Steps: o.Steps, LR: o.LR, Stream: seed + uint64(i)*7919})
 			if err != nil {
 				return out, fmt.Errorf("round %d worker %d: %w", r, i, err)
+			}
+			if sec != nil {
+				b, err := sec.add(res.Delta, ws[i].ef)
+				if err != nil {
+					return out, err
+				}
+				bytes += int64(b)
+				loss += res.Loss
+				continue
 			}
 			p, err := codec.Encode(res.Delta, ws[i].ef, seed)
 			if err != nil {
@@ -139,6 +174,9 @@ func Simulate(ctx context.Context, o SimOptions) ([]SimRound, error) {
 			weights = append(weights, float64(res.Tokens))
 			bytes += int64(len(p.Bytes))
 			loss += res.Loss
+		}
+		if sec != nil {
+			deltas, weights = []*compress.Sparse{sec.mean()}, []float64{1}
 		}
 		if err := o.Aggregate(global, deltas, weights); err != nil {
 			return out, fmt.Errorf("round %d: aggregate: %w", r, err)
@@ -160,4 +198,60 @@ func Simulate(ctx context.Context, o SimOptions) ([]SimRound, error) {
 		}
 	}
 	return out, nil
+}
+
+// secureSum is one simulated secure round: the ring sum of the workers'
+// encoded vectors.
+type secureSum struct {
+	p         *secagg.Params
+	positions []uint32
+	sum       []uint32
+	count, n  int
+}
+
+func newSecureSum(o SimSecure, workers, n int, seed uint64) (*secureSum, error) {
+	keys := make([]ed25519.PublicKey, max(workers, 2))
+	for i := range keys {
+		keys[i] = make(ed25519.PublicKey, ed25519.PublicKeySize)
+	}
+	length := min(n, max(1, int(math.Round(o.Fraction*float64(n)))))
+	p, err := secagg.NewParams(1, seed, keys, length, o.Clip, o.QuantBits, 0)
+	if err != nil {
+		return nil, err
+	}
+	if o.Noise > 0 {
+		p.NoiseMu = secagg.SkellamFor(o.Noise, p.Sensitivity(), p.MinSurvivors)
+		if p.Bits, err = secagg.Bits(len(keys), p.QuantBits, p.NoiseMu); err != nil {
+			return nil, err
+		}
+	}
+	return &secureSum{p: p, positions: secagg.Positions(seed, n, length), sum: make([]uint32, length), n: n}, nil
+}
+
+// add encodes one worker's delta and adds it to the ring sum; it returns
+// the bytes the masked vector takes.
+func (s *secureSum) add(delta []float32, ef *compress.State) (int, error) {
+	x := ShareOfUpdate(delta, ef, s.positions, s.p.Clip)
+	v, _, err := s.p.Encode(x, rand.Reader)
+	if err != nil {
+		return 0, err
+	}
+	mask := uint32(1)<<s.p.Bits - 1
+	if s.p.Bits == 32 {
+		mask = ^uint32(0)
+	}
+	for i := range v {
+		s.sum[i] = (s.sum[i] + v[i]) & mask
+	}
+	s.count++
+	return (len(v)*int(s.p.Bits) + 7) / 8, nil
+}
+
+// mean is the decoded sum over the workers, on the positions.
+func (s *secureSum) mean() *compress.Sparse {
+	vals := s.p.Decode(s.sum)
+	for i := range vals {
+		vals[i] /= float32(s.count)
+	}
+	return &compress.Sparse{N: s.n, Index: s.positions, Values: vals}
 }

@@ -146,8 +146,19 @@ func TestNeighbourGraph(t *testing.T) {
 			t.Fatal("different seed, same graph")
 		}
 	}
-	if DefaultDegree(100) != 16 || DefaultDegree(1000) != 22 || DefaultDegree(10) != 9 {
-		t.Fatal("default degree changed: update the docs")
+	for _, c := range []struct {
+		n       int
+		dropout float64
+		k       int
+	}{{10, 0.1, 9}, {100, 0.1, 20}, {1000, 0.1, 24}, {10000, 0.1, 30}, {100, 0.3, 99}, {1000, 0.3, 134}} {
+		if got := DegreeFor(c.n, c.dropout); got != c.k {
+			t.Errorf("DegreeFor(%d, %v) = %d, want %d (the docs quote it)", c.n, c.dropout, got, c.k)
+		}
+	}
+	// The binomial tail against a direct count for a small case:
+	// P[Bin(4, 1/2) < 3] = (1+4+6)/16.
+	if got := belowThreshold(4, 3, 0.5); math.Abs(got-11.0/16) > 1e-12 {
+		t.Errorf("belowThreshold(4, 3, 0.5) = %v", got)
 	}
 	if _, err := Neighbours(1, 10, 3); err == nil {
 		t.Fatal("odd degree accepted")

@@ -38,6 +38,21 @@ const (
 	kindMaskKey  = 2 // a share of σ: the neighbour dropped
 )
 
+// MessageInfo reads the stage and sender index from a message's header,
+// without checking anything else (Receive does that).
+func MessageInfo(msg []byte) (stage, sender int, ok bool) {
+	if len(msg) < headerSize || string(msg[:4]) != magic {
+		return 0, 0, false
+	}
+	return int(msg[5]), int(binary.LittleEndian.Uint32(msg[46:])), true
+}
+
+// IsStage reports whether msg's header names stage.
+func IsStage(msg []byte, stage int) bool {
+	st, _, ok := MessageInfo(msg)
+	return ok && st == stage
+}
+
 // header is a parsed message header.
 type header struct {
 	stage  int

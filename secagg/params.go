@@ -113,6 +113,16 @@ func Bits(n int, quantBits uint, noiseMu float64) (uint, error) {
 	return b, nil
 }
 
+// Tolerate resizes the neighbour graph for a dropout rate (DegreeFor) and
+// sets the threshold and minimum survivors to match.
+func (p *Params) Tolerate(dropout float64) error {
+	n := len(p.Keys)
+	p.Degree = DegreeFor(n, dropout)
+	p.Threshold = DefaultThreshold(p.Degree)
+	p.MinSurvivors = max(p.Threshold, (2*n+2)/3)
+	return p.Validate()
+}
+
 // Validate checks that p is self-consistent.
 func (p *Params) Validate() error {
 	bad := func(format string, args ...any) error {

@@ -195,14 +195,13 @@ func TestRoundSumIsExact(t *testing.T) {
 	}
 }
 
-// With n = 40 the degree is 2*6+2 = 14 and the threshold 8: each client
-// needs 8 of its 14 neighbours to take part, so any k-t = 6 dropouts are
-// always tolerated. The test drops the worst 6: all from client 0's
+// With n = 40 (degree k, threshold t = k/2+1) any k-t dropouts are always
+// tolerated. The test drops the worst ones: all from client 0's
 // neighbourhood, at each stage in turn. MinSurvivors is 27.
 func TestDropoutsRecoveredUpToThreshold(t *testing.T) {
 	n := 40
 	p, privs := cohort(t, n, 64, 8, 0)
-	if p.Degree != 14 || p.Threshold != 8 || p.MinSurvivors != 27 {
+	if p.Degree != DefaultDegree(40) || p.Threshold != p.Degree/2+1 || p.MinSurvivors != 27 {
 		t.Fatalf("params: degree %d threshold %d min survivors %d", p.Degree, p.Threshold, p.MinSurvivors)
 	}
 	g, _ := Neighbours(p.Seed, n, p.Degree)

@@ -51,7 +51,7 @@ func init() {
 	f.String("peer-coretype", bench.PeerCoreAuto, "OpenBLAS kernels for the peer: auto (when the library's own choice is older than this CPU, force the newest core the CPU runs), keep, or a core name such as SkylakeX")
 	f.String("out", "", "also write the JSON rows to this file (atomically)")
 	f.Bool("no-steps", false, "skip the training-step rows")
-	f.String("only", "", "measure only these rows: qlora (full-size QLoRA steps of --model, with peak RSS)")
+	f.String("only", "", "measure only these rows: qlora (full-size QLoRA steps of --model, with peak RSS) or secagg (secure aggregation: upload bytes per worker at cohorts 10, 100, 1000 and the coordinator's time at 1000 with 30% dropouts)")
 	f.String("model", "llama-1b", "with --only qlora: the model presets to train, comma-separated (e.g. llama-1b,llama-7b)")
 	f.Int("seq-len", 0, "with --only qlora: tokens per sequence (0: the preset's train.seq_len)")
 	f.Int("steps", 1, "with --only qlora: timed optimizer steps after the warm-up step")
@@ -119,8 +119,13 @@ func runBench(cmd *cobra.Command, _ []string) error {
 	case "":
 	case "qlora":
 		return runBenchQLoRA(cmd, opt, asJSON, out)
+	case "secagg":
+		return emitRows(cmd, asJSON, out, "bench: secure aggregation (a few minutes; --quick skips the cohort of 1000)...", func(emit func(bench.Row)) error {
+			emit(bench.DescribeMachine().Row())
+			return bench.SecAgg(cmd.Context(), quick, emit)
+		})
 	default:
-		return fmt.Errorf("--only %q: the only selectable rows are qlora", only)
+		return fmt.Errorf("--only %q: the selectable rows are qlora and secagg", only)
 	}
 	if !noSteps {
 		presets := map[string]train.Config{}

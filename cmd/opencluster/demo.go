@@ -34,6 +34,11 @@ const (
 	demoPretrainSteps = 300
 	demoCodec         = "topk:0.05+q4:64" // 50x, within 2% of dense FedAvg in the sweep (docs/compression.md)
 	demoPrompt        = "// Package "
+	// Under secure aggregation the codec is the round's shared random-k
+	// positions (the same for every worker) in an 8-bit ring value each.
+	demoSecureFraction = 0.05
+	demoClip           = 10.0 // the measured cost of clip 1 on this model is in docs/compression.md
+	demoSecureBits     = 8
 )
 
 func newDemoCmd() *cobra.Command {
@@ -66,6 +71,11 @@ stored updates (ledger verify --coordinator-dir).`,
 	f.Bool("json", false, "print one JSON object per round on stdout")
 	f.Int("threads", 1, "CPU threads per worker")
 	f.Duration("timeout", 5*time.Minute, "give up after this long")
+	f.Bool("secure-agg", true, "secure aggregation: the coordinator sees only each round's sum (--secure-agg=false for plain signed uploads)")
+	f.Float64("dp", 0, "with --secure-agg: differential privacy with this noise multiplier (the workers add Skellam noise; each round's epsilon goes on the ledger)")
+	f.Float64("clip", demoClip, "with --secure-agg: the L2 norm each worker clips its update to")
+	f.Uint("secure-bits", demoSecureBits, "with --secure-agg: bits per quantized value (the ring adds headroom for the cohort's sum)")
+	f.Float64("secure-fraction", demoSecureFraction, "with --secure-agg: the share of the adapter masked and sent per round (random-k positions shared by the cohort)")
 	f.StringSlice("regions", nil, "countries to show workers in on the dashboard, in worker order (ISO codes, e.g. DE,BR,IN); workers past the list stay unplaced")
 
 	return cmd
@@ -91,6 +101,8 @@ type demoRound struct {
 	EnergyJ          float64 `json:"energy_j"`
 	EnergyMeasured   bool    `json:"energy_measured"`
 	ElapsedS         float64 `json:"elapsed_s"`
+	SecureAgg        bool    `json:"secure_agg"`
+	Epsilon          float64 `json:"epsilon,omitempty"` // spent so far (with --dp)
 }
 
 func runDemo(cmd *cobra.Command, _ []string) error {
@@ -105,6 +117,17 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 	jsonOut, _ := f.GetBool("json")
 	threads, _ := f.GetInt("threads")
 	timeout, _ := f.GetDuration("timeout")
+	secure, _ := f.GetBool("secure-agg")
+	dp, _ := f.GetFloat64("dp")
+	clip, _ := f.GetFloat64("clip")
+	fraction, _ := f.GetFloat64("secure-fraction")
+	qbits, _ := f.GetUint("secure-bits")
+	if dp != 0 && !secure {
+		return fmt.Errorf("--dp %g needs --secure-agg: the noise is added by the workers and only secure aggregation keeps it from the coordinator", dp)
+	}
+	if workers < 2 && secure {
+		return fmt.Errorf("--secure-agg needs at least 2 workers (a sum of one is that worker's update); use --secure-agg=false")
+	}
 	regions, _ := f.GetStringSlice("regions")
 	if workers < 1 || rounds < 1 || steps < 1 {
 		return fmt.Errorf("--workers (%d), --rounds (%d) and --steps (%d) must be at least 1", workers, rounds, steps)
@@ -197,7 +220,8 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 	}
 	coordCfg := filepath.Join(coordDir, "coordinator.yaml")
 	if err := writeDemoCoordinatorConfig(coordCfg, demoCoordinatorConfig{Base: base, Shapes: tr.Shapes(), Workers: workers,
-		Rounds: rounds, Steps: steps, LR: lr, BatchTokens: tc.Train.BatchSize * tc.Train.SeqLen, Codec: codec}); err != nil {
+		Rounds: rounds, Steps: steps, LR: lr, BatchTokens: tc.Train.BatchSize * tc.Train.SeqLen, Codec: codec,
+		Secure: secure, Clip: clip, Noise: dp, Fraction: fraction, Bits: qbits}); err != nil {
 		return err
 	}
 	ccmd := exec.CommandContext(ctx, exe, "coordinator", "--dir", coordDir, "--config", coordCfg,
@@ -228,6 +252,13 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	defer hc.CloseIdleConnections()
+	if secure {
+		codec = fmt.Sprintf("secure aggregation (the coordinator sees only sums: random-k %g shared by the cohort, %d-bit values in a ring, clip %g", fraction, qbits, clip)
+		if dp > 0 {
+			codec += fmt.Sprintf(", DP noise multiplier %g", dp)
+		}
+		codec += ")"
+	}
 	say("== coordinator on %s (HTTP/2 over TLS, certificate %s; state in %s); %d workers, %d rounds of %d local steps, codec %s",
 		url, caFile, coordDir, workers, rounds, steps, codec)
 	say("   dashboard: open %s/ (trust the certificate %s)", url, caFile)
@@ -310,7 +341,8 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 			mu.Lock()
 			evs := events[rec.Round]
 			mu.Unlock()
-			r := demoRound{Round: rec.Round, ValLoss: v, ElapsedS: time.Since(start).Seconds(), EnergyMeasured: len(evs) > 0}
+			r := demoRound{Round: rec.Round, ValLoss: v, ElapsedS: time.Since(start).Seconds(), EnergyMeasured: len(evs) > 0,
+				SecureAgg: rec.Aggregation.Options["secure_aggregation"] != "", Epsilon: rec.Aggregation.Params["epsilon_spent"]}
 			for _, u := range rec.Updates {
 				if u.Accepted {
 					r.Participants++
@@ -323,6 +355,12 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 				r.TrainLoss += e.Loss / float64(len(evs))
 				r.EnergyMeasured = r.EnergyMeasured && e.EnergyMeasured
 				r.CompressionRatio += e.CompressionRatio / float64(len(evs))
+			}
+			if r.SecureAgg { // every stage's messages, not only the masked vector
+				r.BytesUp = 0
+				for _, e := range evs {
+					r.BytesUp += e.RoundBytesUp
+				}
 			}
 			if r.BytesUp > 0 && r.Participants > 0 {
 				dense := float64(4 * tr.NumParams())
@@ -337,6 +375,9 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 				}
 				fmt.Fprintf(out, "   round %d: participants %d, up %s, down %s, compression_ratio %.1fx (%.1fx with headers), train_loss %.4f, val_loss %.4f, energy %.0f J (%s), %.0fs\n",
 					r.Round, r.Participants, human(r.BytesUp), human(r.BytesDown), r.CompressionRatio, r.WireRatio, r.TrainLoss, r.ValLoss, r.EnergyJ, est, r.ElapsedS)
+				if r.Epsilon > 0 {
+					fmt.Fprintf(out, "      privacy spent so far: epsilon %.3g at delta 1e-5 (client level)\n", r.Epsilon)
+				}
 			}
 		}
 		seen = len(recs)
@@ -383,6 +424,9 @@ type demoCoordinatorConfig struct {
 	Workers, Rounds, Steps, BatchTokens int
 	LR                                  float64
 	Codec                               string
+	Secure                              bool
+	Clip, Noise, Fraction               float64
+	Bits                                uint
 }
 
 // writeDemoCoordinatorConfig writes the coordinator's config file
@@ -410,6 +454,10 @@ func writeDemoCoordinatorConfig(path string, c demoCoordinatorConfig) error {
 			// Plain error feedback, no momentum: see netclient/sweep_test.go.
 			"recipe": map[string]any{"steps": c.Steps, "lr": c.LR, "batch_tokens": c.BatchTokens, "codec": c.Codec, "momentum": 0},
 		},
+	}
+	if c.Secure {
+		cfg["rounds"].(map[string]any)["secure_agg"] = map[string]any{"enabled": true, "fraction": c.Fraction, "clip": c.Clip,
+			"quant_bits": c.Bits, "stage_timeout": "30s", "noise_multiplier": c.Noise, "delta": 1e-5}
 	}
 	b, err := json.MarshalIndent(cfg, "", "  ")
 	if err != nil {
