@@ -51,6 +51,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 100000x ./coordinator/ledger/
 	$(GO) test -run '^$$' -fuzz '^FuzzServerReceive$$' -fuzztime 50000x ./secagg/
 	$(GO) test -run '^$$' -fuzz '^FuzzDecoders$$' -fuzztime 200000x ./secagg/
+	$(GO) test -run '^$$' -fuzz '^FuzzTranscript$$' -fuzztime 100000x ./secagg/
 	$(GO) test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime 100000x ./train/tokenizer/
 	$(GO) test -run '^$$' -fuzz '^FuzzSplitters$$' -fuzztime 30000x ./train/tokenizer/
 
