@@ -18,6 +18,7 @@ var otherEnv = map[string]string{
 	"OPENCLUSTER_BIN":               "browser tests: the built binary",
 	"OPENCLUSTER_DEMO_BASE":         "browser tests: make demo's pretrained base",
 	"OPENCLUSTER_UPDATE_SCREENSHOT": "browser tests: rewrite the reference screenshot",
+	"OPENCLUSTER_CALIBRATE_DEMO":    "make test: run sim/demotest's timing of the real demo (alone, after the other packages)",
 }
 
 // otherEnvPrefixes are families of non-config variables: test hooks
