@@ -3,6 +3,7 @@
 package configs
 
 import (
+	"bytes"
 	"embed"
 	"fmt"
 	"sort"
@@ -29,5 +30,19 @@ func Names() []string {
 		names = append(names, strings.TrimSuffix(e.Name(), ".yaml"))
 	}
 	sort.Strings(names)
+	return names
+}
+
+// ModelNames lists the presets that describe a model (those with a model
+// section): what --config of pretrain, train, eval and generate take. The
+// others (coordinator, worker) configure commands, not models.
+func ModelNames() []string {
+	var names []string
+	for _, n := range Names() {
+		b, _ := files.ReadFile(n + ".yaml")
+		if bytes.HasPrefix(b, []byte("model:")) || bytes.Contains(b, []byte("\nmodel:")) {
+			names = append(names, n)
+		}
+	}
 	return names
 }

@@ -76,6 +76,10 @@ func putFile(dir, src string) (string, int64, error) {
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp)
+	if err := f.Chmod(0o644); err != nil { // served to every worker: not a secret
+		f.Close()
+		return "", 0, fmt.Errorf("coordinator: publish %s: %w", src, err)
+	}
 	h := sha256.New()
 	n, err := io.Copy(io.MultiWriter(f, h), in)
 	if err == nil {

@@ -21,7 +21,7 @@ type CPU struct {
 	LogicalCores  int      `json:"cores"`
 	Flags         []string `json:"flags"` // of interest to the kernels: avx2, fma, avx512f, ...
 	MemTotalBytes uint64   `json:"mem_total_bytes"`
-	MemFreeBytes  uint64   `json:"mem_available_bytes"`
+	MemFreeBytes  uint64   `json:"mem_free_bytes"`   // MemAvailable: free for use
 	TempC         float64  `json:"temp_c,omitempty"` // hottest package/core sensor; 0 if none
 	TempSensor    string   `json:"temp_sensor,omitempty"`
 	RAPL          bool     `json:"rapl"`               // package energy readable

@@ -26,8 +26,8 @@ type GPU struct {
 	Name              string `json:"name"`
 	UUID              string `json:"uuid"`
 	ComputeCapability string `json:"compute_capability"` // "8.6"
-	MemoryTotalBytes  uint64 `json:"memory_total_bytes"`
-	MemoryFreeBytes   uint64 `json:"memory_free_bytes"`
+	MemoryTotalBytes  uint64 `json:"mem_total_bytes"`
+	MemoryFreeBytes   uint64 `json:"mem_free_bytes"`
 
 	PowerW            float64  `json:"power_w"`
 	PowerLimitW       float64  `json:"power_limit_w"`

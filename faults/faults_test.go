@@ -347,7 +347,7 @@ func TestFaultWorkerKilledMidUpload(t *testing.T) {
 	if recs[0].Round != 1 {
 		t.Errorf("first record is round %d", recs[0].Round)
 	}
-	if !strings.Contains(c.workers[2].out.String(), `"phase":"done","round":1`) {
+	if !doneRound(c.workers[2].out.String(), 1) {
 		t.Errorf("the restarted worker did not finish round 1:\n%s", tail(c.workers[2].out.String(), 2048))
 	}
 
@@ -569,6 +569,17 @@ func writeText(t *testing.T, dir string, seed uint64) {
 			t.Fatal(err)
 		}
 	}
+}
+
+// doneRound reports whether a worker's --json output has a done event for round.
+func doneRound(out string, round uint64) bool {
+	for _, line := range strings.Split(out, "\n") {
+		var e netclient.Event
+		if json.Unmarshal([]byte(line), &e) == nil && e.Phase == netclient.PhaseDone && e.Round == round {
+			return true
+		}
+	}
+	return false
 }
 
 func tail(s string, n int) string {

@@ -59,7 +59,7 @@ type SimRound struct {
 	PayloadBytes int64   `json:"payload_bytes"` // per worker, mean
 	DenseBytes   int64   `json:"dense_bytes"`   // the fp32 delta: 4 x N
 	Ratio        float64 `json:"compression_ratio"`
-	TrainLoss    float64 `json:"train_loss"`
+	TrainLoss    float64 `json:"loss"`
 	ValLoss      float64 `json:"val_loss"`
 }
 

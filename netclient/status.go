@@ -23,9 +23,13 @@ const (
 
 // Event is one status record: what the worker is doing, how far along,
 // and its running totals. With --json each is one line on stdout.
+// The JSON names follow docs/json.md, shared by every command's --json.
 type Event struct {
+	// Phase is the kind of record ("event" in JSON, as in every --json
+	// stream): one of the Phase constants.
+	Phase    string    `json:"event"`
 	Time     time.Time `json:"time"`
-	Phase    string    `json:"phase"`
+	ElapsedS float64   `json:"elapsed_s"` // seconds since the first event of this process
 	Round    uint64    `json:"round,omitempty"`
 	Progress float64   `json:"progress"` // 0..1 within the phase
 	Step     int       `json:"step,omitempty"`
@@ -62,8 +66,9 @@ func (f ReporterFunc) Report(e Event) { f(e) }
 
 // JSONReporter writes one JSON object per event and line.
 type JSONReporter struct {
-	mu  sync.Mutex
-	enc *json.Encoder
+	mu    sync.Mutex
+	enc   *json.Encoder
+	start time.Time
 }
 
 // NewJSONReporter writes to w.
@@ -76,6 +81,10 @@ func (r *JSONReporter) Report(e Event) {
 	e.EnergyJ = finiteOr0(e.EnergyJ)
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.start.IsZero() {
+		r.start = e.Time
+	}
+	e.ElapsedS = e.Time.Sub(r.start).Seconds()
 	_ = r.enc.Encode(e) // a closed stdout must not stop the worker
 }
 
@@ -95,7 +104,7 @@ func (r LogReporter) Report(e Event) {
 	if log == nil {
 		log = slog.Default()
 	}
-	attrs := []any{"phase", e.Phase}
+	attrs := []any{"event", e.Phase}
 	if e.Round != 0 {
 		attrs = append(attrs, "round", e.Round)
 	}

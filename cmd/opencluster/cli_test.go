@@ -8,10 +8,13 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime/debug"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/opencluster/opencluster/configs"
+	"github.com/opencluster/opencluster/train"
 	"github.com/spf13/cobra"
 )
 
@@ -246,5 +249,43 @@ func TestPretrainWritesProfiles(t *testing.T) {
 		"--steps", "1", "--cpuprofile", filepath.Join(dir, "missing", "cpu.prof"))
 	if err == nil || !strings.Contains(err.Error(), "--cpuprofile") {
 		t.Errorf("unwritable --cpuprofile: error %v, want one naming the flag", err)
+	}
+}
+
+func TestVersionText(t *testing.T) {
+	info := &debug.BuildInfo{GoVersion: "go1.26.8", Main: debug.Module{Path: "github.com/opencluster/opencluster", Version: "(devel)"},
+		Settings: []debug.BuildSetting{{Key: "-tags", Value: "cuda"}, {Key: "CGO_ENABLED", Value: "1"}, {Key: "GOAMD64", Value: "v3"},
+			{Key: "vcs", Value: "git"}, {Key: "vcs.revision", Value: "0123456789abcdef0123456789abcdef01234567"},
+			{Key: "vcs.time", Value: "2026-01-02T03:04:05Z"}, {Key: "vcs.modified", Value: "true"}}}
+	got := versionText(info, true)
+	for _, want := range []string{"opencluster " + version + "\n", "commit 0123456789abcdef0123456789abcdef01234567 (2026-01-02T03:04:05Z, modified)\n",
+		"go go1.26.8, module github.com/opencluster/opencluster (devel)\n", "build -tags=cuda CGO_ENABLED=1 GOAMD64=v3\n"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("version text lacks %q:\n%s", want, got)
+		}
+	}
+	if got := versionText(nil, false); !strings.Contains(got, "commit unknown") {
+		t.Errorf("without build info: %q", got)
+	}
+}
+
+// pretrain/train --config offer the model presets only; naming a command's
+// preset says so (it used to fail on the worker file's keys).
+func TestModelConfigPresetsOnly(t *testing.T) {
+	want := []string{"gpt2-124m", "llama-1b", "llama-7b", "small", "tiny"}
+	if got := configs.ModelNames(); !slices.Equal(got, want) {
+		t.Fatalf("model presets %v, want %v", got, want)
+	}
+	help := newTrainCmd().Flags().Lookup("config").Usage
+	if !strings.Contains(help, "tiny") || strings.Contains(help, "worker") || strings.Contains(help, "coordinator") {
+		t.Errorf("train --config help %q", help)
+	}
+	var cfg train.Config
+	err := loadModelConfig("worker", nil, nil, &cfg)
+	if err == nil || !strings.Contains(err.Error(), "not a model") || !strings.Contains(err.Error(), "tiny") {
+		t.Fatalf("--config worker for a model: %v", err)
+	}
+	if err := loadModelConfig("tiny", nil, nil, &cfg); err != nil || cfg.Model.Dim == 0 {
+		t.Fatalf("--config tiny: %v", err)
 	}
 }

@@ -56,7 +56,11 @@ func newCoordinatorCmd() *cobra.Command {
 Ctrl-C, then shuts down gracefully. State lives in --dir: the SQLite database
 (or PostgreSQL with --db postgres --dsn ...), content-addressed blobs, the
 accepted updates, ledger.jsonl, the coordinator key and the TLS certificate.
-Restarted on the same --dir it resumes the round in flight.`,
+Restarted on the same --dir it resumes the round in flight. The config it
+runs with (file, environment and flags applied) is kept in
+DIR/coordinator.effective.yaml, so a restart needs no --config: it starts
+from that file, --config, OPENCLUSTER_* and flags override it, and every
+setting that changed is logged.`,
 		Args: cobra.NoArgs,
 		RunE: runCoordinator,
 	}
@@ -114,11 +118,11 @@ func runCoordinator(cmd *cobra.Command, _ []string) error {
 	if dir == "" {
 		return errors.New("--dir is required")
 	}
-	cfg, err := loadCoordinatorConfig(cmd)
-	if err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	cfg, err := loadCoordinatorConfigIn(cmd, dir, slog.Default())
+	if err != nil {
 		return err
 	}
 	ctx := cmd.Context()

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -148,5 +149,54 @@ func TestCoordinatorCommandServesAndShutsDown(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
 			t.Errorf("%s: %v", f, err)
 		}
+	}
+}
+
+// The coordinator keeps its effective config in --dir: a restart without
+// --config runs with it, flags and the environment still override it, and
+// each changed setting is logged once. (A restart used to need --config
+// again, and fell back to the preset without it.)
+func TestEffectiveConfigKeptAcrossRestarts(t *testing.T) {
+	dir := t.TempDir()
+	preset, err := os.ReadFile("../../configs/coordinator.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "mine.yaml")
+	os.WriteFile(file, bytes.Replace(preset, []byte("max_rounds: 0"), []byte("max_rounds: 1"), 1), 0o644)
+	start := func(args map[string]string) (coordinatorConfig, string) {
+		t.Helper()
+		cmd := newCoordinatorCmd()
+		for k, v := range args {
+			if err := cmd.Flags().Set(k, v); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var log bytes.Buffer
+		cfg, err := loadCoordinatorConfigIn(cmd, dir, slog.New(slog.NewTextHandler(&log, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg, log.String()
+	}
+	cfg, log := start(map[string]string{"config": file})
+	if cfg.Rounds.MaxRounds != 1 || log != "" {
+		t.Fatalf("first start: max_rounds %d, log %q", cfg.Rounds.MaxRounds, log)
+	}
+	fi, err := os.Stat(filepath.Join(dir, effectiveConfigFile))
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("effective config: %v %v, want a 0600 file", fi, err)
+	}
+	cfg, log = start(map[string]string{"listen": "127.0.0.1:9"})
+	if cfg.Rounds.MaxRounds != 1 || cfg.Listen != "127.0.0.1:9" || strings.Count(log, "setting changed") != 1 || !strings.Contains(log, "key=listen") {
+		t.Fatalf("restart without --config: max_rounds %d listen %s, log %q", cfg.Rounds.MaxRounds, cfg.Listen, log)
+	}
+	t.Setenv("OPENCLUSTER_ROUNDS_MAX_ROUNDS", "2")
+	cfg, log = start(nil)
+	if cfg.Rounds.MaxRounds != 2 || strings.Count(log, "setting changed") != 1 || !strings.Contains(log, "key=rounds.max_rounds was=1 now=2") {
+		t.Fatalf("restart with OPENCLUSTER_ROUNDS_MAX_ROUNDS=2: max_rounds %d, log %q", cfg.Rounds.MaxRounds, log)
+	}
+	if _, log = start(nil); log != "" {
+		t.Fatalf("restart with nothing changed logged %q", log)
 	}
 }

@@ -43,7 +43,7 @@ const (
 
 func newDemoCmd() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "demo [--workers 4] [--rounds R] [--dir DIR] [--data DIR] [--json]",
+		Use:   "demo [--workers 4] [--rounds R] [--dir _demo] [--data DIR] [--json]",
 		Short: "Run a federated QLoRA demo on this machine: one coordinator and N worker processes on loopback",
 		Long: `demo pretrains a tiny base on $GOROOT/doc (cached in --dir), splits a corpus
 into non-IID shards (the Go standard library's source by package group, or
@@ -66,7 +66,7 @@ stored updates (ledger verify --coordinator-dir).`,
 	f.Int("steps", 10, "local steps per round")
 	f.Float64("lr", 1e-2, "local learning rate")
 	f.String("codec", demoCodec, "update codec (see docs/compression.md)")
-	f.String("dir", "demo-out", "working folder: base model cache, shards, coordinator and worker state")
+	f.String("dir", "_demo", "working folder: base model cache, shards, coordinator and worker state (the _ keeps `go test ./...` out of the Go sources it copies)")
 	f.String("data", "", "your own corpus: a folder split into shards by subfolder (default: $GOROOT/src)")
 	f.Bool("json", false, "print one JSON object per round on stdout")
 	f.Int("threads", 1, "CPU threads per worker")
@@ -90,13 +90,14 @@ func demoTrainConfig() (train.Config, error) {
 
 // demoRound collects one round's numbers.
 type demoRound struct {
+	Event            string  `json:"event"` // "round"
 	Round            uint64  `json:"round"`
 	Participants     int     `json:"participants"`
-	BytesUp          int64   `json:"bytes_up"`
-	BytesDown        int64   `json:"bytes_down"`
+	BytesUp          int64   `json:"round_bytes_up"`
+	BytesDown        int64   `json:"round_bytes_down"`
 	CompressionRatio float64 `json:"compression_ratio"` // dense fp32 delta / codec payload
 	WireRatio        float64 `json:"wire_ratio"`        // dense fp32 delta / whole signed update (header, shapes digest, signature)
-	TrainLoss        float64 `json:"train_loss"`
+	TrainLoss        float64 `json:"loss"`              // the workers' mean training loss
 	ValLoss          float64 `json:"val_loss"`
 	EnergyJ          float64 `json:"energy_j"`
 	EnergyMeasured   bool    `json:"energy_measured"`
@@ -341,7 +342,7 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 			mu.Lock()
 			evs := events[rec.Round]
 			mu.Unlock()
-			r := demoRound{Round: rec.Round, ValLoss: v, ElapsedS: time.Since(start).Seconds(), EnergyMeasured: len(evs) > 0,
+			r := demoRound{Event: "round", Round: rec.Round, ValLoss: v, ElapsedS: time.Since(start).Seconds(), EnergyMeasured: len(evs) > 0,
 				SecureAgg: rec.Aggregation.Options["secure_aggregation"] != "", Epsilon: rec.Aggregation.Params["epsilon_spent"]}
 			for _, u := range rec.Updates {
 				if u.Accepted {

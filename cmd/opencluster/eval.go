@@ -63,7 +63,7 @@ func runEval(cmd *cobra.Command, _ []string) error {
 	if opts.DataDir == "" {
 		return errors.New("--data is required: a folder of text or .jsonl files, or one .jsonl file")
 	}
-	if err := loadConfig(source, f, evalFlagKeys, &opts.Config); err != nil {
+	if err := loadModelConfig(source, f, evalFlagKeys, &opts.Config); err != nil {
 		return err
 	}
 	if err := readDataFlags(f, opts.Base, &opts.RunOptions); err != nil {
@@ -80,16 +80,19 @@ func runEval(cmd *cobra.Command, _ []string) error {
 	}
 	out := cmd.OutOrStdout()
 	if jsonOut {
-		b, _ := json.Marshal(struct {
-			train.EvalResult
-			Perplexity float64 `json:"perplexity"`
-			Base       string  `json:"base"`
-			Adapter    string  `json:"adapter,omitempty"`
-			Data       string  `json:"data"`
-		}{res, math.Exp(res.Loss), opts.Base, opts.Adapter, opts.DataDir})
+		b, _ := json.Marshal(evalOutput{res, math.Exp(res.Loss), opts.Base, opts.Adapter, opts.DataDir})
 		fmt.Fprintln(out, string(b))
 		return nil
 	}
 	fmt.Fprintf(out, "loss %.4f nats/token over %d tokens (perplexity %.2f)\n", res.Loss, res.Tokens, math.Exp(res.Loss))
 	return nil
+}
+
+// evalOutput is eval's --json object (docs/json.md).
+type evalOutput struct {
+	train.EvalResult
+	Perplexity float64 `json:"perplexity"`
+	Base       string  `json:"base"`
+	Adapter    string  `json:"adapter,omitempty"`
+	Data       string  `json:"data"`
 }

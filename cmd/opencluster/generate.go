@@ -84,7 +84,7 @@ func runGenerate(cmd *cobra.Command, args []string) error {
 	var m *train.Model
 	if adapter != "" { // the adapter's base is frozen in 4-bit, quantized as it loads
 		var cfg train.Config
-		if err := loadConfig(source, f, nil, &cfg); err != nil {
+		if err := loadModelConfig(source, f, nil, &cfg); err != nil {
 			return err
 		}
 		if err := cfg.Quant.Validate(); err != nil {

@@ -68,8 +68,8 @@ DIR/updates are checked as with
 --updates, and every round's aggregate is recomputed from them: the adapter
 before (DIR/blobs) plus the FedAvg of the stored updates, through the server
 optimizer, must hash to the record's adapter_after. The round policy comes
-from --config (default DIR/coordinator.yaml, the file the coordinator ran
-with).
+from --config (default DIR/coordinator.effective.yaml, the config the
+coordinator ran with, else DIR/coordinator.yaml).
 
 Exit status: 0 when the ledger verifies, 1 when it does not (the first bad
 record is named), 2 when it could not be read.`,
@@ -84,7 +84,7 @@ record is named), 2 when it could not be read.`,
 	f.String("ca", "", "for URLs: PEM file of the certificate authority (or self-signed certificate) to trust")
 	f.Duration("timeout", time.Minute, "for URLs: time limit for the whole download")
 	f.String("coordinator-dir", "", "a coordinator's state directory: check its stored updates and recompute every aggregate")
-	f.String("config", "", "with --coordinator-dir: the coordinator's config file (default DIR/coordinator.yaml)")
+	f.String("config", "", "with --coordinator-dir: the coordinator's config file (default DIR/coordinator.effective.yaml, else DIR/coordinator.yaml)")
 	return cmd
 }
 
@@ -106,7 +106,12 @@ func runLedgerVerify(cmd *cobra.Command, args []string) error {
 			return &ledgerError{exitLedgerUnreadable, fmt.Errorf("--coordinator-dir %s: not a readable directory", coordDir)}
 		}
 		if f.Lookup("config").Value.String() == "" {
-			f.Set("config", filepath.Join(coordDir, "coordinator.yaml"))
+			// The config the coordinator ran with, else the demo's file.
+			c := filepath.Join(coordDir, effectiveConfigFile)
+			if _, err := os.Stat(c); err != nil {
+				c = filepath.Join(coordDir, "coordinator.yaml")
+			}
+			f.Set("config", c)
 		}
 		cfg, err := loadCoordinatorConfig(cmd)
 		if err != nil {

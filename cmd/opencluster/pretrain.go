@@ -1,11 +1,14 @@
 package main
 
 import (
+	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/opencluster/opencluster/configs"
 	"github.com/opencluster/opencluster/train"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 func init() {
@@ -30,5 +33,16 @@ training state goes beside it (BASE.safetensors.ckpt) for --resume.`,
 	return cmd
 }
 
-// presetNames lists the embedded presets for help texts.
-func presetNames() string { return strings.Join(configs.Names(), ", ") }
+// presetNames lists the embedded model presets for help texts.
+func presetNames() string { return strings.Join(configs.ModelNames(), ", ") }
+
+// loadModelConfig is loadConfig for a model config (pretrain, train, eval,
+// generate, a worker's round): a preset name must be a model preset, so
+// --config worker says so instead of failing on the worker file's keys.
+func loadModelConfig(source string, flags *pflag.FlagSet, flagKeys map[string]string, out *train.Config) error {
+	if !strings.ContainsAny(source, "/\\") && !strings.HasSuffix(source, ".yaml") && !strings.HasSuffix(source, ".yml") &&
+		slices.Contains(configs.Names(), source) && !slices.Contains(configs.ModelNames(), source) {
+		return fmt.Errorf("--config %s: that preset configures a command, not a model; the model presets are %s", source, presetNames())
+	}
+	return loadConfig(source, flags, flagKeys, out)
+}

@@ -129,7 +129,7 @@ func runTraining(cmd *cobra.Command, mode train.Mode) error {
 		return errors.New("--out is required: the base checkpoint file to write (e.g. base.safetensors)")
 	}
 	var cfg train.Config
-	if err := loadConfig(source, f, trainFlagKeys, &cfg); err != nil {
+	if err := loadModelConfig(source, f, trainFlagKeys, &cfg); err != nil {
 		return err
 	}
 	jsonOut, _ := f.GetBool("json")

@@ -20,9 +20,6 @@ import (
 
 func init() { rootCmd.AddCommand(newWorkerCmd()) }
 
-// workerVersion is reported at registration.
-const workerVersion = "0.1.0"
-
 func newWorkerCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "worker --coordinator URL --data DIR",
@@ -144,10 +141,10 @@ func runWorker(cmd *cobra.Command, _ []string) error {
 	w, err := netclient.New(netclient.Options{
 		Coordinator: coord, HTTP: hc, DataDir: dataDir, State: st, Name: name, Region: region, JoinToken: wcfg.JoinToken,
 		Limits: limits, FreeBytes: freeBytes,
-		Device: fmt.Sprintf("cpu %d cores", runtime.NumCPU()), Version: workerVersion,
+		Device: fmt.Sprintf("cpu %d cores", runtime.NumCPU()), Version: version,
 		LoadConfig: func(model string) (train.Config, error) {
 			var c train.Config
-			err := loadConfig(model, f, nil, &c)
+			err := loadModelConfig(model, f, nil, &c)
 			return c, err
 		},
 		Threads: threads, Governor: gov, Energy: energyMeter(wcfg.Device.PowercapRoot), Reporter: rep, Logger: slog.Default(),

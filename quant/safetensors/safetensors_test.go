@@ -181,6 +181,19 @@ func TestWriteErrors(t *testing.T) {
 	}
 }
 
+// Models, checkpoints and adapters are written 0644: they are not secrets
+// (they used to inherit CreateTemp's 0600).
+func TestWriteMode(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "m.safetensors")
+	ts, md := sample()
+	if err := Write(p, ts, md); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o644 {
+		t.Fatalf("mode %v (%v), want 0644", fi.Mode().Perm(), err)
+	}
+}
+
 func TestWriteReplacesAtomically(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "m.safetensors")
 	if err := Write(path, []Named{{"a", U8Tensor([]int{1}, []byte{1})}}, nil); err != nil {

@@ -28,6 +28,11 @@ func Write(path string, tensors []Named, metadata map[string]string) (err error)
 			os.Remove(tmp.Name())
 		}
 	}()
+	// Models, checkpoints and adapters are not secrets (CreateTemp makes
+	// 0600 files); keys are written elsewhere, 0600.
+	if err = tmp.Chmod(0o644); err != nil {
+		return fmt.Errorf("safetensors: %w", err)
+	}
 	w := bufio.NewWriterSize(tmp, 1<<20)
 	if err = Encode(w, tensors, metadata); err != nil {
 		return fmt.Errorf("%s: %w", path, err)

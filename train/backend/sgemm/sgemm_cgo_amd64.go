@@ -3,7 +3,7 @@
 package sgemm
 
 /*
-#cgo CFLAGS: -O3 -std=gnu11
+#cgo CFLAGS: -O3 -std=gnu11 -Wdeprecated-declarations
 #cgo LDFLAGS: -lm
 #include "kernel_x86.h"
 */
