@@ -84,7 +84,7 @@ func GEMM(ctx context.Context, n int, opt Options) (Row, error) {
 	if peer != nil {
 		row.PeerGFLOPS = flop / median(peerS) / 1e9
 		row.Ratio = row.GFLOPS / row.PeerGFLOPS
-		checkPlausible(&row)
+		checkPlausible(&row, 1)
 	}
 	row.Extra["reps"] = opt.reps()
 	row.Extra["calls_per_rep"] = iters

@@ -147,7 +147,7 @@ func notes(r Row) string {
 	sort.Strings(keys)
 	for _, k := range keys {
 		switch k {
-		case "dense_gflops", "copy_gbps":
+		case "dense_gflops", "copy_gbps", "fp32_tiled_gflops":
 			parts = append(parts, fmt.Sprintf("%s %.1f", k, r.Extra[k]))
 		case "tokens_per_s", "tokens_per_s_incl_warmup", "peer_tokens_per_s":
 			parts = append(parts, fmt.Sprintf("%s %.0f", k, r.Extra[k]))

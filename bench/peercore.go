@@ -209,14 +209,17 @@ func (pc *PeerCore) settle(used string, flags map[string]bool) {
 const implausibleRatio = 1.5
 
 // checkPlausible adds a warning to a row whose ratio against a BLAS peer is
-// implausible.
-func checkPlausible(r *Row) {
-	if r.Ratio <= implausibleRatio {
+// implausible: above implausibleRatio times what the two sides' arithmetic
+// allows (peakRatio: 1 for fp32 against fp32, 2 for bf16 dot products,
+// which do twice the work per instruction, against an fp32 peer).
+func checkPlausible(r *Row, peakRatio float64) {
+	limit := implausibleRatio * peakRatio
+	if r.Ratio <= limit {
 		return
 	}
-	w := fmt.Sprintf("ours/peer %.2fx is above %.1fx, implausible against a tuned BLAS on the same cores", r.Ratio, implausibleRatio)
+	w := fmt.Sprintf("ours/peer %.2fx is above %.1fx, implausible against a tuned BLAS on the same cores", r.Ratio, limit)
 	if r.PeerKernel != "" {
-		w += "; the peer ran its " + r.PeerKernel + " kernels, check that they suit this CPU"
+		w += "; the peer ran its " + r.PeerKernel + " kernels: check that they suit this CPU and that the machine was quiet (a loaded machine hurts OpenBLAS's fixed thread split more than ours)"
 	}
 	r.Warning = appendSentence(r.Warning, w)
 }

@@ -122,14 +122,19 @@ func TestChoosePeerCoreNamesAnInheritedSetting(t *testing.T) {
 
 func TestImplausibleRatioIsFlagged(t *testing.T) {
 	r := Row{Name: "fp32_gemm", Size: "1024x1024x1024", GFLOPS: 420, PeerGFLOPS: 100, Ratio: 4.2, Kernel: "avx512", PeerKernel: "Prescott"}
-	checkPlausible(&r)
+	checkPlausible(&r, 1)
 	if !strings.Contains(r.Warning, "4.20x") || !strings.Contains(r.Warning, "Prescott") {
 		t.Fatalf("warning %q", r.Warning)
 	}
 	ok := Row{Ratio: 1.4}
-	checkPlausible(&ok)
+	checkPlausible(&ok, 1)
 	if ok.Warning != "" {
 		t.Fatalf("1.4x flagged: %q", ok.Warning)
+	}
+	bf := Row{Ratio: 2.5}
+	checkPlausible(&bf, 2)
+	if bf.Warning != "" {
+		t.Fatalf("2.5x of bf16 against fp32 flagged: %q", bf.Warning)
 	}
 
 	var buf bytes.Buffer

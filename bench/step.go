@@ -29,16 +29,17 @@ import (
 
 // Step modes, the part after the slash in a step name ("small/qlora").
 const (
-	ModePretrain = "pretrain" // every weight fp32 and trainable
-	ModeQLoRA    = "qlora"    // NF4 base frozen, LoRA on the configured linears
-	ModeQLoRARSS = "qlora-rss"
+	ModePretrain  = "pretrain"   // every weight fp32 and trainable
+	ModeQLoRA     = "qlora"      // NF4 base frozen, LoRA on the configured linears, train.compute_dtype
+	ModeQLoRAFP32 = "qlora-fp32" // the same with the frozen products in fp32 whatever the CPU
+	ModeQLoRARSS  = "qlora-rss"
 )
 
 // DefaultStepNames are the step rows `opencluster bench` measures: both
 // modes on tiny and small, then the peak RSS of one small QLoRA step.
 var DefaultStepNames = []string{
 	"tiny/" + ModePretrain, "tiny/" + ModeQLoRA,
-	"small/" + ModePretrain, "small/" + ModeQLoRA,
+	"small/" + ModePretrain, "small/" + ModeQLoRA, "small/" + ModeQLoRAFP32,
 	"small/" + ModeQLoRARSS,
 }
 
@@ -76,12 +77,12 @@ func NewStepBench(sc StepConfig) StepBench {
 			return Row{}, fmt.Errorf("train step %q: no preset %q is loaded", name, preset)
 		}
 		switch mode {
-		case ModePretrain, ModeQLoRA:
+		case ModePretrain, ModeQLoRA, ModeQLoRAFP32:
 			return TrainStep(ctx, preset, mode, cfg, sc)
 		case ModeQLoRARSS:
 			return StepRSS(ctx, preset, cfg, sc)
 		}
-		return Row{}, fmt.Errorf("train step %q: mode %q is not %s, %s or %s", name, mode, ModePretrain, ModeQLoRA, ModeQLoRARSS)
+		return Row{}, fmt.Errorf("train step %q: mode %q is not %s, %s, %s or %s", name, mode, ModePretrain, ModeQLoRA, ModeQLoRAFP32, ModeQLoRARSS)
 	}
 }
 
@@ -149,7 +150,7 @@ func stepModel(cfg train.Config, mode string, be backend.Backend) (*train.Model,
 	if err != nil {
 		return nil, err
 	}
-	if mode == ModeQLoRA {
+	if mode != ModePretrain {
 		if err := m.QuantizeBase(cfg.Quant); err != nil {
 			return nil, err
 		}
@@ -241,8 +242,8 @@ func stepTarget(quick bool) (seconds float64, maxSteps int) {
 // tokens/s = batch_size*seq_len / median step time.
 func TrainStep(ctx context.Context, preset, mode string, cfg train.Config, sc StepConfig) (Row, error) {
 	row := Row{Name: "train_step", Size: preset + "/" + mode, PeakGFLOPS: sc.PeakGFLOPS, Kernel: sgemm.Implementation()}
-	if mode != ModePretrain && mode != ModeQLoRA {
-		return row, fmt.Errorf("train step %s: mode %q is not %s or %s", preset, mode, ModePretrain, ModeQLoRA)
+	if mode != ModePretrain && mode != ModeQLoRA && mode != ModeQLoRAFP32 {
+		return row, fmt.Errorf("train step %s: mode %q is not %s, %s or %s", preset, mode, ModePretrain, ModeQLoRA, ModeQLoRAFP32)
 	}
 	if err := checkStepConfig(preset, mode, cfg); err != nil {
 		return row, err
@@ -251,6 +252,17 @@ func TrainStep(ctx context.Context, preset, mode string, cfg train.Config, sc St
 		return row, err
 	}
 	be := backend.NewCPU(sc.Threads)
+	dtype := cfg.Train.ComputeDType
+	if mode == ModeQLoRAFP32 {
+		dtype = backend.ComputeFP32
+	}
+	dtype, err := backend.ApplyComputeDType(be, dtype)
+	if err != nil {
+		return row, fmt.Errorf("train step %s/%s: %w", preset, mode, err)
+	}
+	if mode != ModePretrain && dtype == backend.ComputeBF16 {
+		row.Kernel = sgemm.BF16Implementation() + "+" + sgemm.Implementation()
+	}
 	m, err := stepModel(cfg, mode, be)
 	if err != nil {
 		return row, fmt.Errorf("train step %s/%s: %w", preset, mode, err)
@@ -277,7 +289,7 @@ func TrainStep(ctx context.Context, preset, mode string, cfg train.Config, sc St
 		total += s
 	}
 	var lora *train.LoRAConfig
-	if mode == ModeQLoRA {
+	if mode != ModePretrain {
 		lora = &cfg.LoRA
 	}
 	fl := CountStepFLOPs(cfg.Model, lora, st.T)
@@ -302,7 +314,8 @@ func TrainStep(ctx context.Context, preset, mode string, cfg train.Config, sc St
 		"threads":                  threadsOf(sc.Threads),
 		"loss":                     st.lastLoss,
 	}
-	if mode == ModeQLoRA {
+	if mode != ModePretrain {
+		row.Extra["frozen_products"] = dtype
 		row.Extra["quant"] = fmt.Sprintf("%s block %d double_quant %v", cfg.Quant.Format, cfg.Quant.BlockSize, cfg.Quant.DoubleQuant)
 		row.Extra["lora"] = fmt.Sprintf("rank %d on %s", cfg.LoRA.Rank, strings.Join(cfg.LoRA.Targets, ","))
 	}
@@ -338,7 +351,11 @@ func RunStepChild(ctx context.Context, preset string, cfg train.Config, base str
 	if err := checkStepConfig(preset, ModeQLoRA, cfg); err != nil {
 		return err
 	}
-	m, err := train.LoadModel(base, backend.NewCPU(threads))
+	be := backend.NewCPU(threads)
+	if _, err := backend.ApplyComputeDType(be, cfg.Train.ComputeDType); err != nil {
+		return fmt.Errorf("step child: %w", err)
+	}
+	m, err := train.LoadModel(base, be)
 	if err != nil {
 		return fmt.Errorf("step child: %w", err)
 	}

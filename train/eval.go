@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 
-	"github.com/opencluster/opencluster/train/backend"
 	"github.com/opencluster/opencluster/train/data"
 )
 
@@ -90,9 +89,9 @@ func Eval(ctx context.Context, opts EvalOptions) (EvalResult, error) {
 	if len(val) == 0 {
 		return EvalResult{}, fmt.Errorf("eval: %s has no validation window of %d tokens", opts.DataDir, cfg.Train.SeqLen)
 	}
-	be := opts.Backend
-	if be == nil {
-		be = backend.NewCPU(cfg.Train.Threads)
+	be, err := opts.backend(cfg.Train)
+	if err != nil {
+		return EvalResult{}, err
 	}
 	var m *Model
 	if opts.Quantize || opts.Adapter != "" {

@@ -89,7 +89,11 @@ func TestModelGradientFiniteDifferences(t *testing.T) {
 				cfg.HeadSize, cfg.QKVBias, cfg.OBias, cfg.MLPBias = 6, true, true, true
 				cfg.Rope = RopeScaling{Type: "llama3", Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OriginalMaxPos: 4}
 			}
-			m, err := NewModel(cfg, backend.NewCPU(2), 3)
+			be := backend.NewCPU(2)
+			if _, err := backend.ApplyComputeDType(be, backend.ComputeFP32); err != nil {
+				t.Fatal(err)
+			}
+			m, err := NewModel(cfg, be, 3)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -216,9 +216,9 @@ func Run(ctx context.Context, opts RunOptions) (Result, error) {
 			"bad_lines_skipped", st.BadLines, "dropped", st.Dropped, "packed", !opts.NoPack)
 	}
 
-	be := opts.Backend
-	if be == nil {
-		be = backend.NewCPU(tc.Threads)
+	be, err := opts.backend(tc)
+	if err != nil {
+		return res, err
 	}
 	m, err := buildModel(&cfg, opts, be, log)
 	if err != nil {
@@ -492,8 +492,30 @@ func buildModel(cfg *Config, opts RunOptions, be backend.Backend, log *slog.Logg
 	if err := m.EnableLoRA(cfg.LoRA, seed); err != nil {
 		return nil, fmt.Errorf("enable LoRA: %w", err)
 	}
-	log.Info("QLoRA ready", "base", opts.Base, "rank", cfg.LoRA.Rank, "trainable", m.NumTrainable(), "backend", be.Name())
+	log.Info("QLoRA ready", "base", opts.Base, "rank", cfg.LoRA.Rank, "trainable", m.NumTrainable(), "backend", be.Name(),
+		"frozen_products", frozenDType(be))
 	return m, nil
+}
+
+// backend is the backend a run (or an evaluation) computes on: opts.Backend
+// or the CPU with train.threads, set to train.compute_dtype.
+func (opts RunOptions) backend(tc TrainConfig) (backend.Backend, error) {
+	be := opts.Backend
+	if be == nil {
+		be = backend.NewCPU(tc.Threads)
+	}
+	if _, err := backend.ApplyComputeDType(be, tc.ComputeDType); err != nil {
+		return nil, err
+	}
+	return be, nil
+}
+
+// frozenDType names the arithmetic of the frozen base's products on be.
+func frozenDType(be backend.Backend) string {
+	if fd, ok := be.(backend.FrozenDTyper); ok {
+		return fd.FrozenDType()
+	}
+	return backend.ComputeFP32
 }
 
 // checkMeta validates a checkpoint's meta against this run and returns its step.

@@ -41,6 +41,21 @@ func corpus(t testing.TB, dir string, seed uint64, files, size int) string {
 	return dir
 }
 
+// upperCorpus is corpus's grammar in upper case, text a base pretrained on
+// corpus has not seen: what a QLoRA run adapts to.
+func upperCorpus(t testing.TB, dir string, seed uint64) string {
+	t.Helper()
+	corpus(t, dir, seed, 2, 6000)
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			b, _ := os.ReadFile(p)
+			os.WriteFile(p, bytes.ToUpper(b), 0o644)
+		}
+		return nil
+	})
+	return dir
+}
+
 // testConfig is a model small enough to train in well under a second a step
 // under the race detector.
 func testConfig(steps int) Config {
@@ -274,16 +289,7 @@ func TestQLoRALowersValLossOnNewText(t *testing.T) {
 	if _, err := Run(context.Background(), RunOptions{Mode: ModePretrain, Config: cfg, DataDir: corpus(t, t.TempDir(), 5, 2, 6000), Out: base, Logger: quiet()}); err != nil {
 		t.Fatal(err)
 	}
-	// New text: the same grammar in upper case, which the base has not seen.
-	other := t.TempDir()
-	corpus(t, other, 6, 2, 6000)
-	filepath.WalkDir(other, func(p string, d os.DirEntry, err error) error {
-		if err == nil && !d.IsDir() {
-			b, _ := os.ReadFile(p)
-			os.WriteFile(p, bytes.ToUpper(b), 0o644)
-		}
-		return nil
-	})
+	other := upperCorpus(t, t.TempDir(), 6)
 	cfg.Train.LR = 1e-2
 	cfg.Train.MinLR = 1e-3
 	adapter := filepath.Join(t.TempDir(), "adapter")

@@ -61,7 +61,8 @@ func HostQ4(q QBuf) *quant.Tensor4 {
 }
 
 type cpu struct {
-	threads int
+	threads    int
+	frozenBF16 bool // MatmulQ4* in bf16 (see SetFrozenDType)
 
 	mu      sync.Mutex // guards scratch
 	scratch []float32  // dequantized weight tiles
@@ -282,20 +283,55 @@ func (c *cpu) frozenBackward(dinp, dout Buf, widen func([]float32, int), N, C, O
 	})
 }
 
+// With the frozen products in bf16 (SetFrozenDType), a frozen weight goes
+// to sgemm.GemmBF16 as it is held (4-bit codes or bf16 bits), which turns
+// it into bf16 panels inside its packing; otherwise it is widened to fp32
+// a tile at a time for Sgemm.
+
 func (c *cpu) MatmulQ4Forward(out, inp Buf, w QBuf, N, C, OC int) {
-	c.frozenForward(out, inp, q4Widen(w, "MatmulQ4Forward", C*OC), N, C, OC)
+	widen := q4Widen(w, "MatmulQ4Forward", C*OC)
+	if c.frozenBF16 {
+		c.bf16Forward(out, inp, sgemm.WeightQ4(HostQ4(w), OC, C), N, C, OC)
+		return
+	}
+	c.frozenForward(out, inp, widen, N, C, OC)
 }
 
 func (c *cpu) MatmulQ4Backward(dinp, dout Buf, w QBuf, N, C, OC int) {
-	c.frozenBackward(dinp, dout, q4Widen(w, "MatmulQ4Backward", C*OC), N, C, OC)
+	widen := q4Widen(w, "MatmulQ4Backward", C*OC)
+	if c.frozenBF16 {
+		c.bf16Backward(dinp, dout, sgemm.WeightQ4(HostQ4(w), OC, C), N, C, OC)
+		return
+	}
+	c.frozenBackward(dinp, dout, widen, N, C, OC)
 }
 
 func (c *cpu) MatmulBF16Forward(out, inp Buf, w HBuf, N, C, OC int) {
-	c.frozenForward(out, inp, bf16Widen(w, "MatmulBF16Forward", C*OC), N, C, OC)
+	widen := bf16Widen(w, "MatmulBF16Forward", C*OC)
+	if c.frozenBF16 {
+		c.bf16Forward(out, inp, sgemm.WeightBF16(bf16(w)[:OC*C], OC, C), N, C, OC)
+		return
+	}
+	c.frozenForward(out, inp, widen, N, C, OC)
 }
 
 func (c *cpu) MatmulBF16Backward(dinp, dout Buf, w HBuf, N, C, OC int) {
-	c.frozenBackward(dinp, dout, bf16Widen(w, "MatmulBF16Backward", C*OC), N, C, OC)
+	widen := bf16Widen(w, "MatmulBF16Backward", C*OC)
+	if c.frozenBF16 {
+		c.bf16Backward(dinp, dout, sgemm.WeightBF16(bf16(w)[:OC*C], OC, C), N, C, OC)
+		return
+	}
+	c.frozenBackward(dinp, dout, widen, N, C, OC)
+}
+
+// bf16Forward: out[N,OC] = inp·Wᵀ in bf16 with fp32 accumulation.
+func (c *cpu) bf16Forward(out, inp Buf, w sgemm.Weight, N, C, OC int) {
+	sgemm.GemmBF16(true, N, OC, C, 1, s(inp), C, w, 0, s(out), OC)
+}
+
+// bf16Backward: dinp += dout·W in bf16 with fp32 accumulation.
+func (c *cpu) bf16Backward(dinp, dout Buf, w sgemm.Weight, N, C, OC int) {
+	sgemm.GemmBF16(false, N, C, OC, 1, s(dout), OC, w, 1, s(dinp), C)
 }
 
 func (c *cpu) RoPEForward(x, cos, sin Buf, N, T, nh, hd int) {

@@ -47,15 +47,14 @@ static int oc_nr(int isa) { return isa == OC_ISA_AVX512 ? OC_NR512 : OC_NR256; }
 // Packing. Panels are zero-padded to a whole MR or NR so the micro-kernel
 // never branches on the edge; the edge tile is written through a scratch tile.
 
-// oc_tr16 loads rows x 16 floats (rows <= 16, the rest zero) from src with
-// stride lds and transposes them: out[q] holds element q of every row.
+// oc_tr16x16 transposes 16 vectors of 16 32-bit lanes: out[q] holds lane q
+// of every r[i]. oc_tr16 loads rows x 16 floats (rows <= 16, the rest zero)
+// from src with stride lds and transposes them.
 // Packing uses it where a panel runs across the source's rows (A not
 // transposed, B transposed), so those gathers become whole-vector moves.
 __attribute__((target("avx512f")))
-static inline void oc_tr16(const float *src, long lds, int rows, __m512 out[16]) {
-	__m512 r[16], t[16];
-	for (int i = 0; i < 16; i++)
-		r[i] = i < rows ? _mm512_loadu_ps(src + i * lds) : _mm512_setzero_ps();
+static inline void oc_tr16x16(__m512 r[16], __m512 out[16]) {
+	__m512 t[16];
 	for (int i = 0; i < 16; i += 2) {
 		t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
 		t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
@@ -76,6 +75,14 @@ static inline void oc_tr16(const float *src, long lds, int rows, __m512 out[16])
 		out[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
 		out[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
 	}
+}
+
+__attribute__((target("avx512f")))
+static inline void oc_tr16(const float *src, long lds, int rows, __m512 out[16]) {
+	__m512 r[16];
+	for (int i = 0; i < 16; i++)
+		r[i] = i < rows ? _mm512_loadu_ps(src + i * lds) : _mm512_setzero_ps();
+	oc_tr16x16(r, out);
 }
 
 // oc_pack_a512 is oc_pack_a for the AVX-512 tile with A not transposed:
@@ -211,6 +218,45 @@ static void oc_pack_b(int nr_tile, int trans, const float *b, long ldb,
 // Micro-kernels: C[0:MR, 0:NR] = alpha * (Apanel . Bpanel) + beta * C, with
 // beta == 0 meaning C is only written (a NaN already there cannot leak).
 
+// oc_store512 writes a 12 x 32 tile of accumulators: C = alpha*acc +
+// beta*C, with beta == 0 meaning C is only written (a NaN already there
+// cannot leak). The bf16 kernel ends the same way.
+__attribute__((target("avx512f,fma")))
+static inline void oc_store512(__m512 acc[OC_MR512][2], float *c, long ldc, float alpha, float beta) {
+	__m512 va = _mm512_set1_ps(alpha);
+	if (beta == 0) {
+#pragma GCC unroll 12
+		for (int r = 0; r < OC_MR512; r++) {
+			_mm512_storeu_ps(c + r * ldc, _mm512_mul_ps(va, acc[r][0]));
+			_mm512_storeu_ps(c + r * ldc + 16, _mm512_mul_ps(va, acc[r][1]));
+		}
+		return;
+	}
+	__m512 vb = _mm512_set1_ps(beta);
+#pragma GCC unroll 12
+	for (int r = 0; r < OC_MR512; r++) {
+		float *cr = c + r * ldc;
+		_mm512_storeu_ps(cr, _mm512_fmadd_ps(vb, _mm512_loadu_ps(cr), _mm512_mul_ps(va, acc[r][0])));
+		_mm512_storeu_ps(cr + 16, _mm512_fmadd_ps(vb, _mm512_loadu_ps(cr + 16), _mm512_mul_ps(va, acc[r][1])));
+	}
+}
+
+// oc_store_edge copies the mr x nr corner of a scratch tile t (row stride
+// NR) into C with the same arithmetic as the full-tile stores.
+static inline void oc_store_edge(const float *t, int NR, float *c, long ldc, int mr, int nr, float alpha, float beta) {
+	for (int r = 0; r < mr; r++) {
+		float *cr = c + r * ldc;
+		const float *tr = t + r * NR;
+		if (beta == 0) {
+			for (int j = 0; j < nr; j++)
+				cr[j] = alpha * tr[j];
+		} else {
+			for (int j = 0; j < nr; j++)
+				cr[j] = fmaf(beta, cr[j], alpha * tr[j]);
+		}
+	}
+}
+
 __attribute__((target("avx512f,fma")))
 static void oc_kernel512(int kc, const float *restrict a, const float *restrict b,
                          float *c, long ldc, float alpha, float beta) {
@@ -221,8 +267,10 @@ static void oc_kernel512(int kc, const float *restrict a, const float *restrict 
 		acc[r][1] = _mm512_setzero_ps();
 	}
 	// Start fetching the tile of C while the k loop runs.
-	for (int r = 0; r < OC_MR512; r++)
+	for (int r = 0; r < OC_MR512; r++) {
 		_mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
+		_mm_prefetch((const char *)(c + r * ldc + 16), _MM_HINT_T0);
+	}
 	for (int p = 0; p < kc; p++) {
 		__m512 b0 = _mm512_load_ps(b);
 		__m512 b1 = _mm512_load_ps(b + 16);
@@ -236,22 +284,7 @@ static void oc_kernel512(int kc, const float *restrict a, const float *restrict 
 		a += OC_MR512;
 		b += OC_NR512;
 	}
-	__m512 va = _mm512_set1_ps(alpha);
-	if (beta == 0) {
-#pragma GCC unroll 12
-		for (int r = 0; r < OC_MR512; r++) {
-			_mm512_storeu_ps(c + r * ldc, _mm512_mul_ps(va, acc[r][0]));
-			_mm512_storeu_ps(c + r * ldc + 16, _mm512_mul_ps(va, acc[r][1]));
-		}
-	} else {
-		__m512 vb = _mm512_set1_ps(beta);
-#pragma GCC unroll 12
-		for (int r = 0; r < OC_MR512; r++) {
-			float *cr = c + r * ldc;
-			_mm512_storeu_ps(cr, _mm512_fmadd_ps(vb, _mm512_loadu_ps(cr), _mm512_mul_ps(va, acc[r][0])));
-			_mm512_storeu_ps(cr + 16, _mm512_fmadd_ps(vb, _mm512_loadu_ps(cr + 16), _mm512_mul_ps(va, acc[r][1])));
-		}
-	}
+	oc_store512(acc, c, ldc, alpha, beta);
 }
 
 __attribute__((target("avx2,fma")))
@@ -310,17 +343,7 @@ static void oc_kernel(int isa, int kc, const float *a, const float *b, float *c,
 		oc_kernel512(kc, a, b, t, NR, 1, 0);
 	else
 		oc_kernel256(kc, a, b, t, NR, 1, 0);
-	for (int r = 0; r < mr; r++) {
-		float *cr = c + r * ldc;
-		const float *tr = t + r * NR;
-		if (beta == 0) {
-			for (int j = 0; j < nr; j++)
-				cr[j] = alpha * tr[j];
-		} else {
-			for (int j = 0; j < nr; j++)
-				cr[j] = fmaf(beta, cr[j], alpha * tr[j]);
-		}
-	}
+	oc_store_edge(t, NR, c, ldc, mr, nr, alpha, beta);
 }
 
 // ---------------------------------------------------------------------------

@@ -36,11 +36,7 @@ func Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int
 	if err := Check(transA, transB, m, n, k, len(a), lda, len(b), ldb, len(c), ldc); err != nil {
 		panic(err)
 	}
-	if m == 0 || n == 0 {
-		return
-	}
-	if k == 0 || alpha == 0 {
-		scaleC(m, n, beta, c, ldc)
+	if trivial(m, n, k, alpha, beta, c, ldc) {
 		return
 	}
 	if m*n*k <= tinyWork {
@@ -48,11 +44,28 @@ func Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int
 		small(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 		return
 	}
-	t := Threads()
-	if m*n*k < parallelWork {
-		t = 1
+	run(int(impl.Load()), threadsFor(m, n, k), transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+}
+
+// trivial finishes a product with no multiply-adds to do (an empty C, or
+// k or alpha zero: C = beta*C) and reports whether it did.
+func trivial(m, n, k int, alpha, beta float32, c []float32, ldc int) bool {
+	if m == 0 || n == 0 {
+		return true
 	}
-	run(int(impl.Load()), t, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+	if k == 0 || alpha == 0 {
+		scaleC(m, n, beta, c, ldc)
+		return true
+	}
+	return false
+}
+
+// threadsFor is how many threads an m x n x k product runs on.
+func threadsFor(m, n, k int) int {
+	if m*n*k < parallelWork {
+		return 1
+	}
+	return Threads()
 }
 
 // run computes the product with the kernel family kind on t threads. The

@@ -52,7 +52,7 @@ func sgemmC(isa int, transA, transB bool, m, n, k int, alpha float32, a []float3
 	}
 	// One thread: the whole product in one cgo call.
 	kcb := depthBlock(m, n)
-	ws := getWorkspace(1, min(k, kcb), min(n, blockNC))
+	ws := getWorkspace(1, min(k, kcb)*(min(n, blockNC)+maxNR))
 	defer putWorkspace(ws)
 	C.oc_sgemm_serial(C.int(isa), cbool(transA), cbool(transB), C.int(m), C.int(n), C.int(k),
 		C.float(alpha), fp(a), C.long(lda), fp(b), C.long(ldb),

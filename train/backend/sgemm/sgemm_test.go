@@ -233,7 +233,7 @@ func TestSgemmDeterministic(t *testing.T) {
 	for _, kind := range kinds() {
 		for _, p := range []*problem{
 			newProblem(rng, true, false, 301, 290, 700, 3, 0.75, 0.5),
-			// C past blockKCLargeC: the threads take bands of columns (splitColumns).
+			// C past blockKCLargeC: the deep slices (blockKCLarge).
 			newProblem(rng, false, true, 1100, 1931, 37, 1, 1, 0.5),
 		} {
 			var first []float32
