@@ -1326,7 +1326,7 @@ func (c *Coordinator) Status() Status {
 	}
 	return Status{Round: r.ID, State: r.State, Cohort: len(r.Cohort), Accepted: c.nAccepted, Quorum: c.quorum(), Deadline: r.Deadline,
 		AdapterSHA256: adapter, BaseSHA256: c.base, Workers: c.M.workers.Load(), LedgerRecords: c.ledgerLen(), LedgerHead: c.ledgerHead(),
-		CoordinatorKey: encodeKey(c.PublicKey()), Done: c.done, Codec: c.cfg.Recipe.Codec}
+		CoordinatorKey: encodeKey(c.PublicKey()), Done: c.done, Codec: c.cfg.statusCodec()}
 }
 
 // Adapter returns a copy of the current global adapter vector and its hash.

@@ -141,6 +141,14 @@ func (s *secRound) notify() {
 	s.changed = make(chan struct{})
 }
 
+// statusCodec is the update encoding /v1/status reports.
+func (c *Config) statusCodec() string {
+	if c.SecureAgg.Enabled {
+		return "secagg: randk:" + strconv.FormatFloat(c.SecureAgg.Fraction, 'g', -1, 64) + ", " + strconv.Itoa(int(c.SecureAgg.QuantBits)) + "-bit values in a ring"
+	}
+	return c.Recipe.Codec
+}
+
 // secureLength is the number of positions masked per round.
 func (c *Config) secureLength() int {
 	return min(c.N(), max(1, int(math.Round(c.SecureAgg.Fraction*float64(c.N())))))
