@@ -13,8 +13,10 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/opencluster/opencluster/internal/atomicfile"
@@ -54,11 +56,13 @@ type tokenStore struct {
 
 // encoder turns text and conversations into stored tokens.
 type encoder struct {
-	tok  *tokenizer.Tokenizer // nil: bytes
-	chat *tokenizer.ChatTemplate
-	eos  int32 // -1: none
-	pre  []int32
-	post []int32
+	tok      *tokenizer.Tokenizer // nil: bytes
+	chatOnce sync.Once            // compiles chat on first use, from any goroutine
+	chat     *tokenizer.ChatTemplate
+	chatErr  error
+	eos      int32 // -1: none
+	pre      []int32
+	post     []int32
 }
 
 func newEncoder(tok *tokenizer.Tokenizer) *encoder {
@@ -102,12 +106,9 @@ func (e *encoder) conversation(msgs []tokenizer.Message) ([]uint32, error) {
 	if e.tok == nil {
 		return nil, errors.New("chat data needs a tokenizer with a chat_template (--tokenizer)")
 	}
-	if e.chat == nil {
-		c, err := e.tok.CompileChatTemplate()
-		if err != nil {
-			return nil, err
-		}
-		e.chat = c
+	e.chatOnce.Do(func() { e.chat, e.chatErr = e.tok.CompileChatTemplate() })
+	if e.chatErr != nil {
+		return nil, e.chatErr
 	}
 	ids, assistant, err := e.tok.EncodeChat(e.chat, msgs)
 	if err != nil {
@@ -353,17 +354,44 @@ func (d *Dataset) tokenize(enc *encoder, bin, idx string) ([]example, int, error
 		}
 		return nil
 	}
-	for fi, rel := range d.files {
-		path := filepath.Join(d.root, filepath.FromSlash(rel))
-		var err error
-		if strings.HasSuffix(rel, ".jsonl") {
-			var n int
-			n, err = d.tokenizeJSONL(enc, fi, path, emit)
-			bad += n
-		} else {
-			err = d.tokenizeText(enc, fi, path, emit)
+	// The files are read in order by one goroutine; chunks and lines are
+	// encoded on every core and written back in order.
+	p := newPipeline(runtime.GOMAXPROCS(0))
+	go func() {
+		defer p.close()
+		for fi, rel := range d.files {
+			path := filepath.Join(d.root, filepath.FromSlash(rel))
+			var err error
+			if strings.HasSuffix(rel, ".jsonl") {
+				err = d.tokenizeJSONL(enc, fi, path, p)
+			} else {
+				err = d.tokenizeText(enc, fi, path, p)
+			}
+			if err != nil {
+				p.fail(err)
+				return
+			}
+		}
+	}()
+	for j := range p.order {
+		<-j.done
+		err := j.err
+		if err != nil && j.line > 0 {
+			if !d.opts.SkipBadLines {
+				err = fmt.Errorf("data: %s:%d: %w (use --skip-bad-lines to skip such lines)", j.path, j.line, err)
+			} else {
+				if bad < 5 {
+					d.opts.Logger.Warn("skipping bad line", "file", j.path, "line", j.line, "error", err)
+				}
+				bad++
+				continue
+			}
+		}
+		if err == nil && len(j.toks) > 0 {
+			err = emit(j.file, j.unit, j.toks)
 		}
 		if err != nil {
+			p.stop()
 			return nil, 0, err
 		}
 	}
@@ -394,7 +422,7 @@ func (d *Dataset) tokenize(enc *encoder, bin, idx string) ([]example, int, error
 // tokenizeText cuts a text file into chunks of about ChunkSize bytes at line
 // ends (a longer line is cut at a character boundary) and encodes each, so
 // no file is read whole; BOS goes before the first chunk, EOS after the last.
-func (d *Dataset) tokenizeText(enc *encoder, fi int, path string, emit func(int, int, []uint32) error) error {
+func (d *Dataset) tokenizeText(enc *encoder, fi int, path string, p *pipeline) error {
 	f, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("data: cannot read %s: %w", path, err)
@@ -411,12 +439,12 @@ func (d *Dataset) tokenizeText(enc *encoder, fi int, path string, emit func(int,
 		if !utf8.Valid(chunk) {
 			return fmt.Errorf("data: %s: chunk %d (bytes from %d) is not valid UTF-8", path, unit, int64(unit)*int64(size))
 		}
-		toks := enc.text(string(chunk), unit == 0, last)
+		text, first := string(chunk), unit == 0
 		chunk = chunk[:0]
-		if len(toks) > 0 {
-			if err := emit(fi, unit, scoredAll(toks)); err != nil {
-				return err
-			}
+		if err := p.submit(&job{file: fi, unit: unit, run: func() ([]uint32, error) {
+			return scoredAll(enc.text(text, first, last)), nil
+		}}); err != nil {
+			return err
 		}
 		unit++
 		return nil
@@ -473,43 +501,117 @@ type record struct {
 }
 
 // tokenizeJSONL encodes one example per line. A malformed line is an error
-// naming the file and line, or with SkipBadLines is skipped and counted.
-func (d *Dataset) tokenizeJSONL(enc *encoder, fi int, path string, emit func(int, int, []uint32) error) (int, error) {
+// naming the file and line, or with SkipBadLines is skipped and counted
+// (by the caller, which reads the results in order).
+func (d *Dataset) tokenizeJSONL(enc *encoder, fi int, path string, p *pipeline) error {
 	f, err := os.Open(path)
 	if err != nil {
-		return 0, fmt.Errorf("data: cannot read %s: %w", path, err)
+		return fmt.Errorf("data: cannot read %s: %w", path, err)
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), MaxLineBytes)
-	bad := 0
 	for line := 1; sc.Scan(); line++ {
-		b := bytes.TrimSpace(sc.Bytes())
+		b := bytes.Clone(bytes.TrimSpace(sc.Bytes()))
 		if len(b) == 0 {
 			continue
 		}
-		toks, err := d.jsonlExample(enc, b)
-		if err != nil {
-			if !d.opts.SkipBadLines {
-				return bad, fmt.Errorf("data: %s:%d: %w (use --skip-bad-lines to skip such lines)", path, line, err)
-			}
-			if bad < 5 {
-				d.opts.Logger.Warn("skipping bad line", "file", path, "line", line, "error", err)
-			}
-			bad++
-			continue
-		}
-		if err := emit(fi, line, toks); err != nil {
-			return bad, err
+		if err := p.submit(&job{file: fi, unit: line, path: path, line: line, run: func() ([]uint32, error) {
+			return d.jsonlExample(enc, b)
+		}}); err != nil {
+			return err
 		}
 	}
 	if err := sc.Err(); err != nil {
 		if errors.Is(err, bufio.ErrTooLong) {
-			return bad, fmt.Errorf("data: %s: a line is longer than %d bytes", path, MaxLineBytes)
+			return fmt.Errorf("data: %s: a line is longer than %d bytes", path, MaxLineBytes)
 		}
-		return bad, fmt.Errorf("data: reading %s: %w", path, err)
+		return fmt.Errorf("data: reading %s: %w", path, err)
 	}
-	return bad, nil
+	return nil
+}
+
+// job is one chunk or line to encode.
+type job struct {
+	file, unit int
+	path       string // JSONL only: for messages about the line
+	line       int    // JSONL only: its 1-based number; 0 for text chunks
+	run        func() ([]uint32, error)
+	toks       []uint32
+	err        error
+	done       chan struct{}
+}
+
+// pipeline runs jobs on several goroutines and hands them back in the
+// order they were submitted, holding a bounded number in flight.
+type pipeline struct {
+	work    chan *job
+	order   chan *job
+	stopped chan struct{}
+	once    sync.Once
+}
+
+func newPipeline(workers int) *pipeline {
+	p := &pipeline{work: make(chan *job), order: make(chan *job, 4*workers), stopped: make(chan struct{})}
+	for range workers {
+		go func() {
+			for j := range p.work {
+				j.toks, j.err = j.run()
+				close(j.done)
+			}
+		}()
+	}
+	return p
+}
+
+var errStopped = errors.New("data: tokenizing stopped")
+
+// submit queues j; it fails once the consumer has stopped.
+func (p *pipeline) submit(j *job) error {
+	j.done = make(chan struct{})
+	select {
+	case p.order <- j:
+	case <-p.stopped:
+		return errStopped
+	}
+	select {
+	case p.work <- j:
+	case <-p.stopped:
+		j.err = errStopped
+		close(j.done) // queued but never run: the drain must not wait for it
+		return errStopped
+	}
+	return nil
+}
+
+// fail hands the consumer a reading error, in order.
+func (p *pipeline) fail(err error) {
+	if errors.Is(err, errStopped) {
+		return
+	}
+	j := &job{err: err, done: make(chan struct{})}
+	close(j.done)
+	select {
+	case p.order <- j:
+	case <-p.stopped:
+	}
+}
+
+// close ends the stream (the producer calls it when done).
+func (p *pipeline) close() {
+	close(p.work)
+	close(p.order)
+}
+
+// stop tells the producer to quit early; the jobs already queued finish on
+// their own.
+func (p *pipeline) stop() {
+	p.once.Do(func() { close(p.stopped) })
+	go func() {
+		for j := range p.order {
+			<-j.done
+		}
+	}()
 }
 
 func (d *Dataset) jsonlExample(enc *encoder, b []byte) ([]uint32, error) {

@@ -1,15 +1,18 @@
 package data
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/opencluster/opencluster/train/tokenizer"
 )
@@ -300,6 +303,27 @@ func TestMalformedLines(t *testing.T) {
 			t.Errorf("line %q with SkipBadLines: %d bad lines, %d examples; want 1 and 80", c.line, st.BadLines, st.Examples)
 		}
 		d.Close()
+	}
+}
+
+// TestStopOnBadLineLeaksNothing fails on a bad line early in a long file:
+// the readers and encoders all stop.
+func TestStopOnBadLineLeaksNothing(t *testing.T) {
+	dir := t.TempDir()
+	body := append([]byte("{\"nope\": 1}\n"), bytes.Repeat([]byte("{\"text\": \"the model learns from text on every machine\"}\n"), 5000)...)
+	writeFile(t, filepath.Join(dir, "big.jsonl"), body)
+	before := runtime.NumGoroutine()
+	for range 5 {
+		if _, err := Open(tokOpts(t, dir)); err == nil || !strings.Contains(err.Error(), "big.jsonl:1:") {
+			t.Fatalf("error %v, want one naming big.jsonl:1", err)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		t.Errorf("%d goroutines left running after failed Opens (%d before)", n, before)
 	}
 }
 
