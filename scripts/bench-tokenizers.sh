@@ -17,13 +17,13 @@ node -e 'for (const t of JSON.parse(require("fs").readFileSync(process.argv[1], 
   "$root/train/tokenizer/testdata/texts.json" >>"$text"
 
 
-echo "| tokenizer | implementation | MB/s (one core) |"
-echo "|---|---|---|"
+echo "| tokenizer | implementation | MB/s (wall) | MB per CPU-second |"
+echo "|---|---|---|---|"
 for model in llama3 qwen sentencepiece-bpe; do
-  go_mbs="$(cd "$root" && OPENCLUSTER_TOKENIZERS="$cache" OPENCLUSTER_BENCH_TEXT="$text" \
+  row="$(cd "$root" && OPENCLUSTER_TOKENIZERS="$cache" OPENCLUSTER_BENCH_TEXT="$text" \
     go test -run '^$' -bench "^BenchmarkEncode/$model\$" -benchtime "${secs}s" -cpu 1 ./train/tokenizer/ |
-    awk '/MB\/s/ { for (i = 1; i <= NF; i++) if ($(i+1) == "MB/s") print $i }')"
-  echo "| $model | opencluster train/tokenizer (Go) | $go_mbs |"
+    awk '/MB\/s/ { for (i = 1; i <= NF; i++) { if ($(i+1) == "MB/s") w = $i; if ($(i+1) == "MB/cpu-s") c = $i }; print w " | " c }')"
+  echo "| $model | opencluster train/tokenizer (Go) | $row |"
   node "$cache/npm/reference.js" bench "$cache/models/$model/tokenizer.json" "$text" "$secs" |
-    node -e 'for (const r of JSON.parse(require("fs").readFileSync(0, "utf8"))) console.log(`| '"$model"' | ${r.peer} | ${r.mb_per_s.toFixed(2)} |`)'
+    node -e 'for (const r of JSON.parse(require("fs").readFileSync(0, "utf8"))) console.log(`| '"$model"' | ${r.peer} | ${r.mb_per_s.toFixed(2)} | ${r.mb_per_cpu_s.toFixed(2)} |`)'
 done

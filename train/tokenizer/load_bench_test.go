@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -15,6 +16,15 @@ func BenchmarkLoadLlama3(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// cpuSeconds is the user and system CPU time this process has used.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }
 
 // benchText is the benchmark corpus: Go's net/http sources (code and
@@ -69,11 +79,15 @@ func BenchmarkEncode(b *testing.B) {
 		tok := loadOnce(b, filepath.Join(dir, "models", name))
 		b.Run(name, func(b *testing.B) {
 			b.SetBytes(n)
+			cpu0 := cpuSeconds()
 			for b.Loop() {
 				for _, c := range chunks {
 					tok.Encode(c, false)
 				}
 			}
+			// On a shared machine wall time includes waiting for a core;
+			// MB per CPU-second (this process, all threads) does not.
+			b.ReportMetric(float64(n)*float64(b.N)/1e6/(cpuSeconds()-cpu0), "MB/cpu-s")
 		})
 	}
 }
