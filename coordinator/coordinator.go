@@ -178,6 +178,11 @@ func New(ctx context.Context, cfg Config, opts Options) (*Coordinator, error) {
 	if n, err := c.store.CountWorkers(ctx); err == nil {
 		c.M.workers.Store(int64(n))
 	}
+	saved, err := c.store.Counters(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.M.restore(saved)
 	cur, err := c.store.LatestRound(ctx)
 	fresh := errors.Is(err, ErrNotFound)
 	if err == nil || fresh {
@@ -657,6 +662,7 @@ func (c *Coordinator) restart(ctx context.Context, now time.Time) error {
 // opened. Every step is idempotent, so a crash anywhere is repaired by
 // running it again after a restart.
 func (c *Coordinator) aggregate(ctx context.Context, why string) error {
+	started := time.Now()
 	r := c.cur
 	if r.State != StateAggregating {
 		r.State, r.Note = StateAggregating, why
@@ -734,7 +740,7 @@ func (c *Coordinator) aggregate(ctx context.Context, why string) error {
 		}
 	}
 	return c.closeRound(ctx, r, closing{why: why, result: result, newHash: newHash, optHash: optHash, theta: theta, opt: opt,
-		agg: c.cfg.aggregation(c.optHash, optHash, out, result), entries: entries, ups: ups},
+		agg: c.cfg.aggregation(c.optHash, optHash, out, result), entries: entries, ups: ups, started: started},
 		"updates", len(cs), "clipped", out.Clipped, "dropped", len(out.Dropped), "norm_bound", out.Bound, "bytes", bytesIn)
 }
 
@@ -748,6 +754,9 @@ type closing struct {
 	agg         ledger.Aggregation
 	entries     []ledger.UpdateEntry
 	ups         []UpdateRecord // for the dashboard's closed event
+	// started is the wall time closing began, for the aggregation-time
+	// metric only (the round logic runs on the injected clock).
+	started time.Time
 }
 
 // closeRound appends round r's ledger record (unless a crash already did),
@@ -776,6 +785,12 @@ func (c *Coordinator) closeRound(ctx context.Context, r Round, cl closing, logAt
 		return err
 	}
 	c.M.roundClosed(now.Sub(r.Started))
+	if !cl.started.IsZero() {
+		c.M.aggregation.Observe(time.Since(cl.started).Seconds())
+	}
+	if err := c.SaveMetrics(ctx); err != nil {
+		c.log.Warn("coordinator: saving the metrics' counters", "err", err)
+	}
 	if last, ok := c.ledgerLast(); ok && last.Round == r.ID {
 		c.ev.closed(r, &last, cl.ups, c.n)
 	} else {
@@ -1033,7 +1048,7 @@ func (c *Coordinator) Submit(ctx context.Context, body []byte) (protocol.UploadR
 		c.M.rejected(re.Code)
 	} else if err == nil {
 		c.M.updatesAccepted.Add(1)
-		c.M.bytesReceived.Add(int64(len(body)))
+		c.M.bytesReceived.Add(float64(len(body)))
 	}
 	return resp, err
 }
@@ -1092,7 +1107,7 @@ func (c *Coordinator) Accept(ctx context.Context, u *protocol.Update, size int64
 		c.M.rejected(re.Code)
 	} else if err == nil {
 		c.M.updatesAccepted.Add(1)
-		c.M.bytesReceived.Add(size)
+		c.M.bytesReceived.Add(float64(size))
 	}
 	return resp, err
 }

@@ -30,7 +30,8 @@ type MemStore struct {
 	// accepted holds, per header round, the workers with an accepted update.
 	accepted map[uint64]map[string]bool
 	// sent holds the workers with any update recorded (they are never pruned).
-	sent map[string]bool
+	sent     map[string]bool
+	counters map[string]float64
 }
 
 var _ Store = (*MemStore)(nil)
@@ -110,6 +111,28 @@ func (s *MemStore) PruneWorkers(_ context.Context, seenBefore time.Time) (int, e
 		}
 	}
 	return n, nil
+}
+
+func (s *MemStore) SaveCounters(_ context.Context, vals map[string]float64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.counters == nil {
+		s.counters = map[string]float64{}
+	}
+	for k, v := range vals {
+		s.counters[k] = v
+	}
+	return nil
+}
+
+func (s *MemStore) Counters(context.Context) (map[string]float64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]float64{}
+	for k, v := range s.counters {
+		out[k] = v
+	}
+	return out, nil
 }
 
 func (s *MemStore) CountWorkers(context.Context) (int, error) {

@@ -1,96 +1,165 @@
 package coordinator
 
 import (
-	"fmt"
-	"io"
-	"slices"
-	"sync"
+	"context"
+	"net/http"
+	"sort"
+	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 )
 
-// Metrics are the coordinator's counters, written in the Prometheus text
-// exposition format (version 0.0.4) by WriteTo; hand-written, no client
-// library.
+// Metrics are the coordinator's Prometheus metrics (served at /metrics),
+// in a registry of their own so several coordinators can live in one
+// process (tests, the simulator), with the standard process and Go
+// runtime collectors. The counters are saved in the store when a round
+// closes and at shutdown (SaveMetrics) and restored at start-up, so a
+// restart does not reset them.
 type Metrics struct {
-	roundsTotal     atomic.Int64
-	roundsFailed    atomic.Int64
-	updatesAccepted atomic.Int64
-	bytesReceived   atomic.Int64
-	workers         atomic.Int64
+	reg *prometheus.Registry
 
-	mu            sync.Mutex
-	rejectedBy    map[string]int64
-	registered    map[string]int64
-	roundDurSum   float64
-	roundDurCount int64
-	roundDurLast  float64
+	rounds          prometheus.Counter
+	roundsFailed    prometheus.Counter
+	updatesAccepted prometheus.Counter
+	bytesReceived   prometheus.Counter
+	rejectedBy      *prometheus.CounterVec
+	registrations   *prometheus.CounterVec
+	roundDuration   prometheus.Histogram
+	aggregation     prometheus.Histogram
+	upload          prometheus.Histogram
+
+	workers atomic.Int64 // opencluster_workers_registered
 }
 
 func newMetrics() *Metrics {
-	return &Metrics{rejectedBy: map[string]int64{}, registered: map[string]int64{}}
+	m := &Metrics{reg: prometheus.NewRegistry()}
+	counter := func(name, help string) prometheus.Counter {
+		return prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+	}
+	m.rounds = counter("opencluster_rounds_total", "Rounds closed (published or failed).")
+	m.roundsFailed = counter("opencluster_rounds_failed_total", "Rounds closed as failed (no usable aggregate; adapter unchanged).")
+	m.updatesAccepted = counter("opencluster_updates_accepted_total", "Updates accepted for aggregation.")
+	m.bytesReceived = counter("opencluster_bytes_received_total", "Bytes of accepted updates received.")
+	m.rejectedBy = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opencluster_updates_rejected_total",
+		Help: "Requests refused, by reason (the error code)."}, []string{"reason"})
+	m.registrations = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "opencluster_registrations_total",
+		Help: "Registrations, by result: new key, known key, refused."}, []string{"result"})
+	m.roundDuration = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "opencluster_round_duration_seconds",
+		Help: "Time from cohort pick to close, on the coordinator's clock.", Buckets: prometheus.ExponentialBuckets(1, 2, 14)})
+	m.aggregation = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "opencluster_aggregation_seconds",
+		Help: "Wall time of closing a round: reading the updates, aggregating, publishing, the ledger record.", Buckets: prometheus.ExponentialBuckets(0.001, 4, 10)})
+	m.upload = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "opencluster_upload_seconds",
+		Help: "Wall time of POST /v1/updates, from the request to the answer (body read included).", Buckets: prometheus.ExponentialBuckets(0.001, 4, 10)})
+	workers := prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "opencluster_workers_registered", Help: "Workers registered."},
+		func() float64 { return float64(m.workers.Load()) })
+	for _, r := range []string{"new", "known", "refused"} {
+		m.registrations.WithLabelValues(r) // present at 0 from the start
+	}
+	m.reg.MustRegister(m.rounds, m.roundsFailed, m.updatesAccepted, m.bytesReceived, m.rejectedBy, m.registrations,
+		m.roundDuration, m.aggregation, m.upload, workers,
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
+	return m
 }
 
-func (m *Metrics) registration(result string) {
-	m.mu.Lock()
-	m.registered[result]++
-	m.mu.Unlock()
-}
+func (m *Metrics) registration(result string) { m.registrations.WithLabelValues(result).Inc() }
 
-func (m *Metrics) rejected(reason string) {
-	m.mu.Lock()
-	m.rejectedBy[reason]++
-	m.mu.Unlock()
-}
+func (m *Metrics) rejected(reason string) { m.rejectedBy.WithLabelValues(reason).Inc() }
 
 func (m *Metrics) roundClosed(d time.Duration) {
-	m.roundsTotal.Add(1)
-	m.mu.Lock()
-	m.roundDurSum += d.Seconds()
-	m.roundDurCount++
-	m.roundDurLast = d.Seconds()
-	m.mu.Unlock()
+	m.rounds.Inc()
+	m.roundDuration.Observe(d.Seconds())
 }
 
-// Rejected returns the count of updates rejected with the given reason code.
+// Handler serves the metrics in the Prometheus exposition format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// Rejected returns the count of requests refused with the given reason code.
 func (m *Metrics) Rejected(reason string) int64 {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.rejectedBy[reason]
+	return int64(value(m.rejectedBy.WithLabelValues(reason)))
 }
 
-// Accepted returns updates_accepted_total.
-func (m *Metrics) Accepted() int64 { return m.updatesAccepted.Load() }
+// Accepted returns opencluster_updates_accepted_total.
+func (m *Metrics) Accepted() int64 { return int64(value(m.updatesAccepted)) }
 
-// WriteTo writes every metric in the Prometheus text format.
-func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
-	var n int64
-	p := func(format string, args ...any) {
-		k, _ := fmt.Fprintf(w, format, args...)
-		n += int64(k)
+func value(c prometheus.Metric) float64 {
+	var d dto.Metric
+	c.Write(&d)
+	return d.GetCounter().GetValue()
+}
+
+// counters returns every opencluster counter as name{labels} -> value.
+func (m *Metrics) counters() (map[string]float64, error) {
+	fams, err := m.reg.Gather()
+	if err != nil {
+		return nil, err
 	}
-	p("# HELP opencluster_rounds_total Rounds aggregated and published.\n# TYPE opencluster_rounds_total counter\nopencluster_rounds_total %d\n", m.roundsTotal.Load())
-	p("# HELP opencluster_rounds_failed_total Rounds closed as failed (no usable aggregate; adapter unchanged).\n# TYPE opencluster_rounds_failed_total counter\nopencluster_rounds_failed_total %d\n", m.roundsFailed.Load())
-	p("# HELP opencluster_updates_accepted_total Updates accepted for aggregation.\n# TYPE opencluster_updates_accepted_total counter\nopencluster_updates_accepted_total %d\n", m.updatesAccepted.Load())
-	p("# HELP opencluster_updates_rejected_total Updates refused, by reason.\n# TYPE opencluster_updates_rejected_total counter\n")
-	m.mu.Lock()
-	reasons := make([]string, 0, len(m.rejectedBy))
-	for r := range m.rejectedBy {
-		reasons = append(reasons, r)
+	out := map[string]float64{}
+	for _, f := range fams {
+		if f.GetType() != dto.MetricType_COUNTER || !strings.HasPrefix(f.GetName(), "opencluster_") {
+			continue
+		}
+		for _, mt := range f.GetMetric() {
+			out[seriesName(f.GetName(), mt.GetLabel())] = mt.GetCounter().GetValue()
+		}
 	}
-	slices.Sort(reasons)
-	for _, r := range reasons {
-		p("opencluster_updates_rejected_total{reason=%q} %d\n", r, m.rejectedBy[r])
+	return out, nil
+}
+
+func seriesName(name string, labels []*dto.LabelPair) string {
+	if len(labels) == 0 {
+		return name
 	}
-	p("# HELP opencluster_registrations_total Registrations, by result: new key, known key, refused.\n# TYPE opencluster_registrations_total counter\n")
-	for _, r := range []string{"new", "known", "refused"} {
-		p("opencluster_registrations_total{result=%q} %d\n", r, m.registered[r])
+	var parts []string
+	for _, l := range labels {
+		parts = append(parts, l.GetName()+"="+l.GetValue())
 	}
-	sum, count, last := m.roundDurSum, m.roundDurCount, m.roundDurLast
-	m.mu.Unlock()
-	p("# HELP opencluster_bytes_received_total Bytes of accepted updates received.\n# TYPE opencluster_bytes_received_total counter\nopencluster_bytes_received_total %d\n", m.bytesReceived.Load())
-	p("# HELP opencluster_round_duration_seconds Time from cohort pick to publication.\n# TYPE opencluster_round_duration_seconds summary\nopencluster_round_duration_seconds_sum %g\nopencluster_round_duration_seconds_count %d\n", sum, count)
-	p("# HELP opencluster_round_duration_last_seconds Duration of the last published round.\n# TYPE opencluster_round_duration_last_seconds gauge\nopencluster_round_duration_last_seconds %g\n", last)
-	p("# HELP opencluster_workers_registered Workers registered.\n# TYPE opencluster_workers_registered gauge\nopencluster_workers_registered %d\n", m.workers.Load())
-	return n, nil
+	sort.Strings(parts)
+	return name + "{" + strings.Join(parts, ",") + "}"
+}
+
+// restore adds saved counter values (from counters) to the fresh counters.
+func (m *Metrics) restore(saved map[string]float64) {
+	plain := map[string]prometheus.Counter{"opencluster_rounds_total": m.rounds, "opencluster_rounds_failed_total": m.roundsFailed,
+		"opencluster_updates_accepted_total": m.updatesAccepted, "opencluster_bytes_received_total": m.bytesReceived}
+	vecs := map[string]*prometheus.CounterVec{"opencluster_updates_rejected_total": m.rejectedBy, "opencluster_registrations_total": m.registrations}
+	for series, v := range saved {
+		if v <= 0 {
+			continue
+		}
+		name, labels, _ := strings.Cut(strings.TrimSuffix(series, "}"), "{")
+		if c, ok := plain[name]; ok && labels == "" {
+			c.Add(v)
+			continue
+		}
+		vec, ok := vecs[name]
+		if !ok {
+			continue // a counter this build no longer has
+		}
+		lv := prometheus.Labels{}
+		for _, kv := range strings.Split(labels, ",") {
+			if k, val, ok := strings.Cut(kv, "="); ok {
+				lv[k] = val
+			}
+		}
+		if c, err := vec.GetMetricWith(lv); err == nil {
+			c.Add(v)
+		}
+	}
+}
+
+// SaveMetrics stores the counters' values, so the next start continues
+// them (it is also done whenever a round closes).
+func (c *Coordinator) SaveMetrics(ctx context.Context) error {
+	vals, err := c.M.counters()
+	if err != nil {
+		return err
+	}
+	return c.store.SaveCounters(ctx, vals)
 }

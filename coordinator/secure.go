@@ -274,6 +274,7 @@ func (c *Coordinator) stepSecure(ctx context.Context, now time.Time) (bool, erro
 // round's positions, then the server optimizer step and the ledger record
 // with the stage transcript hashes and the privacy spent.
 func (c *Coordinator) aggregateSecure(ctx context.Context, note string) error {
+	started := time.Now()
 	r := c.cur
 	if r.State != StateAggregating {
 		r.State, r.Note = StateAggregating, note
@@ -352,7 +353,7 @@ func (c *Coordinator) aggregateSecure(ctx context.Context, note string) error {
 	}
 	c.sec = nil
 	return c.closeRound(ctx, r, closing{why: "secure aggregation", result: result, newHash: newHash, optHash: optHash, theta: theta, opt: opt,
-		agg: agg, entries: entries, ups: ups}, "survivors", res.count, "positions", res.tr.Params.Length)
+		agg: agg, entries: entries, ups: ups, started: started}, "survivors", res.count, "positions", res.tr.Params.Length)
 }
 
 // unmasked is a transcript replayed: the sum, and what goes on the ledger.
@@ -599,7 +600,7 @@ func (c *Coordinator) SecAggSubmit(ctx context.Context, body []byte) error {
 		}
 		return reject(400, "refused", "%v", err)
 	}
-	c.M.bytesReceived.Add(int64(len(body)))
+	c.M.bytesReceived.Add(float64(len(body)))
 	if st, i, ok := secagg.MessageInfo(body); ok && st == secagg.StageMasked && i < len(s.ids) {
 		c.ev.accepted(c.cur, s.ids[i], int64(len(body)), false) // the dashboard's "update came back", masked
 	}

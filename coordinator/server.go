@@ -369,6 +369,7 @@ func (s *Server) blob(w http.ResponseWriter, r *http.Request) {
 
 // upload is POST /v1/updates with one binary update as the body.
 func (s *Server) upload(w http.ResponseWriter, r *http.Request) {
+	defer func(t0 time.Time) { s.c.M.upload.Observe(time.Since(t0).Seconds()) }(time.Now())
 	if s.rateLimited(w, "ip:"+remoteIP(r)) {
 		return
 	}
@@ -403,8 +404,7 @@ func (s *Server) status(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-	s.c.M.WriteTo(w)
+	s.c.M.Handler().ServeHTTP(w, r)
 }
 
 // HTTPServer returns an http.Server for h with the timeouts a public

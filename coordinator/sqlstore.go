@@ -92,6 +92,11 @@ var migrations = []string{
 	`ALTER TABLE workers ADD COLUMN contributed BIGINT NOT NULL DEFAULT 0;
 	UPDATE workers SET contributed = (SELECT COUNT(*) FROM updates WHERE updates.worker_id = workers.id AND updates.accepted = 1);
 	CREATE INDEX updates_worker ON updates (worker_id)`,
+	// 3: the metrics' counters, saved so a restart continues them.
+	`CREATE TABLE counters (
+		name TEXT PRIMARY KEY,
+		value DOUBLE PRECISION NOT NULL
+	)`,
 }
 
 // OpenSQLite opens (creating if needed) the SQLite database at path in WAL
@@ -372,6 +377,41 @@ func (s *sqlStore) CountWorkers(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("coordinator: count workers: %w", err)
 	}
 	return n, nil
+}
+
+// ---- counters
+
+func (s *sqlStore) SaveCounters(ctx context.Context, vals map[string]float64) error {
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		for name, v := range vals {
+			if _, err := tx.ExecContext(ctx, s.q(`INSERT INTO counters (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value`), name, v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("coordinator: save counters: %w", err)
+	}
+	return nil
+}
+
+func (s *sqlStore) Counters(ctx context.Context) (map[string]float64, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT name, value FROM counters`)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: counters: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]float64{}
+	for rows.Next() {
+		var name string
+		var v float64
+		if err := rows.Scan(&name, &v); err != nil {
+			return nil, fmt.Errorf("coordinator: counters: %w", err)
+		}
+		out[name] = v
+	}
+	return out, rows.Err()
 }
 
 // ---- rounds

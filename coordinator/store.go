@@ -58,6 +58,11 @@ type Store interface {
 	// NonceSeen reports whether a nonce (hex) was ever recorded.
 	NonceSeen(ctx context.Context, nonce string) (bool, error)
 
+	// SaveCounters stores the metrics' counter values by series name;
+	// Counters returns what was stored (empty at first).
+	SaveCounters(ctx context.Context, vals map[string]float64) error
+	Counters(ctx context.Context) (map[string]float64, error)
+
 	// SchemaVersion is the highest migration applied.
 	SchemaVersion(ctx context.Context) (int, error)
 	Close() error

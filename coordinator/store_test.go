@@ -154,6 +154,15 @@ func testStore(t *testing.T, open func(t *testing.T) Store) {
 			t.Errorf("worker %s after pruning: %v, want kept=%v", id, err, want)
 		}
 	}
+	// Counters: saved, overwritten, read back.
+	if got, err := s.Counters(ctx); err != nil || len(got) != 0 {
+		t.Fatalf("counters of a new store: %v %v", got, err)
+	}
+	s.SaveCounters(ctx, map[string]float64{"a": 1, `b{reason=x}`: 2})
+	s.SaveCounters(ctx, map[string]float64{"a": 5})
+	if got, err := s.Counters(ctx); err != nil || got["a"] != 5 || got[`b{reason=x}`] != 2 || len(got) != 2 {
+		t.Fatalf("counters: %v %v", got, err)
+	}
 }
 
 func TestMemStore(t *testing.T) {

@@ -217,6 +217,9 @@ func runCoordinator(cmd *cobra.Command, _ []string) error {
 	if err := srv.Shutdown(shCtx); err != nil {
 		srv.Close()
 	}
+	if err := c.SaveMetrics(shCtx); err != nil {
+		slog.Warn("coordinator: saving the metrics' counters", "err", err)
+	}
 	return nil
 }
 
