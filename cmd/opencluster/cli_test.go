@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime/debug"
 	"slices"
@@ -287,5 +288,27 @@ func TestModelConfigPresetsOnly(t *testing.T) {
 	}
 	if err := loadModelConfig("tiny", nil, nil, &cfg); err != nil || cfg.Model.Dim == 0 {
 		t.Fatalf("--config tiny: %v", err)
+	}
+}
+
+// gorgonia.org/gorgonia is the independent autodiff reference of
+// train/backend's gradient tests (LispMachine), and nothing else: the
+// binary must not link it (`go mod why gorgonia.org/gorgonia` shows the
+// path through train/backend.test).
+func TestGorgoniaIsTestOnly(t *testing.T) {
+	goCmd, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go tool on PATH")
+	}
+	for _, tags := range []string{"", "cuda"} {
+		out, err := exec.Command(goCmd, "list", "-deps", "-tags", tags, "-f", "{{.ImportPath}}", ".").CombinedOutput()
+		if err != nil {
+			t.Fatalf("go list -deps -tags %q: %v\n%s", tags, err, out)
+		}
+		for _, p := range strings.Fields(string(out)) {
+			if strings.HasPrefix(p, "gorgonia.org/gorgonia") || strings.HasPrefix(p, "gorgonia.org/tensor") {
+				t.Errorf("opencluster (tags %q) links %s; gorgonia belongs in tests only", tags, p)
+			}
+		}
 	}
 }
