@@ -118,6 +118,15 @@ func TestChatFineTuneCommands(t *testing.T) {
 	if _, _, err := execute(t, append([]string{"train", "--base", base, "--out", adapter}, common...)...); err != nil {
 		t.Fatal(err)
 	}
+	// --chat-template replaces the tokenizer's template.
+	custom := filepath.Join(dir, "custom.jinja")
+	if err := os.WriteFile(custom, []byte("{{ raise_exception('the custom template ran') }}"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	noSkip := []string{"--config", cfg, "--data", data, "--tokenizer", tokDir, "--steps", "3", "--threads", "1", "--json"}
+	if _, _, err := execute(t, append([]string{"train", "--base", base, "--out", filepath.Join(dir, "a2"), "--chat-template", custom}, noSkip...)...); err == nil || !strings.Contains(err.Error(), "chat.jsonl:1:") || !strings.Contains(err.Error(), "the custom template ran") {
+		t.Errorf("--chat-template: %v", err)
+	}
 	out, _, err := execute(t, "generate", "--base", base, "--adapter", adapter, "--config", cfg, "--tokenizer", tokDir, "--prompt", "worker 3", "--max-tokens", "5", "--threads", "1")
 	if err != nil || !strings.HasPrefix(out, "worker 3") {
 		t.Fatalf("generate: %q, %v", out, err)

@@ -39,6 +39,7 @@ func addDataFlags(f *pflag.FlagSet) {
 	f.String("config", "tiny", "YAML config file or preset name ("+presetNames()+")")
 	f.String("data", "", "training data: a folder of text files (read recursively; binary files skipped) and/or .jsonl files of {\"text\"} or chat {\"messages\"}, or one such file")
 	f.String("tokenizer", "", "tokenizer.json or a folder holding it (default: the --base folder's tokenizer.json when it has one, else byte-level)")
+	f.String("chat-template", "", "a Jinja chat template file to use instead of the tokenizer's (for chat .jsonl data)")
 	f.Bool("pack", true, "pack examples into full windows of seq-len tokens (documents end with EOS); --pack=false gives each example its own padded row")
 	f.String("truncation", "right", "with --pack=false, which end of a too-long example to keep: right keeps the beginning, left the end")
 	f.Bool("skip-bad-lines", false, "skip malformed JSONL lines (and count them) instead of stopping at the first")
@@ -63,6 +64,16 @@ func readDataFlags(f *pflag.FlagSet, base string, opts *train.RunOptions) error 
 		for _, w := range tok.Warnings() {
 			slog.Warn(w)
 		}
+	}
+	if path, _ := f.GetString("chat-template"); path != "" {
+		if tok == nil {
+			return errors.New("--chat-template needs a tokenizer (--tokenizer, or a --base folder with tokenizer.json)")
+		}
+		src, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("--chat-template: %w", err)
+		}
+		tok.SetChatTemplate(string(src))
 	}
 	opts.Tokenizer = tok
 	return nil

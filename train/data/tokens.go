@@ -261,6 +261,9 @@ func (d *Dataset) splitExamples(examples []example) error {
 		if d.stats.Dropped > 0 {
 			dropped = fmt.Sprintf(" (%d examples dropped: no target to learn within their first seq_len+1 tokens; raise seq_len or use --truncation left)", d.stats.Dropped)
 		}
+		if d.stats.BadLines > 0 {
+			dropped += fmt.Sprintf(" (%d malformed lines skipped)", d.stats.BadLines)
+		}
 		return fmt.Errorf("data %s: the training split (%d examples, %d tokens) is too small for one sequence of %d tokens%s; add data or shorten seq_len", o.Dir, len(ts.train), d.stats.TrainTokens, window, dropped)
 	}
 	if ts.valRows == 0 {

@@ -12,6 +12,7 @@
 package tokenizer
 
 import (
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -107,7 +108,23 @@ func Load(path string) (*Tokenizer, error) {
 			return nil, fmt.Errorf("%s: %w", filepath.Join(dir, name), err)
 		}
 	}
+	// Newer transformers save the template in a file of its own, which
+	// wins over tokenizer_config.json's field as it does there.
+	b, err := readBounded(filepath.Join(dir, "chat_template.jinja"))
+	switch {
+	case err == nil:
+		t.SetChatTemplate(string(b))
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, err
+	}
 	return t, nil
+}
+
+// SetChatTemplate replaces the chat template (a --chat-template file, or
+// chat_template.jinja beside tokenizer.json).
+func (t *Tokenizer) SetChatTemplate(src string) {
+	t.chatTemplate = src
+	t.hash = sha256.Sum256(append(append(t.hash[:], "chat_template"...), src...))
 }
 
 // ForModel returns the tokenizer a command should use: the file or folder

@@ -335,3 +335,29 @@ func TestTemplateIDsMustBeTokens(t *testing.T) {
 		t.Errorf("template adding a missing id: %v", err)
 	}
 }
+
+func TestChatTemplateFileWins(t *testing.T) {
+	_, raw := trained(t)
+	dir := filepath.Join(t.TempDir(), "tok")
+	if err := WriteFolder(dir, raw); err != nil {
+		t.Fatal(err)
+	}
+	before, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const src = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+	if err := os.WriteFile(filepath.Join(dir, "chat_template.jinja"), []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok.ChatTemplate() != src {
+		t.Errorf("chat_template.jinja was not used: %q", tok.ChatTemplate())
+	}
+	if tok.Fingerprint() == before.Fingerprint() {
+		t.Error("the fingerprint did not change with the chat template")
+	}
+}
