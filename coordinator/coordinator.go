@@ -68,8 +68,10 @@ type Options struct {
 	// InitialAdapter is round 1's adapter when the store is empty; nil
 	// means InitAdapter(cfg.Shapes, cfg.Seed).
 	InitialAdapter []float32
-	// BaseModelPath is a file published as the base model blob (optional;
-	// RoundInfo.BaseSHA256 is empty without it).
+	// BaseModelPath is the base model: a safetensors file published as one
+	// blob, or a Hugging Face folder whose config, weights and tokenizer
+	// files are published with their manifest (RoundInfo.BaseFiles); optional,
+	// RoundInfo.BaseSHA256 is empty without it.
 	BaseModelPath string
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
@@ -106,7 +108,10 @@ type Coordinator struct {
 	key          ed25519.PrivateKey
 	clock        Clock
 	log          *slog.Logger
-	base         string // base model hash
+	base         string              // base model hash: of its file, or of its folder's manifest
+	baseFiles    []protocol.BaseFile // the base folder's files (nil for one file)
+	baseBytes    int64               // the base's size (a folder's: every file's)
+	tokenizer    string              // hash of the base folder's tokenizer.json ("" : byte-level)
 	M            *Metrics
 	ev           *events // dashboard events
 	afterClose   func(round uint64)
@@ -166,14 +171,9 @@ func New(ctx context.Context, cfg Config, opts Options) (*Coordinator, error) {
 		c.blobs, c.updates = dirContent(c.blobDir()), dirContent(c.updateDir())
 	}
 	if opts.BaseModelPath != "" {
-		sum, size, err := putFile(c.blobDir(), opts.BaseModelPath)
-		if err != nil {
+		if err := c.publishBase(ctx, opts.BaseModelPath); err != nil {
 			return nil, err
 		}
-		if err := c.store.PutBlob(ctx, Blob{SHA256: sum, Kind: BlobBase, Size: size, Created: c.clock.Now()}); err != nil {
-			return nil, err
-		}
-		c.base = sum
 	}
 	if n, err := c.store.CountWorkers(ctx); err == nil {
 		c.M.workers.Store(int64(n))
@@ -1012,8 +1012,10 @@ func (c *Coordinator) roundInfo() *protocol.RoundInfo {
 	info := &protocol.RoundInfo{Round: r.ID, Seed: r.Seed, Recipe: c.cfg.Recipe, Model: c.cfg.Model, BaseSHA256: r.BaseModel,
 		AdapterSHA256: r.BaseAdapter, AdapterURL: "/v1/blobs/" + r.BaseAdapter, Shapes: c.cfg.Shapes, Deadline: r.Deadline.UTC(),
 		MaxUpdateBytes: c.cfg.MaxUpdateBytes, AdapterBytes: int64(4 * c.n)}
-	if r.BaseModel != "" {
-		// The worker downloads no more than the size declared here.
+	if r.BaseModel != "" && r.BaseModel == c.base {
+		// The worker downloads no more than the sizes declared here.
+		info.BaseBytes, info.BaseFiles, info.TokenizerSHA256 = c.baseBytes, c.baseFiles, c.tokenizer
+	} else if r.BaseModel != "" {
 		if b, err := c.store.Blob(context.Background(), r.BaseModel); err == nil {
 			info.BaseBytes = b.Size
 		}

@@ -89,6 +89,10 @@ type fakeCoordinator struct {
 	// hostile round info: a recipe override and a declared base size.
 	batchTokens int
 	baseBytes   int64
+	// a Hugging Face base folder instead of one file
+	baseFiles []protocol.BaseFile
+	tokenizer string
+	baseHash  string // overrides the hash of the base (a lie, for tests)
 }
 
 func newFake(t *testing.T, base []byte, shapes []protocol.Shape, codec string) *fakeCoordinator {
@@ -111,6 +115,12 @@ func (f *fakeCoordinator) put(b []byte) string {
 }
 
 func (f *fakeCoordinator) baseSHA() string {
+	if f.baseHash != "" {
+		return f.baseHash
+	}
+	if f.baseFiles != nil {
+		return protocol.BaseFolderSHA256(f.baseFiles)
+	}
 	for k, v := range f.blobs {
 		if len(v) != 4*f.n {
 			return k
@@ -172,7 +182,7 @@ func (f *fakeCoordinator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		json.NewEncoder(w).Encode(protocol.RoundInfo{Round: f.round, Seed: 1000 + f.round, Model: "test",
 			Recipe:     protocol.Recipe{Steps: 3, LR: 1e-2, BatchTokens: bt, Codec: f.codec, Momentum: 0.5},
-			BaseSHA256: f.baseSHA(), AdapterSHA256: f.adapter, AdapterURL: PathBlobs + f.adapter, Shapes: f.shapes,
+			BaseSHA256: f.baseSHA(), BaseFiles: f.baseFiles, TokenizerSHA256: f.tokenizer, AdapterSHA256: f.adapter, AdapterURL: PathBlobs + f.adapter, Shapes: f.shapes,
 			Deadline: time.Now().Add(time.Minute), MaxUpdateBytes: 1 << 20, BaseBytes: f.baseBytes, AdapterBytes: 4 * int64(f.n)})
 	case strings.HasPrefix(r.URL.Path, PathBlobs):
 		b, ok := f.blobs[strings.TrimPrefix(r.URL.Path, PathBlobs)]

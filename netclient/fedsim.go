@@ -11,6 +11,7 @@ import (
 	"github.com/opencluster/opencluster/secagg"
 	"github.com/opencluster/opencluster/train"
 	"github.com/opencluster/opencluster/train/data"
+	"github.com/opencluster/opencluster/train/tokenizer"
 )
 
 // SimOptions is an in-process federation: the same local training and
@@ -63,10 +64,12 @@ type SimRound struct {
 	ValLoss      float64 `json:"val_loss"`
 }
 
-// ValBatches returns n fixed batches from a held-out folder: the same
-// folder and shape always give the same batches.
-func ValBatches(dir string, seqLen, batch, n int, seed uint64) ([]data.Batch, error) {
-	ds, err := data.Open(data.Options{Dir: dir, SeqLen: seqLen, BatchSize: batch, ValFraction: 0.05, Seed: seed})
+// ValBatches returns n fixed batches from a held-out folder, encoded with
+// tok (nil: byte-level; the token cache goes in cacheDir): the same folder
+// and shape always give the same batches.
+func ValBatches(dir string, seqLen, batch, n int, seed uint64, tok *tokenizer.Tokenizer, cacheDir string) ([]data.Batch, error) {
+	ds, err := data.Open(data.Options{Dir: dir, SeqLen: seqLen, BatchSize: batch, ValFraction: 0.05, Seed: seed,
+		Tokenizer: tok, Pack: true, CacheDir: cacheDir})
 	if err != nil {
 		return nil, fmt.Errorf("netclient: validation data %s: %w", dir, err)
 	}
@@ -101,7 +104,7 @@ func Simulate(ctx context.Context, o SimOptions) ([]SimRound, error) {
 	if o.EvalBatches <= 0 {
 		o.EvalBatches = 8
 	}
-	val, err := ValBatches(o.ValDir, tc.SeqLen, tc.BatchSize, o.EvalBatches, o.Seed)
+	val, err := ValBatches(o.ValDir, tc.SeqLen, tc.BatchSize, o.EvalBatches, o.Seed, nil, "")
 	if err != nil {
 		return nil, err
 	}

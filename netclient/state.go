@@ -19,6 +19,8 @@ import (
 //	worker.key        ed25519 private key (PEM PKCS #8, mode 0600), made on first run
 //	state.json        coordinator URL, worker id, last round done, totals
 //	cache/<sha256>    base models and adapters, content-addressed (<sha>.part while downloading)
+//	bases/<sha256>/   a Hugging Face base folder, its files linked from cache/
+//	tokens/           the volunteer's data tokenized with the base's tokenizer
 //	ef.state          the error-feedback residual (compress.State), committed after each round
 //	pending/          the signed update of the round in flight and its next EF state,
 //	                  so a worker killed mid-upload resends the same bytes
@@ -26,6 +28,7 @@ const (
 	keyFile     = "worker.key"
 	stateFile   = "state.json"
 	cacheDir    = "cache"
+	tokensDir   = "tokens"
 	efFile      = "ef.state"
 	pendingDir  = "pending"
 	pendingBody = "update.ocu"

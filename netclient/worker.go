@@ -18,6 +18,7 @@ import (
 	"math"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -90,6 +91,7 @@ type Worker struct {
 	ds          *data.Dataset
 	dsBatch     int
 	dsSeqLen    int
+	dsTokenizer string // TokenizerSHA256 the dataset was tokenized with
 }
 
 // New checks opts and returns a worker.
@@ -348,16 +350,25 @@ func (w *Worker) prepare(info protocol.RoundInfo, basePath string) error {
 	if err := checkRecipe(info, w.trainer.Config(), B, T, w.o.Limits.MaxMemoryBytes); err != nil {
 		return err
 	}
-	if w.ds == nil || w.dsBatch != B || w.dsSeqLen != T {
+	if w.ds == nil || w.dsBatch != B || w.dsSeqLen != T || w.dsTokenizer != info.TokenizerSHA256 {
 		if w.ds != nil {
 			w.ds.Close()
 		}
+		// The volunteer's text is tokenized with the base's own tokenizer.
+		tok, err := roundTokenizer(info, basePath)
+		if err != nil {
+			return err
+		}
+		if err := train.CheckTokenizer(w.trainer.Config().Model, tok); err != nil {
+			return fmt.Errorf("netclient: round %d: %w", info.Round, err)
+		}
 		tc := w.trainer.Config().Train
-		ds, err := data.Open(data.Options{Dir: w.o.DataDir, SeqLen: T, BatchSize: B, ValFraction: tc.ValFraction, Seed: tc.Seed, Logger: w.log})
+		ds, err := data.Open(data.Options{Dir: w.o.DataDir, SeqLen: T, BatchSize: B, ValFraction: tc.ValFraction, Seed: tc.Seed, Logger: w.log,
+			Tokenizer: tok, Pack: true, CacheDir: filepath.Join(w.o.State.Dir, tokensDir)})
 		if err != nil {
 			return fmt.Errorf("netclient: data %s: %w", w.o.DataDir, err)
 		}
-		w.ds, w.dsBatch, w.dsSeqLen = ds, B, T
+		w.ds, w.dsBatch, w.dsSeqLen, w.dsTokenizer = ds, B, T, info.TokenizerSHA256
 	}
 	return nil
 }
@@ -437,7 +448,7 @@ func (w *Worker) trainFor(ctx context.Context, info protocol.RoundInfo) (*traine
 	}
 	deadline := info.Deadline
 	w.report(Event{Phase: PhaseDownload, Round: info.Round})
-	basePath, err := w.fetch(ctx, info.Round, deadline, info.BaseSHA256, PathBlobs+info.BaseSHA256, info.BaseBytes)
+	basePath, err := w.fetchBase(ctx, info)
 	if err != nil {
 		return nil, err
 	}

@@ -58,8 +58,15 @@ type RoundInfo struct {
 	Recipe Recipe `json:"recipe"`
 	// Model names the base model (a configs/ preset or a Hugging Face id).
 	Model string `json:"model"`
-	// BaseSHA256 is the hash of the frozen base weights.
+	// BaseSHA256 is the hash of the frozen base: of its safetensors file,
+	// or, when BaseFiles is set, of BaseManifest(BaseFiles).
 	BaseSHA256 string `json:"base_sha256"`
+	// BaseFiles, when set, make the base a Hugging Face folder: each file
+	// is the blob of its hash, saved under its name.
+	BaseFiles []BaseFile `json:"base_files,omitempty"`
+	// TokenizerSHA256 is the hash of the base folder's tokenizer.json: the
+	// worker tokenizes its data with it. "" means byte-level.
+	TokenizerSHA256 string `json:"tokenizer_sha256,omitempty"`
 	// AdapterSHA256 is the hash of the current adapter to train from; the
 	// update's BaseSHA256 header field must equal it.
 	AdapterSHA256 string `json:"adapter_sha256"`

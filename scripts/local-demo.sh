@@ -45,22 +45,22 @@ prompt_b='// Package '
 
 echo
 echo "== 1. pretrain the tiny preset on corpus A for $steps_a steps"
-"$bin" pretrain --config tiny --data "$corpus_a" --out "$out/base.safetensors" --steps "$steps_a" --log-level warn
+"$bin" pretrain --config tiny --data "$corpus_a" --out "$out/base" --steps "$steps_a" --log-level warn
 
 echo
 echo "== 2. the base, prompted with '$prompt_b':"
-"$bin" generate --base "$out/base.safetensors" --prompt "$prompt_b" --max-tokens 160 --seed 1
+"$bin" generate --base "$out/base" --prompt "$prompt_b" --max-tokens 160 --seed 1
 
 echo
 echo "== 3. QLoRA: freeze the base in NF4, train rank-8 adapters on corpus B for $steps_b steps at lr $lr_b"
-"$bin" train --config tiny --base "$out/base.safetensors" --data "$corpus_b" --out "$out/adapter" --steps "$steps_b" --lr "$lr_b" --log-level warn
+"$bin" train --config tiny --base "$out/base" --data "$corpus_b" --out "$out/adapter" --steps "$steps_b" --lr "$lr_b" --log-level warn
 
 echo
 echo "== 4. the base plus the adapter, same prompt and seed:"
-"$bin" generate --base "$out/base.safetensors" --adapter "$out/adapter" --prompt "$prompt_b" --max-tokens 160 --seed 1
+"$bin" generate --base "$out/base" --adapter "$out/adapter" --prompt "$prompt_b" --max-tokens 160 --seed 1
 
 echo
 echo "== and the base alone on corpus A's kind of text:"
-"$bin" generate --base "$out/base.safetensors" --prompt "$prompt_a" --max-tokens 120 --seed 1
+"$bin" generate --base "$out/base" --prompt "$prompt_a" --max-tokens 120 --seed 1
 echo
-echo "demo: outputs in $out (base.safetensors, adapter/ in PEFT layout)"
+echo "demo: outputs in $out (base/ a Hugging Face folder, adapter/ in PEFT layout)"

@@ -12,7 +12,7 @@ import (
 func TestEvalIsTheRunsValidationLoss(t *testing.T) {
 	cfg := testConfig(6)
 	tmp := t.TempDir()
-	base := filepath.Join(tmp, "base.safetensors")
+	base := filepath.Join(tmp, "base")
 	if _, err := Run(context.Background(), RunOptions{Mode: ModePretrain, Config: cfg, DataDir: corpus(t, filepath.Join(tmp, "a"), 1, 2, 6000), Out: base, Logger: quiet()}); err != nil {
 		t.Fatal(err)
 	}

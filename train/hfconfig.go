@@ -452,6 +452,25 @@ func (h hfKeys) tokenIDs(info *HFInfo) error {
 	return nil
 }
 
+// ReadHFConfig reads a model folder's config.json (and the end-of-sequence
+// ids of generation_config.json) without touching its weights.
+func ReadHFConfig(dir string) (ModelConfig, HFInfo, error) {
+	path := filepath.Join(dir, "config.json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ModelConfig{}, HFInfo{}, fmt.Errorf("train: base model folder: %w", err)
+	}
+	c, info, err := parseHFConfig(b, path, true)
+	if err != nil {
+		return c, info, fmt.Errorf("train: %w", err)
+	}
+	info.Dir = dir
+	if err := readGenerationConfig(dir, &info); err != nil {
+		return c, info, fmt.Errorf("train: %w", err)
+	}
+	return c, info, nil
+}
+
 // readGenerationConfig adds the eos_token_id of dir's generation_config.json
 // (instruct models list their end-of-turn tokens there) to info.EOS.
 func readGenerationConfig(dir string, info *HFInfo) error {

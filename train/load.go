@@ -182,16 +182,8 @@ func openBase(path string) (cfg ModelConfig, info HFInfo, files baseFiles, quant
 		}
 	}()
 	if st.IsDir() {
-		b, err := os.ReadFile(filepath.Join(path, "config.json"))
-		if err != nil {
-			return cfg, info, nil, "", fmt.Errorf("train: base model folder: %w", err)
-		}
-		if cfg, info, err = parseHFConfig(b, filepath.Join(path, "config.json"), true); err != nil {
-			return cfg, info, nil, "", fmt.Errorf("train: %w", err)
-		}
-		info.Dir = path
-		if err := readGenerationConfig(path, &info); err != nil {
-			return cfg, info, nil, "", fmt.Errorf("train: %w", err)
+		if cfg, info, err = ReadHFConfig(path); err != nil {
+			return cfg, info, nil, "", err
 		}
 		names, err := shardNames(path)
 		if err != nil {

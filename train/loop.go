@@ -56,8 +56,8 @@ type RunOptions struct {
 	// BaseName is the adapter's base_model_name_or_path; "" means the
 	// base's _name_or_path, else its absolute path (see BaseName).
 	BaseName string
-	// Out is where the result goes: the base safetensors file of a pretrain
-	// run, or the PEFT adapter folder of a QLoRA run.
+	// Out is where the result goes: the Hugging Face base folder of a
+	// pretrain run, or the PEFT adapter folder of a QLoRA run.
 	Out string
 	// Checkpoint is the training-state file; "" means CheckpointPath(Mode, Out).
 	Checkpoint string
@@ -75,6 +75,9 @@ type RunOptions struct {
 	// Tokenizer encodes the data; nil means the byte-level tokenizer. Its
 	// vocabulary must fit the model's embedding.
 	Tokenizer *tokenizer.Tokenizer
+	// TokenizerDir holds the tokenizer's files (tokenizer.json,
+	// tokenizer_config.json); a pretrain run copies them into its folder.
+	TokenizerDir string
 	// NoPack gives every tokenized example a row of its own (cut as
 	// Truncation says, padded) instead of packing examples into windows.
 	NoPack bool
@@ -541,12 +544,15 @@ func writeOut(m *Model, opts RunOptions) error {
 		}
 		return nil
 	}
-	if dir := filepath.Dir(opts.Out); dir != "" {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return fmt.Errorf("write base %s: %w", opts.Out, err)
+	if tok := opts.Tokenizer; tok != nil { // config.json names the tokenizer's BOS and EOS
+		if _, id, ok := tok.BOS(); ok {
+			m.Info.BOS, m.Info.HasBOS = id, true
+		}
+		if _, id, ok := tok.EOS(); ok {
+			m.Info.EOS = []int32{id}
 		}
 	}
-	if err := m.SaveBase(opts.Out); err != nil {
+	if err := m.SaveHF(opts.Out, SaveOptions{TokenizerDir: opts.TokenizerDir}); err != nil {
 		return fmt.Errorf("write base %s: %w", opts.Out, err)
 	}
 	return nil

@@ -117,7 +117,7 @@ func TestResumeIsBitIdentical(t *testing.T) {
 	cfg := testConfig(20)
 	cfg.Train.CheckpointEvery = 4
 
-	straightOut := filepath.Join(t.TempDir(), "straight.safetensors")
+	straightOut := filepath.Join(t.TempDir(), "straight")
 	straight, err := Run(context.Background(), RunOptions{Mode: ModePretrain, Config: cfg, DataDir: dataDir, Out: straightOut, Logger: quiet()})
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +127,7 @@ func TestResumeIsBitIdentical(t *testing.T) {
 	}
 
 	// 10 steps, then Ctrl-C (a cancelled context), then --resume.
-	out := filepath.Join(t.TempDir(), "split.safetensors")
+	out := filepath.Join(t.TempDir(), "split")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	gov := &cancelAfter{n: 10, cancel: cancel}
@@ -170,16 +170,18 @@ func TestResumeIsBitIdentical(t *testing.T) {
 			t.Fatalf("param %d: %v after resume, %v straight", i, b[i], a[i])
 		}
 	}
-	sa, err := os.ReadFile(straightOut)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sb, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(sa, sb) {
-		t.Error("base files of the straight and resumed runs differ")
+	for _, f := range []string{"model.safetensors", "config.json"} {
+		sa, err := os.ReadFile(filepath.Join(straightOut, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sb, err := os.ReadFile(filepath.Join(out, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(sa, sb) {
+			t.Errorf("%s of the straight and resumed runs differ", f)
+		}
 	}
 }
 
@@ -188,7 +190,7 @@ func TestNaNStopsAndKeepsLastGoodCheckpoint(t *testing.T) {
 	dataDir := corpus(t, t.TempDir(), 2, 2, 5000)
 	cfg := testConfig(10)
 	cfg.Train.CheckpointEvery = 4
-	out := filepath.Join(t.TempDir(), "base.safetensors")
+	out := filepath.Join(t.TempDir(), "base")
 	ckpt := CheckpointPath(ModePretrain, out)
 	var snapshot []byte
 	rep := ReporterFunc(func(e Event) {
@@ -227,7 +229,7 @@ func TestInterruptBeforeFirstStepAndMidRun(t *testing.T) {
 	needModel(t)
 	dataDir := corpus(t, t.TempDir(), 3, 2, 5000)
 	cfg := testConfig(50)
-	out := filepath.Join(t.TempDir(), "base.safetensors")
+	out := filepath.Join(t.TempDir(), "base")
 
 	// Cancelled between steps by a reporter (as Ctrl-C would).
 	ctx, cancel := context.WithCancel(context.Background())
@@ -256,7 +258,7 @@ func TestPretrainLowersValLoss(t *testing.T) {
 	cfg.Train.EvalEvery = 20
 	var events []Event
 	res, err := Run(context.Background(), RunOptions{Mode: ModePretrain, Config: cfg, DataDir: dataDir,
-		Out: filepath.Join(t.TempDir(), "out", "base.safetensors"), Logger: quiet(),
+		Out: filepath.Join(t.TempDir(), "out", "base"), Logger: quiet(),
 		Reporter: ReporterFunc(func(e Event) { events = append(events, e) })})
 	if err != nil {
 		t.Fatal(err)
@@ -285,7 +287,7 @@ func TestPretrainLowersValLoss(t *testing.T) {
 func TestQLoRALowersValLossOnNewText(t *testing.T) {
 	needModel(t)
 	cfg := testConfig(40)
-	base := filepath.Join(t.TempDir(), "base.safetensors")
+	base := filepath.Join(t.TempDir(), "base")
 	if _, err := Run(context.Background(), RunOptions{Mode: ModePretrain, Config: cfg, DataDir: corpus(t, t.TempDir(), 5, 2, 6000), Out: base, Logger: quiet()}); err != nil {
 		t.Fatal(err)
 	}
@@ -317,7 +319,7 @@ func TestRunErrors(t *testing.T) {
 	needModel(t)
 	dataDir := corpus(t, t.TempDir(), 7, 2, 5000)
 	dir := t.TempDir()
-	out := filepath.Join(dir, "base.safetensors")
+	out := filepath.Join(dir, "base")
 	if _, err := Run(context.Background(), RunOptions{Mode: ModePretrain, Config: testConfig(2), DataDir: dataDir, Out: out, Logger: quiet()}); err != nil {
 		t.Fatal(err)
 	}
@@ -337,9 +339,9 @@ func TestRunErrors(t *testing.T) {
 		{"missing base", RunOptions{Mode: ModeQLoRA, Config: testConfig(2), DataDir: dataDir, Base: filepath.Join(dir, "nope.safetensors"), Out: filepath.Join(dir, "ad")}, []string{"nope.safetensors"}},
 		{"missing data dir", RunOptions{Mode: ModePretrain, Config: testConfig(2), DataDir: filepath.Join(dir, "nodata"), Out: out}, []string{"nodata"}},
 		{"seq_len too long", RunOptions{Mode: ModePretrain, Config: badSeq, DataDir: dataDir, Out: out}, []string{"seq_len"}},
-		{"resume without checkpoint", RunOptions{Mode: ModePretrain, Config: testConfig(2), DataDir: dataDir, Out: filepath.Join(dir, "other.safetensors"), Resume: true}, []string{"no checkpoint", "other.safetensors.ckpt"}},
+		{"resume without checkpoint", RunOptions{Mode: ModePretrain, Config: testConfig(2), DataDir: dataDir, Out: filepath.Join(dir, "other"), Resume: true}, []string{"no checkpoint", "other.ckpt"}},
 		{"resume with another config", RunOptions{Mode: ModePretrain, Config: changed, DataDir: dataDir, Out: out, Resume: true}, []string{"different config"}},
-		{"resume a qlora checkpoint as pretrain", RunOptions{Mode: ModeQLoRA, Config: testConfig(2), DataDir: dataDir, Base: out, Out: dir, Checkpoint: CheckpointPath(ModePretrain, out), Resume: true}, []string{"base.safetensors.ckpt"}},
+		{"resume a qlora checkpoint as pretrain", RunOptions{Mode: ModeQLoRA, Config: testConfig(2), DataDir: dataDir, Base: out, Out: dir, Checkpoint: CheckpointPath(ModePretrain, out), Resume: true}, []string{"base.ckpt"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -373,7 +375,7 @@ func TestGovernorStopSavesState(t *testing.T) {
 	needModel(t)
 	dataDir := corpus(t, t.TempDir(), 8, 2, 5000)
 	cfg := testConfig(10)
-	out := filepath.Join(t.TempDir(), "base.safetensors")
+	out := filepath.Join(t.TempDir(), "base")
 	_, err := Run(context.Background(), RunOptions{Mode: ModePretrain, Config: cfg, DataDir: dataDir, Out: out, Logger: quiet(), Governor: &stopGovernor{n: 4}})
 	if err == nil || !strings.Contains(err.Error(), "battery low") || !strings.Contains(err.Error(), "step 4") {
 		t.Fatalf("error %v, want the governor's reason at step 4", err)

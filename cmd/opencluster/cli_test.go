@@ -105,7 +105,7 @@ func TestPretrainTrainGenerateEndToEnd(t *testing.T) {
 	cfg := smallConfig(t, dir)
 	dataA := writeCorpus(t, filepath.Join(dir, "a"), 1, false)
 	dataB := writeCorpus(t, filepath.Join(dir, "b"), 2, true)
-	base := filepath.Join(dir, "base.safetensors")
+	base := filepath.Join(dir, "base")
 	adapter := filepath.Join(dir, "adapter")
 
 	stdout, _, err := execute(t, "pretrain", "--config", cfg, "--data", dataA, "--out", base, "--steps", "30", "--json")
@@ -172,7 +172,7 @@ func TestCommandErrors(t *testing.T) {
 	if err := os.WriteFile(typo, bytes.Replace(b, []byte("  grad_clip:"), []byte("  grad_clipp:"), 1), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out := filepath.Join(dir, "base.safetensors")
+	out := filepath.Join(dir, "base")
 	cases := []struct {
 		name string
 		args []string
@@ -209,7 +209,7 @@ func TestEnvOverridesConfig(t *testing.T) {
 	cfg := smallConfig(t, dir)
 	dataA := writeCorpus(t, filepath.Join(dir, "a"), 1, false)
 	t.Setenv("OPENCLUSTER_TRAIN_STEPS", "3")
-	stdout, _, err := execute(t, "pretrain", "--config", cfg, "--data", dataA, "--out", filepath.Join(dir, "b.safetensors"), "--json")
+	stdout, _, err := execute(t, "pretrain", "--config", cfg, "--data", dataA, "--out", filepath.Join(dir, "b"), "--json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +217,7 @@ func TestEnvOverridesConfig(t *testing.T) {
 		t.Errorf("OPENCLUSTER_TRAIN_STEPS=3 ran %d steps", n)
 	}
 	// A flag beats the environment.
-	stdout, _, err = execute(t, "pretrain", "--config", cfg, "--data", dataA, "--out", filepath.Join(dir, "c.safetensors"), "--json", "--steps", "2")
+	stdout, _, err = execute(t, "pretrain", "--config", cfg, "--data", dataA, "--out", filepath.Join(dir, "c"), "--json", "--steps", "2")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,7 +231,7 @@ func TestPretrainWritesProfiles(t *testing.T) {
 	cfg := smallConfig(t, dir)
 	data := writeCorpus(t, filepath.Join(dir, "a"), 1, false)
 	cpu, mem := filepath.Join(dir, "cpu.prof"), filepath.Join(dir, "mem.prof")
-	_, _, err := execute(t, "pretrain", "--config", cfg, "--data", data, "--out", filepath.Join(dir, "base.safetensors"),
+	_, _, err := execute(t, "pretrain", "--config", cfg, "--data", data, "--out", filepath.Join(dir, "base"),
 		"--steps", "3", "--json", "--cpuprofile", cpu, "--memprofile", mem)
 	if err != nil {
 		t.Fatal(err)
@@ -246,7 +246,7 @@ func TestPretrainWritesProfiles(t *testing.T) {
 			t.Errorf("%s is not a pprof profile (%d bytes)", p, len(b))
 		}
 	}
-	_, _, err = execute(t, "pretrain", "--config", cfg, "--data", data, "--out", filepath.Join(dir, "b2.safetensors"),
+	_, _, err = execute(t, "pretrain", "--config", cfg, "--data", data, "--out", filepath.Join(dir, "b2"),
 		"--steps", "1", "--cpuprofile", filepath.Join(dir, "missing", "cpu.prof"))
 	if err == nil || !strings.Contains(err.Error(), "--cpuprofile") {
 		t.Errorf("unwritable --cpuprofile: error %v, want one naming the flag", err)

@@ -11,13 +11,17 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/opencluster/opencluster/coordinator"
 	"github.com/opencluster/opencluster/coordinator/ledger"
+	"github.com/opencluster/opencluster/netclient"
 	"github.com/opencluster/opencluster/protocol"
+	"github.com/opencluster/opencluster/train"
 	"github.com/opencluster/opencluster/web"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 // coordinatorConfig is configs/coordinator.yaml.
@@ -45,7 +49,7 @@ type roundsConfig struct {
 	Recipe             coordinator.Recipe `mapstructure:"recipe"`
 }
 
-var coordinatorFlagKeys = map[string]string{"listen": "listen", "db": "db", "dsn": "dsn"}
+var coordinatorFlagKeys = map[string]string{"listen": "listen", "db": "db", "dsn": "dsn", "base_model": "base"}
 
 // newCoordinatorCmd builds `opencluster coordinator`.
 func newCoordinatorCmd() *cobra.Command {
@@ -70,6 +74,7 @@ setting that changed is logged.`,
 	f.String("config", "coordinator", "config file or preset")
 	f.String("db", "sqlite", "state database: sqlite or postgres")
 	f.String("dsn", "", "PostgreSQL connection string (with --db postgres)")
+	f.String("base", "", "base model to serve: a Hugging Face folder (its config, weights and tokenizer go to the workers) or a safetensors file (overrides base_model)")
 	return cmd
 }
 
@@ -104,6 +109,10 @@ func loadCoordinatorConfig(cmd *cobra.Command) (coordinatorConfig, error) {
 		return cfg, fmt.Errorf("rate_per_second %v, rate_burst %d: want >= 0, and a burst >= 1 when limiting", cfg.RatePerSecond, cfg.RateBurst)
 	}
 	cfg.Rounds.Config.Recipe = protocol.Recipe(cfg.Rounds.Recipe)
+	_, origin, _ := readConfigSource(src)
+	if err := baseShapes(&cfg, strings.HasPrefix(origin, "preset ")); err != nil {
+		return cfg, err
+	}
 	if err := cfg.Rounds.Config.Validate(); err != nil {
 		return cfg, err
 	}
@@ -229,4 +238,31 @@ func certNote(operatorCert, selfSigned string) string {
 		return operatorCert
 	}
 	return "self-signed, " + selfSigned + ": trust it in the browser or pass tls_cert/tls_key"
+}
+
+// baseShapes fills rounds.shapes for a Hugging Face base folder: the
+// adapters the workers' preset (rounds.model) puts on that model. Shapes an
+// operator's file gives must be the same; an embedded preset's (written for
+// the tiny demo model) give way.
+func baseShapes(cfg *coordinatorConfig, preset bool) error {
+	if st, err := os.Stat(cfg.BaseModel); err != nil || !st.IsDir() {
+		return nil // a file, or nothing: coordinator.New reports a missing one
+	}
+	mc, _, err := train.ReadHFConfig(cfg.BaseModel)
+	if err != nil {
+		return err
+	}
+	var tc train.Config
+	if err := loadConfig(cfg.Rounds.Model, pflag.NewFlagSet("preset", pflag.ContinueOnError), nil, &tc); err != nil {
+		return fmt.Errorf("rounds.model: %w", err)
+	}
+	shapes := netclient.AdapterShapes(mc, tc.LoRA)
+	if len(cfg.Rounds.Shapes) == 0 || preset {
+		cfg.Rounds.Shapes = shapes
+		return nil
+	}
+	if err := netclient.SameShapes(cfg.Rounds.Shapes, shapes); err != nil {
+		return fmt.Errorf("rounds.shapes do not fit base %s with the LoRA settings of %q: %w", cfg.BaseModel, cfg.Rounds.Model, err)
+	}
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"github.com/opencluster/opencluster/internal/atomicfile"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/http"
 	"os"
@@ -18,12 +19,14 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/opencluster/opencluster/coordinator/ledger"
 	"github.com/opencluster/opencluster/netclient"
 	"github.com/opencluster/opencluster/protocol"
 	"github.com/opencluster/opencluster/train"
 	"github.com/opencluster/opencluster/train/data"
+	"github.com/opencluster/opencluster/train/tokenizer"
 	"github.com/spf13/cobra"
 )
 
@@ -32,8 +35,13 @@ func init() { rootCmd.AddCommand(newDemoCmd()) }
 // Demo defaults, tuned so `make demo` stays well under 3 minutes on 2 cores.
 const (
 	demoPretrainSteps = 300
-	demoCodec         = "topk:0.05+q4:64" // 50x, within 2% of dense FedAvg in the sweep (docs/compression.md)
-	demoPrompt        = "// Package "
+	// demoVocab is the demo tokenizer's size: byte-level BPE trained on the
+	// pretraining text, so the demo runs the code path of real models
+	// (tokenizer.json, the base folder naming it, workers tokenizing with
+	// it) while staying close to the tiny preset's cost.
+	demoVocab  = 384
+	demoCodec  = "topk:0.05+q4:64" // 50x, within 2% of dense FedAvg in the sweep (docs/compression.md)
+	demoPrompt = "// Package "
 	// Under secure aggregation the codec is the round's shared random-k
 	// positions (the same for every worker) in an 8-bit ring value each.
 	demoSecureFraction = 0.05
@@ -45,7 +53,8 @@ func newDemoCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "demo [--workers 4] [--rounds R] [--dir _demo] [--data DIR] [--json]",
 		Short: "Run a federated QLoRA demo on this machine: one coordinator and N worker processes on loopback",
-		Long: `demo pretrains a tiny base on $GOROOT/doc (cached in --dir), splits a corpus
+		Long: `demo trains a small byte-level BPE tokenizer and pretrains a tiny base on
+$GOROOT/doc (a Hugging Face folder, cached in --dir), splits a corpus
 into non-IID shards (the Go standard library's source by package group, or
 --data DIR by subfolder), starts one coordinator (the real opencluster
 coordinator command, HTTP/2 over TLS with the self-signed certificate it
@@ -163,14 +172,23 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 
-	// 1. The base: pretrained once, cached.
-	base := filepath.Join(dir, "base.safetensors")
-	if _, err := os.Stat(base); err != nil {
-		say("== pretraining the tiny base on %s (%d steps; cached in %s)", filepath.Join(goroot, "doc"), demoPretrainSteps, base)
+	// 1. The tokenizer and the base: made once, cached. The base is a
+	// Hugging Face folder naming its tokenizer, which the coordinator
+	// serves and every worker encodes its text with.
+	tokDir, tokens := filepath.Join(dir, "tokenizer"), filepath.Join(dir, "tokens")
+	tok, err := demoTokenizer(tokDir, filepath.Join(goroot, "doc"))
+	if err != nil {
+		return err
+	}
+	base := filepath.Join(dir, "base")
+	if _, err := os.Stat(filepath.Join(base, "config.json")); err != nil {
+		say("== pretraining the tiny base on %s (%d steps, a %d-token BPE tokenizer; cached in %s)", filepath.Join(goroot, "doc"), demoPretrainSteps, tok.VocabSize(), base)
 		pc := tc
 		pc.Train.Steps, pc.Train.EvalEvery, pc.Train.CheckpointEvery = demoPretrainSteps, 0, 0
+		pc.Model.VocabSize = tok.VocabSize()
 		if _, err := train.Run(ctx, train.RunOptions{Mode: train.ModePretrain, Config: pc, DataDir: filepath.Join(goroot, "doc"),
-			Out: base, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}); err != nil {
+			Out: base, Tokenizer: tok, TokenizerDir: tokDir, TokenCache: tokens,
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}); err != nil {
 			return fmt.Errorf("pretrain the demo base: %w", err)
 		}
 	}
@@ -196,7 +214,7 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	val, err := netclient.ValBatches(corpus.Val, tc.Train.SeqLen, tc.Train.BatchSize, 8, 1)
+	val, err := netclient.ValBatches(corpus.Val, tc.Train.SeqLen, tc.Train.BatchSize, 8, 1, tok, tokens)
 	if err != nil {
 		return err
 	}
@@ -392,7 +410,7 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 			name    string
 			adapter []float32
 		}{{"before (the base alone)", initAdapter}, {"after (base + federated adapter)", final}} {
-			text, err := demoGenerate(ctx, tr, g.adapter)
+			text, err := demoGenerate(ctx, tr, tok, g.adapter)
 			if err != nil {
 				return err
 			}
@@ -483,20 +501,52 @@ func readCoordinatorURL(r io.Reader) (string, error) {
 	}
 }
 
-func demoGenerate(ctx context.Context, tr *netclient.Trainer, adapter []float32) (string, error) {
+func demoGenerate(ctx context.Context, tr *netclient.Trainer, tok *tokenizer.Tokenizer, adapter []float32) (string, error) {
 	m := tr.Model()
 	if err := m.SetTrainableParams(adapter); err != nil {
 		return "", err
 	}
-	ids, err := train.Sample(ctx, m, data.ByteTokenizer{}.Encode([]byte(demoPrompt)), train.SampleOptions{MaxTokens: 160, Temperature: 0.8, TopK: 20, Seed: 1})
+	enc := data.HFTokenizer{T: tok}
+	ids, err := train.Sample(ctx, m, enc.Encode([]byte(demoPrompt)), train.SampleOptions{MaxTokens: 60, Temperature: 0.8, TopK: 20, Seed: 1,
+		Stop: m.StopTokens(tok)})
 	if err != nil {
 		return "", err
 	}
-	b, err := data.ByteTokenizer{}.Decode(ids)
+	b, err := enc.Decode(ids)
 	if err != nil {
 		return "", err
 	}
 	return data.Printable(b), nil
+}
+
+// demoTokenizer trains the demo's byte-level BPE tokenizer on the files
+// under corpus and writes it to dir, or loads it from there.
+func demoTokenizer(dir, corpus string) (*tokenizer.Tokenizer, error) {
+	if tok, err := tokenizer.Load(dir); err == nil && tok.VocabSize() == demoVocab {
+		return tok, nil
+	}
+	var docs []string
+	err := filepath.WalkDir(corpus, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err == nil && utf8.Valid(b) {
+			docs = append(docs, string(b))
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("demo tokenizer: %w", err)
+	}
+	tok, raw, err := tokenizer.Train(docs, demoVocab)
+	if err != nil {
+		return nil, fmt.Errorf("demo tokenizer: %w", err)
+	}
+	if err := tokenizer.WriteFolder(dir, raw); err != nil {
+		return nil, err
+	}
+	return tok, nil
 }
 
 func fetchLedger(ctx context.Context, hc *http.Client, url string) ([]ledger.Record, error) {

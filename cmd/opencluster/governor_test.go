@@ -217,7 +217,7 @@ func TestPretrainObeysBudget(t *testing.T) {
 	t.Cleanup(func() { slog.SetDefault(oldLog) })
 
 	closed := writeBudget(t, t.TempDir(), closedSchedule())
-	stdout, stderr, err := executeCtx(ctx, "pretrain", "--config", cfg, "--data", data, "--out", filepath.Join(dir, "base.safetensors"),
+	stdout, stderr, err := executeCtx(ctx, "pretrain", "--config", cfg, "--data", data, "--out", filepath.Join(dir, "base"),
 		"--steps", "5", "--json", "--budget", closed)
 	if !errors.Is(err, train.ErrInterrupted) || !strings.Contains(err.Error(), "at step 0") {
 		t.Fatalf("err = %v, want interrupted at step 0", err)

@@ -8,9 +8,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/opencluster/opencluster/netclient"
 	"github.com/opencluster/opencluster/train"
 	"github.com/opencluster/opencluster/train/backend"
 	"github.com/opencluster/opencluster/train/tokenizer"
+	"github.com/spf13/pflag"
 )
 
 // evalLoss runs eval --json and returns its loss and token count.
@@ -149,5 +151,42 @@ func TestGenerateChat(t *testing.T) {
 		if _, _, err := execute(t, bad.args...); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("%v: %v, want an error naming %s", bad.args, err, bad.want)
 		}
+	}
+}
+
+// coordinator --base DIR takes the adapter shapes from the folder's
+// config.json and the workers' preset; shapes in an operator's file must fit.
+func TestCoordinatorBaseFolderShapes(t *testing.T) {
+	dir := t.TempDir()
+	mc := train.ModelConfig{VocabSize: 300, Dim: 48, Layers: 2, Heads: 4, KVHeads: 2, HiddenDim: 96,
+		MaxSeqLen: 64, RopeTheta: 10000, NormEps: 1e-5, Arch: train.ArchQwen2, QKVBias: true}
+	m, err := train.NewModel(mc, backend.NewCPU(1), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := filepath.Join(dir, "qwen")
+	if err := m.SaveHF(base, train.SaveOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	cmd := newCoordinatorCmd()
+	cmd.Flags().Set("base", base)
+	cfg, err := loadCoordinatorConfig(cmd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tiny train.Config
+	if err := loadConfig("tiny", pflag.NewFlagSet("x", pflag.ContinueOnError), nil, &tiny); err != nil {
+		t.Fatal(err)
+	}
+	if want := netclient.AdapterShapes(mc, tiny.LoRA); cfg.BaseModel != base || netclient.SameShapes(cfg.Rounds.Shapes, want) != nil {
+		t.Errorf("base %q shapes %v, want %v", cfg.BaseModel, cfg.Rounds.Shapes[:2], want[:2])
+	}
+	own := filepath.Join(dir, "c.yaml")
+	os.WriteFile(own, []byte("rounds:\n  shapes:\n    - {name: a, dims: [2, 3]}\n"), 0o644)
+	cmd = newCoordinatorCmd()
+	cmd.Flags().Set("base", base)
+	cmd.Flags().Set("config", own)
+	if _, err := loadCoordinatorConfig(cmd); err == nil || !strings.Contains(err.Error(), "do not fit base") {
+		t.Errorf("shapes that do not fit the base: %v", err)
 	}
 }

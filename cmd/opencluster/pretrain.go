@@ -17,18 +17,20 @@ func init() {
 
 func newPretrainCmd() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "pretrain --data DIR --out BASE.safetensors",
+		Use:   "pretrain --data DIR --out BASE_DIR",
 		Short: "Train a small base model from scratch on a directory of text",
 		Long: `pretrain initialises the model shape of --config (a preset such as tiny, or a
 YAML file) and trains every weight on the text files under --data. The result
-is a safetensors base that train fine-tunes and generate samples from; the
-training state goes beside it (BASE.safetensors.ckpt) for --resume.`,
+is a Hugging Face model folder (config.json, model.safetensors and, with
+--tokenizer, the tokenizer's files) that train fine-tunes, generate samples
+from and transformers loads; the training state goes beside it
+(BASE_DIR.ckpt) for --resume.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runTraining(cmd, train.ModePretrain)
 		},
 	}
-	cmd.Flags().String("out", "", "base checkpoint file to write (safetensors)")
+	cmd.Flags().String("out", "", "base model folder to write (Hugging Face layout)")
 	addRunFlags(cmd.Flags())
 	return cmd
 }

@@ -75,7 +75,10 @@ func readDataFlags(f *pflag.FlagSet, base string, opts *train.RunOptions) error 
 		}
 		tok.SetChatTemplate(string(src))
 	}
-	opts.Tokenizer = tok
+	opts.Tokenizer, opts.TokenizerDir = tok, tokPath
+	if st, err := os.Stat(tokPath); err == nil && !st.IsDir() {
+		opts.TokenizerDir = filepath.Dir(tokPath)
+	}
 	return nil
 }
 
@@ -137,7 +140,7 @@ func runTraining(cmd *cobra.Command, mode train.Mode) error {
 		if mode == train.ModeQLoRA {
 			return errors.New("--out is required: the adapter folder to write")
 		}
-		return errors.New("--out is required: the base checkpoint file to write (e.g. base.safetensors)")
+		return errors.New("--out is required: the base model folder to write")
 	}
 	var cfg train.Config
 	if err := loadModelConfig(source, f, trainFlagKeys, &cfg); err != nil {
@@ -181,7 +184,7 @@ func runTraining(cmd *cobra.Command, mode train.Mode) error {
 	res, err := train.Run(cmd.Context(), train.RunOptions{
 		Mode: mode, Config: cfg, DataDir: dataDir, Base: base, BaseName: baseName, Out: out, Backend: be,
 		Checkpoint: ckpt, Resume: resume, Governor: governor, Reporter: rep, Logger: slog.Default(),
-		Tokenizer: dataOpts.Tokenizer, NoPack: dataOpts.NoPack, Truncation: dataOpts.Truncation, SkipBadLines: dataOpts.SkipBadLines,
+		Tokenizer: dataOpts.Tokenizer, TokenizerDir: dataOpts.TokenizerDir, NoPack: dataOpts.NoPack, Truncation: dataOpts.Truncation, SkipBadLines: dataOpts.SkipBadLines,
 	})
 	if perr := stopProfiles(); perr != nil && err == nil {
 		err = perr
