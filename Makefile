@@ -121,7 +121,7 @@ web-check:
 # UPDATE_SCREENSHOT=1 also writes docs/dashboard.png.
 ui-test: build
 	./scripts/install-chromium.sh >/dev/null
-	cd web/uitest && OPENCLUSTER_BIN=$(CURDIR)/$(BIN)/opencluster OPENCLUSTER_DEMO_BASE=$(CURDIR)/$(DEMO_DIR)/base.safetensors \
+	cd web/uitest && OPENCLUSTER_BIN=$(CURDIR)/$(BIN)/opencluster OPENCLUSTER_DEMO_BASE=$(CURDIR)/$(DEMO_DIR)/base \
 	 OPENCLUSTER_UPDATE_SCREENSHOT=$(UPDATE_SCREENSHOT) $(GO) test -tags uitest -count=1 -v -timeout 15m -run 'TestDashboard' .
 
 # Frames per second of the page with 10,000 nodes (and 100 as the peer) in

@@ -105,9 +105,14 @@ type ledgerLine struct {
 
 func TestDashboardLiveCoordinator(t *testing.T) {
 	dir := t.TempDir()
-	if base := os.Getenv("OPENCLUSTER_DEMO_BASE"); base != "" { // reuse make demo's pretrained base
-		if b, err := os.ReadFile(base); err == nil {
-			os.WriteFile(filepath.Join(dir, "base.safetensors"), b, 0o644)
+	if base := os.Getenv("OPENCLUSTER_DEMO_BASE"); base != "" { // reuse make demo's pretrained base folder
+		if files, err := os.ReadDir(base); err == nil {
+			os.MkdirAll(filepath.Join(dir, "base"), 0o755)
+			for _, f := range files {
+				if b, err := os.ReadFile(filepath.Join(base, f.Name())); err == nil {
+					os.WriteFile(filepath.Join(dir, "base", f.Name()), b, 0o644)
+				}
+			}
 		}
 	}
 	const workers, rounds = 3, 3
