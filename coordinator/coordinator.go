@@ -430,10 +430,16 @@ func (c *Coordinator) roundSeed(id uint64) uint64 {
 // with seed, in the shuffled order. ids must be sorted so the choice is
 // reproducible from the seed alone.
 func PickCohort(ids []string, size int, seed uint64) []string {
-	out := slices.Clone(ids)
+	return pickInPlace(slices.Clone(ids), size, seed)
+}
+
+// pickInPlace is PickCohort shuffling ids itself; the result is a copy of
+// the chosen few, so the (possibly huge) candidate list is not kept alive
+// by the round.
+func pickInPlace(ids []string, size int, seed uint64) []string {
 	r := rand.New(rand.NewPCG(seed, 0x636f686f7274))
-	r.Shuffle(len(out), func(i, j int) { out[i], out[j] = out[j], out[i] })
-	return out[:min(size, len(out))]
+	r.Shuffle(len(ids), func(i, j int) { ids[i], ids[j] = ids[j], ids[i] })
+	return slices.Clone(ids[:min(size, len(ids))])
 }
 
 func (c *Coordinator) putBlob(ctx context.Context, kind string, data []byte) (string, error) {
@@ -599,17 +605,20 @@ func (c *Coordinator) eligible(ctx context.Context, now time.Time) ([]Worker, er
 // accepted update yet) are taken and the other seats go to workers that
 // have contributed; seats neither fills stay empty.
 func (c *Coordinator) pickCohort(ws []Worker, size int, seed uint64) []string {
-	var all, vets, news []string
+	if c.cfg.MaxNewPerCohort == 0 {
+		ids := make([]string, len(ws))
+		for i := range ws {
+			ids[i] = ws[i].ID
+		}
+		return pickInPlace(ids, size, seed)
+	}
+	var vets, news []string
 	for _, w := range ws {
-		all = append(all, w.ID)
 		if w.Contributed > 0 {
 			vets = append(vets, w.ID)
 		} else {
 			news = append(news, w.ID)
 		}
-	}
-	if c.cfg.MaxNewPerCohort == 0 {
-		return PickCohort(all, size, seed)
 	}
 	picked := PickCohort(news, min(size, c.cfg.MaxNewPerCohort), seed)
 	return append(PickCohort(vets, size-len(picked), seed^0x7665746572616e73), picked...)
@@ -682,11 +691,15 @@ func (c *Coordinator) aggregate(ctx context.Context, why string) error {
 	var entries []ledger.UpdateEntry
 	var bytesIn int64
 	for _, u := range ups {
-		w, err := c.store.Worker(ctx, u.WorkerID)
-		if err != nil {
-			return err
+		key := "" // only the ledger needs it (the simulator keeps none)
+		if c.ledger != nil {
+			w, err := c.store.Worker(ctx, u.WorkerID)
+			if err != nil {
+				return err
+			}
+			key = encodeKey(w.PublicKey)
 		}
-		entries = append(entries, ledger.UpdateEntry{WorkerID: u.WorkerID, WorkerKey: encodeKey(w.PublicKey), UpdateHash: u.SHA256,
+		entries = append(entries, ledger.UpdateEntry{WorkerID: u.WorkerID, WorkerKey: key, UpdateHash: u.SHA256,
 			Bytes: u.Bytes, Tokens: u.Tokens, FLOPs: u.FLOPs, EnergyWh: u.EnergyWh, Signature: u.Signature, Accepted: u.Accepted, Reason: u.Reason})
 		if !u.Accepted {
 			continue
