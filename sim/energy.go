@@ -47,11 +47,11 @@ func (d DataCenter) Compare(flops, volunteerKWh, volunteerCO2Kg float64) *protoc
 	case kwh <= 0 || volunteerKWh <= 0:
 		c.Verdict = "no useful work was done, so there is nothing to compare"
 	case volunteerKWh >= kwh:
-		c.Verdict = fmt.Sprintf("the volunteer network used %.1fx the energy of the data center for the same FLOPs (%.4g kWh against %.4g kWh) and emitted %.1fx its CO2",
-			volunteerKWh/kwh, volunteerKWh, kwh, ratio(volunteerCO2Kg, co2))
+		c.Verdict = fmt.Sprintf("the volunteer network used %.1fx the energy of the data center for the same FLOPs (%s kWh against %s kWh) and emitted %.1fx its CO2",
+			volunteerKWh/kwh, num(volunteerKWh), num(kwh), ratio(volunteerCO2Kg, co2))
 	default:
-		c.Verdict = fmt.Sprintf("the volunteer network used %.2fx the energy of the data center for the same FLOPs (%.4g kWh against %.4g kWh) and emitted %.2fx its CO2",
-			volunteerKWh/kwh, volunteerKWh, kwh, ratio(volunteerCO2Kg, co2))
+		c.Verdict = fmt.Sprintf("the volunteer network used %.2fx the energy of the data center for the same FLOPs (%s kWh against %s kWh) and emitted %.2fx its CO2",
+			volunteerKWh/kwh, num(volunteerKWh), num(kwh), ratio(volunteerCO2Kg, co2))
 	}
 	return c
 }

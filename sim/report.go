@@ -36,13 +36,16 @@ func WriteSummary(w io.Writer, cfg *Config, res *Result) {
 	fmt.Fprintf(w, "   selected %d, completed %d, dropped %d, late %d; refused updates: %s\n", res.Selected, res.Completed, res.Dropped, res.Late, refusals(res.Refused))
 	fmt.Fprintf(w, "   virtual time %s (mean round %s), %s of useful FLOPs, delivered %.3g PFLOPS\n",
 		Seconds(s.WallS), Seconds(res.MeanRoundS), flopsWord(s.FLOPs), s.DeliveredFLOPS/1e15)
-	fmt.Fprintf(w, "   traffic up %s, down %s; energy %.4g kWh, %.4g kg CO2\n", Bytes(res.BytesUp), Bytes(res.BytesDown), s.EnergyKWh, s.CO2Kg)
+	fmt.Fprintf(w, "   traffic up %s, down %s; energy %s kWh, %s kg CO2\n", Bytes(res.BytesUp), Bytes(res.BytesDown), num(s.EnergyKWh), num(s.CO2Kg))
+	if res.Stopped != "" {
+		fmt.Fprintf(w, "   STOPPED: %s\n", res.Stopped)
+	}
 	if res.FailedRounds > 0 {
 		fmt.Fprintf(w, "   %d round(s) failed to aggregate\n", res.FailedRounds)
 	}
 	if dc := s.DataCenter; dc != nil {
-		fmt.Fprintf(w, "== the same FLOPs in a data center: %s at %.0f TFLOPS x %.0f%% utilisation, %.0f W each with PUE %.2g, grid %.0f g/kWh (%s): %.3g accelerator-hours, %.4g kWh, %.4g kg CO2\n",
-			dc.Accelerator, dc.PeakFLOPS/1e12, 100*dc.Utilisation, dc.PowerW, dc.PUE, dc.GridGPerKWh, cfg.DataCenter.GridNote, dc.Hours, dc.EnergyKWh, dc.CO2Kg)
+		fmt.Fprintf(w, "== the same FLOPs in a data center: %s at %.0f TFLOPS x %.0f%% utilisation, %.0f W each with PUE %.2g, grid %.0f g/kWh (%s): %s accelerator-hours, %s kWh, %s kg CO2\n",
+			dc.Accelerator, dc.PeakFLOPS/1e12, 100*dc.Utilisation, dc.PowerW, dc.PUE, dc.GridGPerKWh, cfg.DataCenter.GridNote, num(dc.Hours), num(dc.EnergyKWh), num(dc.CO2Kg))
 		fmt.Fprintf(w, "   %s\n", dc.Verdict)
 	}
 	t := res.Tree
@@ -70,8 +73,8 @@ func refusals(m map[string]int) string {
 // Bytes writes n in decimal units (kB, MB, GB, TB).
 func Bytes(n int64) string {
 	v := float64(n)
-	for _, u := range []string{"B", "kB", "MB", "GB", "TB"} {
-		if math.Abs(v) < 1000 || u == "TB" {
+	for _, u := range []string{"B", "kB", "MB", "GB", "TB", "PB"} {
+		if math.Abs(v) < 1000 || u == "PB" {
 			if u == "B" {
 				return fmt.Sprintf("%d B", n)
 			}
@@ -103,4 +106,12 @@ func flopsWord(f float64) string {
 		return fmt.Sprintf("%.3g TFLOP", f/1e12)
 	}
 	return fmt.Sprintf("%.3g GFLOP", f/1e9)
+}
+
+// num writes v with four significant digits, without an exponent.
+func num(v float64) string {
+	if math.Abs(v) >= 1e4 {
+		return fmt.Sprintf("%.0f", v)
+	}
+	return fmt.Sprintf("%.4g", v)
 }

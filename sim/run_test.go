@@ -335,3 +335,17 @@ func TestEvents(t *testing.T) {
 type sinkFunc func(protocol.Event)
 
 func (f sinkFunc) Emit(e protocol.Event) { f(e) }
+
+// A round that cannot close (a home uplink sending a 7B adapter to every
+// node, under a short deadline) ends the run at --max-days, saying so.
+func TestStopsAtMaxVirtual(t *testing.T) {
+	cfg := testConfig(t, 5000, 3, 1000)
+	cfg.Organiser, cfg.MaxVirtual = OrganiserRandom, 12*time.Hour
+	res, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(res.Stopped, "had not closed after 12 h") || res.Summary.Rounds >= 3 {
+		t.Errorf("stopped %q after %d rounds", res.Stopped, res.Summary.Rounds)
+	}
+}

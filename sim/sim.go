@@ -70,6 +70,9 @@ type Config struct {
 	DataCenter DataCenter
 	// TreeFanout is the fan-out of the tree-aggregation estimate.
 	TreeFanout int
+	// MaxVirtual stops a run whose virtual time passes it (a round that
+	// cannot close, e.g. a home uplink sending the model to 10,000 nodes).
+	MaxVirtual time.Duration
 	// Sink receives dashboard events (web.Hub is one); nil: none.
 	Sink coordinator.EventSink
 	// SnapshotNodes bounds the nodes a snapshot lists (a million nodes
@@ -88,7 +91,8 @@ func DefaultConfig() Config {
 		PSUEfficiency: 0.9, Deadline: 30 * time.Minute, LateGrace: cc.LateGrace, SeenWithin: cc.SeenWithin, Late: cc.Late,
 		LateWeight: cc.LateWeight, NormBound: cc.NormBound, NormBoundFactor: cc.NormBoundFactor, NormPolicy: cc.NormPolicy,
 		Aggregator: cc.Aggregator, Optimizer: cc.Optimizer, ProxyDim: 16,
-		Start: time.Date(2025, 1, 6, 0, 0, 0, 0, time.UTC), DataCenter: DefaultDataCenter(), TreeFanout: 32, SnapshotNodes: 20000}
+		Start: time.Date(2025, 1, 6, 0, 0, 0, 0, time.UTC), DataCenter: DefaultDataCenter(), TreeFanout: 32, SnapshotNodes: 20000,
+		MaxVirtual: 30 * 24 * time.Hour}
 }
 
 // Validate names the first setting that is out of range, by its flag.
@@ -128,6 +132,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("--deadline %v: want > 0", c.Deadline)
 	case c.ProxyDim < 1 || c.ProxyDim > 1<<16:
 		return fmt.Errorf("proxy dimension %d: want 1..65536", c.ProxyDim)
+	case c.MaxVirtual <= 0:
+		return fmt.Errorf("--max-days %v: want > 0", c.MaxVirtual.Hours()/24)
 	case c.TreeFanout < 2:
 		return fmt.Errorf("--tree-fanout %d: want at least 2", c.TreeFanout)
 	case c.Tables == nil:
@@ -161,6 +167,8 @@ type Result struct {
 	Tree TreeEstimate `json:"tree"`
 	// Events is how many events the run processed.
 	Events uint64 `json:"events"`
+	// Stopped says why the run ended before its last round ("" if it did not).
+	Stopped string `json:"stopped,omitempty"`
 }
 
 // Sim is one simulation in progress.
@@ -469,6 +477,13 @@ func (s *Sim) Run(ctx context.Context) (*Result, error) {
 			return nil, ctx.Err()
 		}
 		e := s.q.pop()
+		if e.t-fromTime(s.cfg.Start) > s.cfg.MaxVirtual.Seconds() {
+			st := s.coord.Status()
+			s.res.Stopped = fmt.Sprintf("round %d had not closed after %s of virtual time (--max-days): %d of the %d updates it waits for had arrived after its deadline passed %d time(s)",
+				st.Round, Seconds(s.cfg.MaxVirtual.Seconds()), st.Accepted, st.Quorum, s.coord.CurrentRound().Extensions)
+			s.flushRounds()
+			return s.finish(), nil
+		}
 		s.res.Events++
 		s.clock.t = math.Max(s.clock.t, e.t)
 		if err := s.handle(e); err != nil {

@@ -63,6 +63,7 @@ tiny/qlora) and predicts the round duration of ` + "`make demo`" + `.`,
 	f.String("windows", "", "availability-window trace (CSV: id,start_s,end_s) replacing the diurnal model")
 	f.String("trace-out", "", "write the population this run uses as a trace")
 	f.Bool("json", false, "print one JSON object per round, then the totals")
+	f.String("bench-out", "", "append bench rows (this machine, and the run's wall time, events/s and peak RSS) to FILE, as JSON lines")
 	f.String("serve", "", "serve the dashboard and this run's events on ADDR (e.g. 127.0.0.1:8080)")
 	f.Float64("pace", 600, "with --serve: virtual seconds per real second (0: as fast as possible)")
 	f.Bool("calibrate-demo", false, "predict `make demo`'s round duration from this machine's measured speed")
@@ -81,6 +82,7 @@ tiny/qlora) and predicts the round duration of ` + "`make demo`" + `.`,
 	f.String("aggregator", d.Aggregator, "aggregator (coordinator.yaml's rounds.aggregator)")
 	f.String("optimizer", d.Optimizer.Kind, "server optimizer: fedavg, fedavgm, nesterov or fedadam")
 	f.Int("tree-fanout", d.TreeFanout, "fan-out of the tree-aggregation estimate")
+	f.Float64("max-days", d.MaxVirtual.Hours()/24, "stop a run whose virtual time passes this many days")
 	f.Float64("laptops", p.Laptops, "share of CPU-only laptops in the population")
 	f.String("down-mbps", p.DownMbps.String(), "download bandwidth distribution, Mbit/s (const:V, uniform:LO,HI, lognormal:MEDIAN,SIGMA)")
 	f.String("up-mbps", p.UpMbps.String(), "upload bandwidth distribution, Mbit/s")
@@ -96,6 +98,7 @@ tiny/qlora) and predicts the round duration of ` + "`make demo`" + `.`,
 }
 
 func runSimulate(cmd *cobra.Command, _ []string) error {
+	began := time.Now()
 	f := cmd.Flags()
 	ctx := cmd.Context()
 	out := cmd.OutOrStdout()
@@ -161,6 +164,11 @@ func runSimulate(cmd *cobra.Command, _ []string) error {
 	// Wall-clock figures go to the log, never to stdout, which must be the
 	// same for the same seed.
 	slog.Info("simulate: done", "events", res.Events, "wall", wall.Round(time.Millisecond), "events_per_s", int(float64(res.Events)/wall.Seconds()))
+	if path, _ := f.GetString("bench-out"); path != "" {
+		if err := writeSimBench(path, cmd, &cfg, res, time.Since(began)); err != nil {
+			return err
+		}
+	}
 	if calibrate {
 		pred := sim.MeanSteadyRound(rounds)
 		if jsonOut {
@@ -203,6 +211,8 @@ func simFlags(f *pflag.FlagSet, cfg *sim.Config) error {
 	cfg.Aggregator, _ = f.GetString("aggregator")
 	cfg.Optimizer.Kind, _ = f.GetString("optimizer")
 	cfg.TreeFanout, _ = f.GetInt("tree-fanout")
+	days, _ := f.GetFloat64("max-days")
+	cfg.MaxVirtual = time.Duration(days * 24 * float64(time.Hour))
 	p := &cfg.Population
 	p.Laptops, _ = f.GetFloat64("laptops")
 	p.Reachable, _ = f.GetFloat64("reachable")
@@ -338,4 +348,29 @@ func serveSim(ctx context.Context, cmd *cobra.Command, addr string, cfg *sim.Con
 			srv.Close()
 		}
 	}, nil
+}
+
+// writeSimBench appends this machine's row and the run's row to path: the
+// whole command's wall time (drawing the population and sizing the job
+// included), events per second, the process's CPU time and peak RSS, with
+// the load average the machine had, since other work on it slows the run.
+func writeSimBench(path string, cmd *cobra.Command, cfg *sim.Config, res *sim.Result, wall time.Duration) error {
+	load, _ := os.ReadFile("/proc/loadavg")
+	rss := bench.PeakRSS()
+	row := bench.Row{Name: "simulate", Size: fmt.Sprintf("%d nodes, cohort %d, %d rounds, %s, organiser %s", res.Summary.Nodes, cfg.Cohort, cfg.Rounds, cfg.Job.Model, cfg.Organiser),
+		Extra: map[string]any{"command": "opencluster " + strings.Join(os.Args[1:], " "), "wall_s": wall.Seconds(), "events": res.Events,
+			"events_per_s": float64(res.Events) / wall.Seconds(), "cpu_s": bench.CPUTime().Seconds(), "peak_rss_bytes": rss, "peak_rss_mib": float64(rss) / (1 << 20),
+			"virtual_s": res.Summary.WallS, "loadavg": strings.TrimSpace(string(load)), "date": time.Now().UTC().Format(time.RFC3339)}}
+	fh, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("--bench-out: %w", err)
+	}
+	enc := json.NewEncoder(fh)
+	for _, r := range []bench.Row{bench.DescribeMachine().Row(), row} {
+		if err := enc.Encode(r); err != nil {
+			fh.Close()
+			return fmt.Errorf("--bench-out %s: %w", path, err)
+		}
+	}
+	return fh.Close()
 }
