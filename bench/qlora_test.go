@@ -15,7 +15,7 @@ import (
 func TestQLoRAMemoryRow(t *testing.T) {
 	cfg := tinyConfig()
 	job := train.MemoryJob{Model: cfg.Model, Mode: train.ModeQLoRA, LoRA: cfg.LoRA, Quant: cfg.Quant,
-		MicroBatch: 1, SeqLen: cfg.Train.SeqLen, Checkpointing: true}
+		MicroBatch: 1, Batch: cfg.Train.BatchSize, SeqLen: cfg.Train.SeqLen, Checkpointing: true}
 	e, err := train.EstimateMemory(job)
 	if err != nil {
 		t.Fatal(err)

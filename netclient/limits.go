@@ -2,7 +2,6 @@ package netclient
 
 import (
 	"fmt"
-	"math"
 
 	"github.com/opencluster/opencluster/protocol"
 	"github.com/opencluster/opencluster/train"
@@ -54,35 +53,23 @@ func (l Limits) downloadCap(declared int64) (int64, error) {
 	return l.MaxDownloadBytes, nil
 }
 
-// RoundMemory estimates, from above, the bytes that training cfg's model
-// on batches of batch sequences of seqLen tokens holds at its peak: the
-// base weights (4-bit), the adapter with its gradient and AdamW moments,
-// and every layer's activations and their gradients in fp32 (no
-// checkpointing), attention probabilities and logits included. It is
-// computed in float64, so absurd recipes give huge numbers, never a wrap.
-func RoundMemory(m train.ModelConfig, lora train.LoRAConfig, batch, seqLen int) float64 {
-	d, h, v, l := float64(m.Dim), float64(m.HiddenDim), float64(m.VocabSize), float64(m.Layers)
-	kv := float64(m.KVHeads * m.HeadDim())
-	tokens := float64(batch) * float64(seqLen)
-	perToken := l*(10*d+2*kv+3*h+float64(m.Heads)*float64(seqLen)) + 2*v
-	activations := 2 * 4 * tokens * perToken // values and their gradients
-	base := float64(m.NumParams()) * 4.5 / 8
-	adapter := 4 * 4 * float64(ShapesLen(AdapterShapes(m, lora)))
-	return activations + base + adapter
-}
-
-// checkRecipe refuses a round whose recipe would need more memory than
-// budget bytes (0: no check).
-func checkRecipe(info protocol.RoundInfo, cfg train.Config, batch, seqLen int, budget int64) error {
+// planRecipe fits a round's training (batch sequences of seqLen tokens on
+// cfg's model) into budget bytes with train.PlanMemory (micro-batch and
+// activation checkpointing; on a GPU, AdamW moments on the host if need
+// be), and refuses a recipe that cannot fit even so, naming its batch and
+// the budget. budget 0: no plan, no check (nil plan).
+func planRecipe(info protocol.RoundInfo, cfg train.Config, batch, seqLen int, budget int64, gpu bool) (*train.MemoryPlan, error) {
 	if budget <= 0 {
-		return nil
+		return nil, nil
 	}
-	need := RoundMemory(cfg.Model, cfg.LoRA, batch, seqLen)
-	if need > float64(budget) || math.IsInf(need, 0) || math.IsNaN(need) {
-		return &permanentError{fmt.Errorf("netclient: round %d: recipe.batch_tokens %d (%d sequences of %d tokens) needs about %s, over this worker's memory budget of %s (limits.max_memory_bytes); refused",
-			info.Round, info.Recipe.BatchTokens, batch, seqLen, humanBytes(need), humanBytes(float64(budget)))}
+	job := train.MemoryJob{Model: cfg.Model, Mode: train.ModeQLoRA, LoRA: cfg.LoRA, Quant: cfg.Quant,
+		MicroBatch: batch, SeqLen: seqLen, CUDA: gpu}
+	plan, err := train.PlanMemory(job, budget, gpu)
+	if err != nil {
+		return nil, &permanentError{fmt.Errorf("netclient: round %d: recipe.batch_tokens %d (%d sequences of %d tokens) does not fit this worker's memory budget of %s (limits.max_memory_bytes): %w; refused",
+			info.Round, info.Recipe.BatchTokens, batch, seqLen, humanBytes(float64(budget)), err)}
 	}
-	return nil
+	return &plan, nil
 }
 
 func humanBytes(b float64) string {

@@ -60,6 +60,17 @@ func NewTrainerOn(cfg train.Config, basePath string, be backend.Backend) (*Train
 	return t, nil
 }
 
+// ApplyPlan runs the trainer's steps as the memory plan says (micro-batch,
+// activation checkpointing, where the AdamW moments live).
+func (t *Trainer) ApplyPlan(p train.MemoryPlan) {
+	t.model.SetMicroBatch(p.MicroBatch)
+	t.model.SetCheckpointing(p.Checkpointing)
+	t.model.SetHostOptimizer(p.HostOptimizer)
+}
+
+// Free releases the model's memory on its backend (on a GPU, at once).
+func (t *Trainer) Free() { t.model.Free() }
+
 // Config is the configuration the trainer runs with (model section filled
 // from the base checkpoint).
 func (t *Trainer) Config() train.Config { return t.cfg }

@@ -25,6 +25,7 @@ import (
 	"github.com/opencluster/opencluster/compress"
 	"github.com/opencluster/opencluster/protocol"
 	"github.com/opencluster/opencluster/train"
+	"github.com/opencluster/opencluster/train/backend"
 	"github.com/opencluster/opencluster/train/data"
 )
 
@@ -56,8 +57,12 @@ type Options struct {
 	// LoadConfig returns the train, lora and quant sections for a round's
 	// model name (a configs/ preset such as "tiny").
 	LoadConfig func(model string) (train.Config, error)
-	// Threads is the CPU threads for training (0: every core).
+	// Threads is the CPU threads for training (0: every core) when Backend
+	// is nil.
 	Threads int
+	// Backend is where rounds train: the dispatched device (the CUDA
+	// backend on a GPU); nil means the CPU backend with Threads.
+	Backend backend.Backend
 	// Governor paces training steps (device/budget's controller); nil: none.
 	Governor train.Governor
 	// Energy returns the cumulative energy used so far in joules and
@@ -328,27 +333,53 @@ func (w *Worker) fetch(ctx context.Context, round uint64, deadline time.Time, sh
 	return path, err
 }
 
+// backend is where rounds train, opened once.
+func (w *Worker) backend() backend.Backend {
+	if w.o.Backend == nil {
+		w.o.Backend = backend.NewCPU(w.o.Threads)
+	}
+	return w.o.Backend
+}
+
 // prepare makes the trainer and the dataset for a round.
 func (w *Worker) prepare(info protocol.RoundInfo, basePath string) error {
 	cfg, err := w.o.LoadConfig(info.Model)
 	if err != nil {
 		return fmt.Errorf("netclient: round %d model %q: %w", info.Round, info.Model, err)
 	}
+	// The plan comes first, from the base's config alone: a recipe that
+	// cannot fit is refused before the base is loaded.
+	mc, err := train.ReadBaseConfig(basePath)
+	if err != nil {
+		return fmt.Errorf("netclient: base %s: %w", basePath, err)
+	}
+	T := cfg.Train.SeqLen
+	B := cfg.Train.BatchSize
+	if info.Recipe.BatchTokens > 0 && T > 0 {
+		B = max(1, info.Recipe.BatchTokens/T)
+	}
+	planCfg := cfg
+	planCfg.Model = mc
+	plan, err := planRecipe(info, planCfg, B, T, w.o.Limits.MaxMemoryBytes, w.backend().Name() != "cpu")
+	if err != nil {
+		return err
+	}
 	key := fmt.Sprintf("%+v", cfg)
 	if w.trainer == nil || w.trainerBase != info.BaseSHA256 || w.trainerCfg != key {
-		t, err := NewTrainer(cfg, basePath, w.o.Threads)
+		if w.trainer != nil {
+			w.trainer.Free()
+			w.trainer = nil
+		}
+		t, err := NewTrainerOn(cfg, basePath, w.backend())
 		if err != nil {
 			return err
 		}
 		w.trainer, w.trainerBase, w.trainerCfg = t, info.BaseSHA256, key
 	}
-	T := w.trainer.Config().Train.SeqLen
-	B := w.trainer.Config().Train.BatchSize
-	if info.Recipe.BatchTokens > 0 {
-		B = max(1, info.Recipe.BatchTokens/T)
-	}
-	if err := checkRecipe(info, w.trainer.Config(), B, T, w.o.Limits.MaxMemoryBytes); err != nil {
-		return err
+	if plan != nil {
+		w.trainer.ApplyPlan(*plan)
+		w.log.Debug("memory plan", "round", info.Round, "micro_batch", plan.MicroBatch, "batch", B,
+			"checkpointing", plan.Checkpointing, "estimate", train.FormatBytes(plan.Estimate.Peak()))
 	}
 	if w.ds == nil || w.dsBatch != B || w.dsSeqLen != T || w.dsTokenizer != info.TokenizerSHA256 {
 		if w.ds != nil {

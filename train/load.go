@@ -213,6 +213,14 @@ func openBase(path string) (cfg ModelConfig, info HFInfo, files baseFiles, quant
 	return cfg, info, files, f.Metadata[metaQuant], nil
 }
 
+// ReadBaseConfig reads only the model shape of a base checkpoint (its
+// config.json or metadata), so a job can be planned before it is loaded.
+func ReadBaseConfig(path string) (ModelConfig, error) {
+	cfg, _, files, _, err := openBase(path)
+	files.Close()
+	return cfg, err
+}
+
 // loadBase reads the checkpoint at path; q non-nil quantizes it as it loads.
 func loadBase(path string, be backend.Backend, q *QuantConfig) (*Model, error) {
 	cfg, info, files, quantMeta, err := openBase(path)

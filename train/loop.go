@@ -65,6 +65,11 @@ type RunOptions struct {
 	Resume bool
 	// Backend runs the model; nil means the CPU backend with train.threads.
 	Backend backend.Backend
+	// MaxMemory is the memory the job may use (bytes; device memory on a
+	// GPU, RAM otherwise): PlanMemory picks the micro-batch and activation
+	// checkpointing within it, and a job that cannot fit stops before the
+	// model is loaded, saying what it needs. 0 runs as configured.
+	MaxMemory int64
 	// Governor is consulted between steps; nil means none.
 	Governor Governor
 	// Reporter receives progress events; nil means none.
@@ -105,6 +110,8 @@ type Result struct {
 	Out            string // file or folder written
 	Checkpoint     string // training-state file written
 	NumTrainable   int
+	// Plan is the memory plan the run followed (zero without MaxMemory).
+	Plan MemoryPlan
 }
 
 // CheckpointPath is where a run that writes out keeps its training state:
@@ -223,9 +230,24 @@ func Run(ctx context.Context, opts RunOptions) (Result, error) {
 	if err != nil {
 		return res, err
 	}
+	var plan *MemoryPlan
+	if opts.MaxMemory > 0 {
+		p, err := planRun(cfg, opts, be)
+		if err != nil {
+			return res, err
+		}
+		plan, res.Plan = &p, p
+		log.Info("memory plan", "budget", FormatBytes(p.Budget), "estimate", FormatBytes(p.Estimate.Peak()),
+			"micro_batch", p.MicroBatch, "batch", tc.BatchSize, "checkpointing", p.Checkpointing, "host_optimizer", p.HostOptimizer)
+	}
 	m, err := buildModel(&cfg, opts, be, log)
 	if err != nil {
 		return res, err
+	}
+	if plan != nil {
+		m.SetMicroBatch(plan.MicroBatch)
+		m.SetCheckpointing(plan.Checkpointing)
+		m.SetHostOptimizer(plan.HostOptimizer)
 	}
 	res.NumTrainable = m.NumTrainable()
 	if err := CheckTokenizer(m.Config, opts.Tokenizer); err != nil {
@@ -519,6 +541,25 @@ func frozenDType(be backend.Backend) string {
 		return fd.FrozenDType()
 	}
 	return backend.ComputeFP32
+}
+
+// planRun fits the run into opts.MaxMemory before any weight is loaded (a
+// QLoRA base's shape comes from its config alone).
+func planRun(cfg Config, opts RunOptions, be backend.Backend) (MemoryPlan, error) {
+	mc := cfg.Model
+	if opts.Mode == ModeQLoRA {
+		var err error
+		if mc, err = ReadBaseConfig(opts.Base); err != nil {
+			return MemoryPlan{}, fmt.Errorf("base %s: %w", opts.Base, err)
+		}
+	}
+	job := MemoryJob{Model: mc, Mode: opts.Mode, LoRA: cfg.LoRA, Quant: cfg.Quant,
+		MicroBatch: cfg.Train.BatchSize, SeqLen: cfg.Train.SeqLen, CUDA: be.Name() != "cpu"}
+	p, err := PlanMemory(job, opts.MaxMemory, job.CUDA)
+	if err != nil {
+		return p, fmt.Errorf("memory: %w", err)
+	}
+	return p, nil
 }
 
 // checkMeta validates a checkpoint's meta against this run and returns its step.

@@ -436,3 +436,43 @@ func TestPickTopK(t *testing.T) {
 		t.Errorf("NaN logit: error %v", err)
 	}
 }
+
+// TestRunPlansMemory: with MaxMemory the run follows the plan that fits
+// (here a smaller micro-batch than the batch) and still learns; a budget below
+// the job stops the run before the base is loaded, saying what it needs.
+func TestRunPlansMemory(t *testing.T) {
+	cfg := testConfig(12)
+	dataDir := corpus(t, t.TempDir(), 5, 2, 6000)
+	base := filepath.Join(t.TempDir(), "base.safetensors")
+	if _, err := Run(context.Background(), RunOptions{Mode: ModePretrain, Config: cfg, DataDir: dataDir, Out: base, Logger: quiet()}); err != nil {
+		t.Fatal(err)
+	}
+	job := MemoryJob{Model: cfg.Model, Mode: ModeQLoRA, LoRA: cfg.LoRA, Quant: cfg.Quant, MicroBatch: 1, SeqLen: cfg.Train.SeqLen,
+		Batch: cfg.Train.BatchSize, Checkpointing: true}
+	e, err := EstimateMemory(job)
+	if err != nil {
+		t.Fatal(err)
+	}
+	whole := job
+	whole.MicroBatch, whole.Checkpointing = cfg.Train.BatchSize, false
+	if w, _ := EstimateMemory(whole); w.Peak() <= e.Peak() {
+		t.Fatalf("the whole batch (%d) fits the budget (%d): the test would prove nothing", w.Peak(), e.Peak())
+	}
+	cfg.Train.LR, cfg.Train.MinLR = 1e-2, 1e-3
+	res, err := Run(context.Background(), RunOptions{Mode: ModeQLoRA, Config: cfg, DataDir: dataDir, Base: base,
+		Out: filepath.Join(t.TempDir(), "adapter"), MaxMemory: e.Peak(), Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := res.Plan; p.MicroBatch >= cfg.Train.BatchSize || p.Estimate.Peak() > e.Peak() {
+		t.Errorf("plan micro-batch %d checkpointing %v peak %d, want a smaller micro-batch within %d", p.MicroBatch, p.Checkpointing, p.Estimate.Peak(), e.Peak())
+	}
+	if !(res.ValLoss < res.InitialValLoss) {
+		t.Errorf("val loss %.3f -> %.3f under the plan: want lower", res.InitialValLoss, res.ValLoss)
+	}
+	_, err = Run(context.Background(), RunOptions{Mode: ModeQLoRA, Config: cfg, DataDir: dataDir, Base: base,
+		Out: filepath.Join(t.TempDir(), "adapter2"), MaxMemory: e.Peak() / 2, Logger: quiet()})
+	if !errors.Is(err, ErrDoesNotFit) || !strings.Contains(err.Error(), "needs") {
+		t.Errorf("half the budget: %v, want ErrDoesNotFit saying what the job needs", err)
+	}
+}

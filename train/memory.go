@@ -53,7 +53,10 @@ type MemoryJob struct {
 	// MicroBatch sequences of SeqLen tokens go through one forward and
 	// backward (Model.SetMicroBatch).
 	MicroBatch, SeqLen int
-	Checkpointing      bool
+	// Batch is the sequences the data loader hands over per step (0: the
+	// micro-batch): their token ids and targets are in memory at once.
+	Batch         int
+	Checkpointing bool
 	// CUDA puts the model on a GPU (device memory); otherwise everything
 	// is host memory.
 	CUDA bool
@@ -104,8 +107,8 @@ func (j MemoryJob) Validate() error {
 	if err := j.Model.Validate(); err != nil {
 		return err
 	}
-	if j.MicroBatch <= 0 || j.SeqLen <= 0 {
-		return fmt.Errorf("memory job: micro-batch %d and seq_len %d must be positive", j.MicroBatch, j.SeqLen)
+	if j.MicroBatch <= 0 || j.SeqLen <= 0 || j.Batch < 0 {
+		return fmt.Errorf("memory job: micro-batch %d, batch %d and seq_len %d must be positive", j.MicroBatch, j.Batch, j.SeqLen)
 	}
 	switch j.Mode {
 	case ModePretrain:
@@ -206,6 +209,7 @@ func EstimateMemory(j MemoryJob) (MemoryEstimate, error) {
 	add("activations", 4*int64(acts), where, PhaseStep)
 	add("activation gradients", 4*int64(grads), where, PhaseStep)
 	add("per-row losses", 8*int64(N), OnHost, PhaseStep)
+	add("data batch (token ids and targets)", 8*int64(max(j.Batch, j.MicroBatch))*int64(j.SeqLen), OnHost, PhaseStep)
 	T := j.SeqLen
 	if j.CUDA {
 		add("attention backward scratch", 4*int64(j.MicroBatch)*int64(c.Heads)*int64(T)*int64(T), OnDevice, PhaseStep)
@@ -325,7 +329,8 @@ var ErrDoesNotFit = errors.New("the job does not fit in memory")
 // PlanMemory picks how to run job (its MicroBatch is the batch size) within
 // budget bytes of the memory it runs in (device memory with CUDA, host RAM
 // otherwise): the largest micro-batch that divides the batch, first without
-// activation checkpointing (which costs a second forward), then with it,
+// activation checkpointing (which costs a second forward; smaller
+// micro-batches cost nothing but parallelism), then with it,
 // then (CUDA, when allowed) with the AdamW moments on the host. When nothing
 // fits, the error (wrapping ErrDoesNotFit) says what the smallest plan
 // needs and what to change.
@@ -333,36 +338,66 @@ func PlanMemory(job MemoryJob, budget int64, allowHostOptimizer bool) (MemoryPla
 	if err := job.Validate(); err != nil {
 		return MemoryPlan{}, err
 	}
-	batch := job.MicroBatch
-	var divisors []int
-	for mb := batch; mb >= 1; mb-- {
-		if batch%mb == 0 {
-			divisors = append(divisors, mb)
-		}
-	}
+	divisors := divisorsOf(job.MicroBatch) // ascending
 	hostOpt := []bool{false}
 	if job.CUDA && allowHostOptimizer {
 		hostOpt = append(hostOpt, true)
 	}
+	try := func(mb int, ck, ho bool) (MemoryPlan, bool, error) {
+		j := job
+		j.Batch = max(job.Batch, job.MicroBatch) // the loader still hands over the whole batch
+		j.MicroBatch, j.Checkpointing, j.HostOptimizer = mb, ck, ho
+		e, err := EstimateMemory(j)
+		p := MemoryPlan{MicroBatch: mb, Checkpointing: ck, HostOptimizer: ho, Estimate: e, Budget: budget}
+		return p, err == nil && e.Peak() <= budget, err
+	}
 	var smallest MemoryPlan
 	for _, ho := range hostOpt {
 		for _, ck := range []bool{false, true} {
-			for _, mb := range divisors {
-				j := job
-				j.MicroBatch, j.Checkpointing, j.HostOptimizer = mb, ck, ho
-				e, err := EstimateMemory(j)
+			// Memory grows with the micro-batch: find the largest divisor
+			// that fits by bisection (a hostile batch may have many).
+			p, ok, err := try(divisors[0], ck, ho)
+			if err != nil {
+				return MemoryPlan{}, err
+			}
+			smallest = p
+			if !ok {
+				continue
+			}
+			lo, hi := 0, len(divisors)-1 // divisors[lo] fits
+			for lo < hi {
+				mid := (lo + hi + 1) / 2
+				q, fits, err := try(divisors[mid], ck, ho)
 				if err != nil {
 					return MemoryPlan{}, err
 				}
-				p := MemoryPlan{MicroBatch: mb, Checkpointing: ck, HostOptimizer: ho, Estimate: e, Budget: budget}
-				smallest = p
-				if e.Peak() <= budget {
-					return p, nil
+				if fits {
+					lo, p = mid, q
+				} else {
+					hi = mid - 1
 				}
 			}
+			return p, nil
 		}
 	}
 	return smallest, fmt.Errorf("%w: %s", ErrDoesNotFit, doesNotFit(job, smallest, budget))
+}
+
+// divisorsOf lists n's divisors in ascending order (in O(sqrt n)).
+func divisorsOf(n int) []int {
+	var lo, hi []int
+	for d := 1; d*d <= n; d++ {
+		if n%d == 0 {
+			lo = append(lo, d)
+			if d*d != n {
+				hi = append(hi, n/d)
+			}
+		}
+	}
+	for i := len(hi) - 1; i >= 0; i-- {
+		lo = append(lo, hi[i])
+	}
+	return lo
 }
 
 // doesNotFit explains a failed plan: what the smallest plan needs, where it
@@ -376,10 +411,20 @@ func doesNotFit(job MemoryJob, p MemoryPlan, budget int64) string {
 		FormatBytes(p.Estimate.Peak()), place, FormatBytes(budget), p.Estimate.Largest(3))
 	// The frozen model alone, at the shortest sequence.
 	j := job
-	j.MicroBatch, j.Checkpointing, j.HostOptimizer, j.SeqLen = 1, true, p.HostOptimizer, 1
+	j.MicroBatch, j.Batch, j.Checkpointing, j.HostOptimizer, j.SeqLen = 1, 1, true, p.HostOptimizer, 1
 	floor, err := EstimateMemory(j)
 	if err == nil && floor.Peak() > budget {
 		return msg + fmt.Sprintf("; the model alone needs %s: use a smaller model or raise --max-memory", FormatBytes(floor.Peak()))
+	}
+	if batch := max(job.Batch, job.MicroBatch); batch > 1 { // the data batch itself
+		j.SeqLen = job.SeqLen
+		for b := batch / 2; b >= 1; b /= 2 {
+			j.Batch = b
+			if e, err := EstimateMemory(j); err == nil && e.Peak() <= budget {
+				return msg + fmt.Sprintf("; lower the batch to %d sequence(s) (needs %s), use a smaller model, or raise --max-memory", b, FormatBytes(e.Peak()))
+			}
+		}
+		j.Batch = 1
 	}
 	for seq := job.SeqLen / 2; seq >= 1; seq /= 2 {
 		j.SeqLen = seq

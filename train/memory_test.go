@@ -2,6 +2,7 @@ package train
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"strings"
@@ -126,7 +127,7 @@ func TestPlanMemory(t *testing.T) {
 	job.Model = cfg
 	est := func(mb int, ckpt bool) int64 {
 		j := job
-		j.MicroBatch, j.Checkpointing = mb, ckpt
+		j.Batch, j.MicroBatch, j.Checkpointing = job.MicroBatch, mb, ckpt
 		e, err := EstimateMemory(j)
 		if err != nil {
 			t.Fatal(err)
@@ -170,7 +171,7 @@ func TestPlanMemory(t *testing.T) {
 	long := job
 	long.MicroBatch = 1
 	j16 := long
-	j16.SeqLen, j16.Checkpointing = 16, true
+	j16.SeqLen, j16.Checkpointing, j16.Batch = 16, true, 1
 	e16, _ := EstimateMemory(j16)
 	if _, err := PlanMemory(long, e16.Peak(), false); err == nil || !strings.Contains(err.Error(), "lower train.seq_len to 16") {
 		t.Errorf("a budget that fits seq_len 16: %v", err)
@@ -182,5 +183,36 @@ func TestFormatBytes(t *testing.T) {
 		if got := FormatBytes(b); got != want {
 			t.Errorf("FormatBytes(%d) = %q, want %q", b, got, want)
 		}
+	}
+}
+
+func TestDivisorsOf(t *testing.T) {
+	for n, want := range map[int]string{1: "[1]", 12: "[1 2 3 4 6 12]", 49: "[1 7 49]", 97: "[1 97]"} {
+		if got := fmt.Sprint(divisorsOf(n)); got != want {
+			t.Errorf("divisorsOf(%d) = %s, want %s", n, got, want)
+		}
+	}
+}
+
+// TestPlanMemoryHostileBatch: a batch of 2^35 sequences is planned (and
+// refused) at once, not by trying its divisors one by one.
+func TestPlanMemoryHostileBatch(t *testing.T) {
+	job := MemoryJob{Model: tinyConfig(), Mode: ModeQLoRA, LoRA: LoRAConfig{Rank: 4, Alpha: 8, Targets: LinearNames},
+		Quant: testQuant, MicroBatch: 1 << 35, SeqLen: 8}
+	// The token ids alone take 256 GiB: refused, with a batch that fits.
+	_, err := PlanMemory(job, 1<<30, false)
+	if !errors.Is(err, ErrDoesNotFit) || !strings.Contains(err.Error(), "lower the batch to") {
+		t.Fatalf("2^35 sequences in 1 GiB: %v", err)
+	}
+	// 2^20 sequences of 8 tokens (32 MiB of ids) fit in 1 GiB in micro-batches.
+	job.MicroBatch = 1 << 20
+	p, err := PlanMemory(job, 1<<30, false)
+	if err != nil || p.MicroBatch >= 1<<20 || p.Estimate.Peak() > 1<<30 {
+		t.Fatalf("plan micro-batch %d, peak %d: %v", p.MicroBatch, p.Estimate.Peak(), err)
+	}
+	next := job
+	next.Batch, next.MicroBatch = 1<<20, p.MicroBatch*2
+	if e, _ := EstimateMemory(next); e.Peak() <= 1<<30 {
+		t.Errorf("micro-batch %d fits too, the plan took %d", next.MicroBatch, p.MicroBatch)
 	}
 }

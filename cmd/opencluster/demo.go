@@ -97,6 +97,12 @@ func demoTrainConfig() (train.Config, error) {
 	return c, err
 }
 
+// workerExit is how a demo worker process ended.
+type workerExit struct {
+	index int
+	err   error
+}
+
 // demoRound collects one round's numbers.
 type demoRound struct {
 	Event            string  `json:"event"` // "round"
@@ -293,11 +299,19 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 	var mu sync.Mutex
 	events := map[uint64][]netclient.Event{}
 	var procs []*exec.Cmd
+	// The workers train where --device says (cpu, auto or cuda[:N], as
+	// for train): a worker that cannot start there stops the demo.
+	dev, err := deviceRequest(cmd)
+	if err != nil {
+		return err
+	}
+	exited := make(chan workerExit, workers)
+	pending := 0 // workers started and not yet seen to exit
 	for i := 0; i < workers; i++ {
 		w := exec.CommandContext(ctx, exe, "worker", "--coordinator", url, "--ca", caFile, "--data", corpus.Shards[i],
 			"--state", filepath.Join(dir, "workers", strconv.Itoa(i)), "--config", workerCfg, "--json", "--threads", strconv.Itoa(threads),
 			"--rounds", strconv.Itoa(rounds), "--idle-exit", "30s", "--poll", "5s", "--name", fmt.Sprintf("demo-%d", i),
-			"--log-level", "warn", "--device", "cpu")
+			"--log-level", "warn", "--device", dev.String())
 		if i < len(regions) {
 			w.Args = append(w.Args, "--region", regions[i])
 		}
@@ -310,6 +324,7 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 			return err
 		}
 		procs = append(procs, w)
+		pending++
 		go func() {
 			sc := bufio.NewScanner(pipe)
 			for sc.Scan() {
@@ -320,12 +335,16 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 					mu.Unlock()
 				}
 			}
+			// Wait only once the output is read (Wait closes the pipe).
+			exited <- workerExit{i, w.Wait()}
 		}()
 	}
 	defer func() {
 		for _, p := range procs {
 			p.Process.Signal(syscall.SIGTERM)
-			p.Wait()
+		}
+		for ; pending > 0; pending-- {
+			<-exited
 		}
 	}()
 
@@ -336,6 +355,14 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 	for seen < rounds {
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("demo: %d of %d rounds done before the timeout: %w", seen, rounds, err)
+		}
+		select {
+		case x := <-exited: // a worker that ends well ends after its last round
+			pending--
+			if x.err != nil {
+				return fmt.Errorf("demo: worker %d (--device %s) stopped after %d of %d rounds: %v (its error is above)", x.index, dev, seen, rounds, x.err)
+			}
+		default:
 		}
 		recs, err := fetchLedger(ctx, hc, url)
 		if err != nil || len(recs) <= seen {

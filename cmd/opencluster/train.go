@@ -92,6 +92,7 @@ func addRunFlags(f *pflag.FlagSet) {
 	f.Bool("resume", false, "continue from the checkpoint beside --out")
 	f.String("checkpoint", "", "training-state file (default: beside or inside --out)")
 	f.String("budget", "", "obey a power, temperature and schedule budget: a worker config file or preset (worker); default none")
+	addMaxMemoryFlag(f)
 	addProfileFlags(f)
 }
 
@@ -168,6 +169,15 @@ func runTraining(cmd *cobra.Command, mode train.Mode) error {
 	if err != nil {
 		return err
 	}
+	memFlag, _ := f.GetString("max-memory")
+	maxMem, memSource, err := maxMemory(cmd.Context(), memFlag, be.Name())
+	if err != nil {
+		return err
+	}
+	slog.Debug("memory budget", "bytes", maxMem, "from", memSource)
+	if be.Name() == "cpu" {
+		limitHeap(maxMem)
+	}
 	gov, err := trainingGovernor(cmd, be.Name())
 	if err != nil {
 		return err
@@ -182,7 +192,7 @@ func runTraining(cmd *cobra.Command, mode train.Mode) error {
 		return err
 	}
 	res, err := train.Run(cmd.Context(), train.RunOptions{
-		Mode: mode, Config: cfg, DataDir: dataDir, Base: base, BaseName: baseName, Out: out, Backend: be,
+		Mode: mode, Config: cfg, DataDir: dataDir, Base: base, BaseName: baseName, Out: out, Backend: be, MaxMemory: maxMem,
 		Checkpoint: ckpt, Resume: resume, Governor: governor, Reporter: rep, Logger: slog.Default(),
 		Tokenizer: dataOpts.Tokenizer, TokenizerDir: dataOpts.TokenizerDir, NoPack: dataOpts.NoPack, Truncation: dataOpts.Truncation, SkipBadLines: dataOpts.SkipBadLines,
 	})

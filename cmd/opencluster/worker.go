@@ -14,6 +14,7 @@ import (
 	"github.com/opencluster/opencluster/netclient"
 	"github.com/opencluster/opencluster/protocol"
 	"github.com/opencluster/opencluster/train"
+	"github.com/opencluster/opencluster/train/backend"
 	"github.com/shirou/gopsutil/v3/disk"
 	"github.com/spf13/cobra"
 )
@@ -97,8 +98,14 @@ func runWorker(cmd *cobra.Command, _ []string) error {
 	if err := wcfg.Validate(); err != nil {
 		return fmt.Errorf("config %s: %w", cfgSrc, err)
 	}
-	// netclient trains on the CPU backend, so the budget watches the CPU.
-	gov, err := newGovernor(wcfg, "cpu", slog.Default())
+	// Rounds train on the dispatched device (--device, as for train): the
+	// CUDA backend on a GPU in opencluster-cuda, else the CPU. The budget
+	// watches that device's sensors (NVML on a GPU).
+	be, err := commandBackend(cmd, threads)
+	if err != nil {
+		return err
+	}
+	gov, err := newGovernor(wcfg, be.Name(), slog.Default())
 	if err != nil {
 		return err
 	}
@@ -128,9 +135,17 @@ func runWorker(cmd *cobra.Command, _ []string) error {
 	}
 	limits := wcfg.Limits
 	if limits.MaxMemoryBytes == 0 {
-		// Half of this machine's memory: a round's training must leave the
-		// owner the rest.
-		if m, err := (device.HostCPU{}).Memory(cmd.Context()); err == nil {
+		if _, onGPU := gpuIndex(be.Name()); onGPU {
+			// What the card has free now, minus a margin (NVML).
+			b, src, err := maxMemory(cmd.Context(), "auto", be.Name())
+			if err != nil {
+				return err
+			}
+			limits.MaxMemoryBytes = b
+			slog.Info("memory budget", "bytes", b, "from", src)
+		} else if m, err := (device.HostCPU{}).Memory(cmd.Context()); err == nil {
+			// Half of this machine's memory: a round's training must leave
+			// the owner the rest.
 			limits.MaxMemoryBytes = int64(m.Total / 2)
 		}
 	}
@@ -141,7 +156,7 @@ func runWorker(cmd *cobra.Command, _ []string) error {
 	w, err := netclient.New(netclient.Options{
 		Coordinator: coord, HTTP: hc, DataDir: dataDir, State: st, Name: name, Region: region, JoinToken: wcfg.JoinToken,
 		Limits: limits, FreeBytes: freeBytes,
-		Device: fmt.Sprintf("cpu %d cores", runtime.NumCPU()), Version: version,
+		Device: describeBackend(be), Version: version, Backend: be,
 		LoadConfig: func(model string) (train.Config, error) {
 			var c train.Config
 			err := loadModelConfig(model, f, nil, &c)
@@ -160,6 +175,15 @@ func runWorker(cmd *cobra.Command, _ []string) error {
 		return nil
 	}
 	return err
+}
+
+// describeBackend is the device a worker registers with: the GPU's name
+// or the CPU's core count.
+func describeBackend(be backend.Backend) string {
+	if g, ok := be.(interface{ DeviceName() string }); ok {
+		return fmt.Sprintf("%s (%s)", g.DeviceName(), be.Name())
+	}
+	return fmt.Sprintf("cpu %d cores", runtime.NumCPU())
 }
 
 // cpuWattsPerCore is the power assumed per busy core when no meter is
