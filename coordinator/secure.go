@@ -361,7 +361,7 @@ type unmasked struct {
 	tr     *secagg.Transcript
 	sum    []uint32
 	count  int
-	stages [4][32]byte
+	stages [secagg.NumStages][32]byte
 	mean   []float32 // dense: the survivors' mean on the positions
 }
 
@@ -552,7 +552,8 @@ func (c *Coordinator) budgetAllows(cohort, available int) (bool, float64) {
 
 // SecAggInput is GET /v1/secagg/{stage}'s answer for a worker: the input
 // of that stage (2: the neighbours' adverts, 3: its encrypted shares, 4:
-// the survivors), or ok false while the stage has not started. A request
+// the survivors, 5: the survivors' signed confirmations of that list), or
+// ok false while the stage has not started. A request
 // for an attempt that is over is refused with 410, so the worker stops.
 func (c *Coordinator) SecAggInput(workerID string, round uint64, attempt uint32, stage int) (b []byte, ok bool, changed <-chan struct{}, err error) {
 	c.mu.Lock()
@@ -566,7 +567,7 @@ func (c *Coordinator) SecAggInput(workerID string, round uint64, attempt uint32,
 		return nil, false, nil, reject(403, "not_in_cohort", "worker %q is not in round %d attempt %d", workerID, round, attempt)
 	}
 	if stage < secagg.StageShareKeys || stage > secagg.StageUnmask {
-		return nil, false, nil, reject(400, "malformed", "stage %d: inputs exist for stages 2..4", stage)
+		return nil, false, nil, reject(400, "malformed", "stage %d: inputs exist for stages 2..%d", stage, secagg.NumStages)
 	}
 	if s.srv.Stage() < stage {
 		return nil, false, s.changed, nil
@@ -579,8 +580,10 @@ func (c *Coordinator) SecAggInput(workerID string, round uint64, attempt uint32,
 		return secagg.EncodeAdverts(s.srv.AdvertsFor(i)), true, nil, nil
 	case secagg.StageMasked:
 		return secagg.EncodeRouted(s.srv.SharesFor(i)), true, nil, nil
-	default:
+	case secagg.StageConfirm:
 		return secagg.EncodeSurvivors(s.srv.Survivors()), true, nil, nil
+	default:
+		return secagg.EncodeMessages(s.srv.Confirmations()), true, nil, nil
 	}
 }
 

@@ -12,7 +12,7 @@ import (
 
 // Secure-aggregation endpoints (docs/protocol.md):
 //
-//	POST /v1/secagg/{stage}   a signed stage message (package secagg's format)
+//	POST /v1/secagg/{stage}   a signed stage message (package secagg's format), stage 1..5
 //	GET  /v1/secagg/{stage}?round=R&attempt=A&wait=30s
 //	                          that stage's input for the polling worker
 //	                          (signed poll headers, as GET /v1/round): 200
@@ -35,8 +35,8 @@ func (s *Server) secaggPost(w http.ResponseWriter, r *http.Request) {
 		writeError(w, reject(http.StatusBadRequest, "malformed", "reading the message: %v", err))
 		return
 	}
-	if st, err := strconv.Atoi(r.PathValue("stage")); err != nil || st < 1 || st > 4 || !secagg.IsStage(body, st) {
-		writeError(w, reject(http.StatusBadRequest, "malformed", "POST /v1/secagg/%s: the path's stage must be 1..4 and match the message's", r.PathValue("stage")))
+	if st, err := strconv.Atoi(r.PathValue("stage")); err != nil || st < 1 || st > secagg.NumStages || !secagg.IsStage(body, st) {
+		writeError(w, reject(http.StatusBadRequest, "malformed", "POST /v1/secagg/%s: the path's stage must be 1..%d and match the message's", r.PathValue("stage"), secagg.NumStages))
 		return
 	}
 	if err := s.c.SecAggSubmit(r.Context(), body); err != nil {

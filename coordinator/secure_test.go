@@ -77,7 +77,7 @@ func (e *env) secureRound(ws []*worker, inputs [][]float32, drop map[int][]int) 
 	}
 	gone := map[int]bool{}
 	enc := map[int][]uint32{}
-	for stage := 1; stage <= 4; stage++ {
+	for stage := 1; stage <= secagg.NumStages; stage++ {
 		for _, i := range drop[stage] {
 			gone[i] = true
 		}
@@ -121,7 +121,13 @@ func (e *env) secureRound(ws []*worker, inputs [][]float32, drop map[int][]int) 
 				if derr != nil {
 					e.t.Fatal(derr)
 				}
-				msg, err = m.c.Unmask(surv)
+				msg, err = m.c.Confirm(surv)
+			case 5:
+				confirms, derr := secagg.DecodeMessages(in, len(p.Keys))
+				if derr != nil {
+					e.t.Fatal(derr)
+				}
+				msg, err = m.c.Unmask(confirms)
 			}
 			if err != nil {
 				e.t.Fatalf("stage %d, %s: %v", stage, m.w.id, err)
@@ -235,7 +241,7 @@ func TestSecureTooFewSurvivorsRetriesWithANewCohort(t *testing.T) {
 	if st.ID != 1 || st.Extensions != 1 || e.led.Len() != 0 {
 		t.Fatalf("after too few survivors: round %d extensions %d ledger %d", st.ID, st.Extensions, e.led.Len())
 	}
-	if _, code := e.secureInput(ws[0], p, 4); code != 410 {
+	if _, code := e.secureInput(ws[0], p, secagg.StageConfirm); code != 410 {
 		t.Fatalf("the failed attempt's unmask input: %d, want 410", code)
 	}
 	// The retry is a new attempt; a message from the old one is refused.

@@ -137,7 +137,7 @@ func (w *Worker) doSecure(ctx context.Context, info protocol.RoundInfo, up0, dow
 	}
 	maskedBytes := len(m)
 
-	b, err = input(secagg.StageUnmask, time.Now().Add(2*stageWait))
+	b, err = input(secagg.StageConfirm, time.Now().Add(2*stageWait))
 	if err != nil {
 		return err
 	}
@@ -145,7 +145,21 @@ func (w *Worker) doSecure(ctx context.Context, info protocol.RoundInfo, up0, dow
 	if err != nil {
 		return err
 	}
-	if m, err = client.Unmask(survivors); err != nil {
+	if m, err = client.Confirm(survivors); err != nil {
+		return err
+	}
+	if err := post(secagg.StageConfirm, m); err != nil {
+		return err
+	}
+	b, err = input(secagg.StageUnmask, time.Now().Add(2*stageWait))
+	if err != nil {
+		return err
+	}
+	confirms, err := secagg.DecodeMessages(b, len(p.Keys))
+	if err != nil {
+		return err
+	}
+	if m, err = client.Unmask(confirms); err != nil {
 		return err
 	}
 	if err := post(secagg.StageUnmask, m); err != nil {

@@ -36,6 +36,9 @@ type Client struct {
 
 	peers map[int]advert  // advertised neighbours
 	own   [2]group.Scalar // this client's own [β share, σ share]
+
+	survivors    map[int]bool // the list it confirmed in stage 4
+	survivorList []byte // survivorHash of that list
 	// held: shares of neighbours' secrets addressed to this client.
 	held map[int][2]group.Scalar // [β share, σ share]
 }
@@ -50,7 +53,7 @@ func NewClient(p *Params, index int, priv ed25519.PrivateKey, rnd io.Reader) (*C
 	if index < 0 || index >= len(p.Keys) {
 		return nil, fmt.Errorf("secagg: client index %d outside the cohort of %d: %w", index, len(p.Keys), ErrParams)
 	}
-	if !bytes.Equal(priv.Public().(ed25519.PublicKey), p.Keys[index]) {
+	if len(priv) != ed25519.PrivateKeySize || !bytes.Equal(priv.Public().(ed25519.PublicKey), p.Keys[index]) {
 		return nil, fmt.Errorf("secagg: client %d: signing key does not match the cohort's key for this index: %w", index, ErrParams)
 	}
 	g, err := Neighbours(p.Seed, len(p.Keys), p.Degree)
@@ -267,14 +270,14 @@ func pairInfo(hash [32]byte, u, v int) []byte {
 	return binary.LittleEndian.AppendUint32(b, uint32(max(u, v)))
 }
 
-// Unmask is stage 4. survivors are the cohort indices whose masked input
-// the server received (sorted, including this client). For each neighbour
-// whose shares it holds, the client reveals the β share if that neighbour
-// survived and the σ share if not: never both, and only once per round.
+// Confirm is stage 4. survivors are the cohort indices whose masked input
+// the server received (sorted, including this client). The client checks
+// the list, keeps it, and signs its SHA-256: the confirmation that stage 5
+// collects.
 // It refuses when fewer than MinSurvivors remain, so a server cannot
 // unmask a tiny aggregate.
-func (c *Client) Unmask(survivors []int) ([]byte, error) {
-	if err := c.advance(StageUnmask); err != nil {
+func (c *Client) Confirm(survivors []int) ([]byte, error) {
+	if err := c.advance(StageConfirm); err != nil {
 		return nil, err
 	}
 	alive := make(map[int]bool, len(survivors))
@@ -290,6 +293,42 @@ func (c *Client) Unmask(survivors []int) ([]byte, error) {
 	if len(survivors) < c.p.MinSurvivors {
 		return nil, fmt.Errorf("secagg: client %d: %d survivors, fewer than the %d the round requires: %w", c.index, len(survivors), c.p.MinSurvivors, ErrTooFewSurvivors)
 	}
+	c.survivors = alive
+	c.survivorList = survivorHash(survivors)
+	b := appendHeader(nil, StageConfirm, c.p, c.hash, c.index)
+	b = append(b, c.survivorList...)
+	return sign(c.priv, b), nil
+}
+
+// Unmask is stage 5. confirms are the survivors' stage-4 messages as the
+// server relays them: at least MinSurvivors distinct survivors must have
+// signed the same survivor list this client confirmed, or it refuses (a
+// server showing different lists to different clients is caught here).
+// Then, for each neighbour whose shares it holds, the client reveals the β
+// share if that neighbour survived and the σ share if not: never both, and
+// only once per round.
+func (c *Client) Unmask(confirms [][]byte) ([]byte, error) {
+	if err := c.advance(StageUnmask); err != nil {
+		return nil, err
+	}
+	signed := map[int]bool{}
+	for i, m := range confirms {
+		h, body, err := openMessage(c.p, c.hash, StageConfirm, m)
+		if err != nil {
+			return nil, fmt.Errorf("client %d: relayed confirmation %d: %w", c.index, i, err)
+		}
+		if !bytes.Equal(body, c.survivorList) {
+			return nil, fmt.Errorf("secagg: client %d: client %d confirmed another survivor list (the server is equivocating): %w", c.index, h.sender, ErrMessage)
+		}
+		if !c.survivors[h.sender] || signed[h.sender] {
+			return nil, fmt.Errorf("secagg: client %d: confirmation from %d, not a survivor or twice: %w", c.index, h.sender, ErrMessage)
+		}
+		signed[h.sender] = true
+	}
+	if len(signed) < c.p.MinSurvivors {
+		return nil, fmt.Errorf("secagg: client %d: %d survivors confirmed the list, fewer than %d: %w", c.index, len(signed), c.p.MinSurvivors, ErrTooFewSurvivors)
+	}
+	alive := c.survivors
 	from := make([]int, 0, len(c.held))
 	for v := range c.held {
 		from = append(from, v)

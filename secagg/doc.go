@@ -6,7 +6,7 @@
 // worker (a Client) and the coordinator (a Server) both call it, and
 // `ledger verify` calls Recompute to check a stored round.
 //
-// A round runs in four stages, every message signed by its sender's
+// A round runs in five stages, every message signed by its sender's
 // long-term ed25519 key and bound to the round by the config hash:
 //
 //  1. Advertise: each client makes two fresh X25519 key pairs, one to
@@ -21,8 +21,12 @@
 //  3. Masked input: each client sends y = x + PRG(β) + Σ ±PRG(s_uv) over the
 //     neighbours v that shared keys, in Z_2^b, on the round's shared random-k
 //     positions only.
-//  4. Unmask: given the list of clients whose masked input arrived, each
-//     survivor reveals, per neighbour, the share of β (if that neighbour's
+//  4. Confirm: given the list of clients whose masked input arrived, each
+//     survivor signs (the hash of) that list.
+//  5. Unmask: given the survivors' confirmations, each survivor checks that
+//     at least MinSurvivors of them signed the same list it was given (so a
+//     server cannot show different lists to different clients), then
+//     reveals, per neighbour, the share of β (if that neighbour's
 //     input arrived) or of σ (if it did not), never both. The server
 //     reconstructs each survivor's β and each dropped client's σ from
 //     Threshold shares and strips every mask. If any mask cannot be

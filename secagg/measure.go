@@ -15,7 +15,7 @@ type RoundCost struct {
 	Cohort, Degree, Threshold, Length int
 	Bits                              uint
 	// Upload is the mean bytes a surviving client sent in each stage.
-	Upload [4]float64
+	Upload [NumStages]float64
 	// UploadTotal is their sum: everything a client uploads in a round.
 	UploadTotal float64
 	// Unmasked is the same client's upload without secure aggregation but
@@ -78,11 +78,12 @@ func MeasureRound(n, length int, quantBits uint, dropout, dropAfterMasking float
 		serverTime += time.Since(t0)
 		return err
 	}
-	sent := make([][4]int, n)
+	sent := make([][NumStages]int, n)
 	for stage := StageAdvertise; stage <= StageUnmask; stage++ {
 		var inputs [][]byte
 		var routed [][]Routed
 		var survivors []int
+		var confirms [][]byte
 		if err := timed(func() error {
 			switch stage {
 			case StageShareKeys:
@@ -95,8 +96,10 @@ func MeasureRound(n, length int, quantBits uint, dropout, dropAfterMasking float
 				for i := range routed {
 					routed[i] = srv.SharesFor(i)
 				}
-			case StageUnmask:
+			case StageConfirm:
 				survivors = srv.Survivors()
+			case StageUnmask:
+				confirms = srv.Confirmations()
 			}
 			return nil
 		}); err != nil {
@@ -123,9 +126,13 @@ func MeasureRound(n, length int, quantBits uint, dropout, dropAfterMasking float
 						errs[i] = err
 					case StageMasked:
 						msgs[i], errs[i] = c.MaskedInput(routed[i], input)
+					case StageConfirm:
+						if !drop[i] {
+							msgs[i], errs[i] = c.Confirm(survivors)
+						}
 					case StageUnmask:
 						if !drop[i] {
-							msgs[i], errs[i] = c.Unmask(survivors)
+							msgs[i], errs[i] = c.Unmask(confirms)
 						}
 					}
 				}
@@ -170,11 +177,11 @@ func MeasureRound(n, length int, quantBits uint, dropout, dropAfterMasking float
 			continue
 		}
 		k++
-		for s := range 4 {
+		for s := range NumStages {
 			cost.Upload[s] += float64(sent[i][s])
 		}
 	}
-	for s := range 4 {
+	for s := range NumStages {
 		cost.Upload[s] /= float64(k)
 		cost.UploadTotal += cost.Upload[s]
 	}

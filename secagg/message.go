@@ -11,10 +11,14 @@ const (
 	StageAdvertise = 1
 	StageShareKeys = 2
 	StageMasked    = 3
-	StageUnmask    = 4
+	StageConfirm   = 4
+	StageUnmask    = 5
+	// NumStages is the number of stages; a round's transcript has one list
+	// of messages per stage.
+	NumStages = 5
 )
 
-var stageNames = [...]string{"", "advertise", "share keys", "masked input", "unmask"}
+var stageNames = [...]string{"", "advertise", "share keys", "masked input", "confirm survivors", "unmask"}
 
 // Wire format of a client message (little-endian):
 //
@@ -92,7 +96,7 @@ func openMessage(p *Params, hash [32]byte, stage int, msg []byte) (header, []byt
 	copy(h.hash[:], msg[14:46])
 	sender := binary.LittleEndian.Uint32(msg[46:])
 	if h.stage != stage {
-		if h.stage >= 1 && h.stage <= 4 {
+		if h.stage >= 1 && h.stage <= NumStages {
 			return bad("it is a %s message (replayed or misrouted)", stageNames[h.stage])
 		}
 		return bad("unknown stage %d", h.stage)

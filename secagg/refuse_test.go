@@ -30,7 +30,9 @@ func stepTo(t *testing.T, st int) (*Params, *Server, []*Client, [][]byte) {
 			case 3:
 				msgs[i], err = c.MaskedInput(srv.SharesFor(i), in[i])
 			case 4:
-				msgs[i], err = c.Unmask(srv.Survivors())
+				msgs[i], err = c.Confirm(srv.Survivors())
+			case 5:
+				msgs[i], err = c.Unmask(srv.Confirmations())
 			}
 			if err != nil {
 				t.Fatal(err)
@@ -63,11 +65,11 @@ func TestTamperedShareRefused(t *testing.T) {
 }
 
 func TestTamperedRevealRefused(t *testing.T) {
-	p, srv, cs, _ := stepTo(t, 4)
+	p, srv, cs, _ := stepTo(t, 5)
 	// Client 0 reveals a wrong share (re-signed with its own key, so only
 	// the content is wrong): Finish must notice, not return a wrong sum.
 	for i, c := range cs {
-		m, err := c.Unmask(srv.Survivors())
+		m, err := c.Unmask(srv.Confirmations())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -147,7 +149,42 @@ func TestUnmaskRefusesSmallSurvivorSet(t *testing.T) {
 	if !slices.Contains(few, 0) {
 		few = append([]int{0}, few[1:]...)
 	}
-	if _, err := cs[0].Unmask(few); !errors.Is(err, ErrTooFewSurvivors) {
-		t.Fatalf("unmask with %d survivors: got %v", len(few), err)
+	if _, err := cs[0].Confirm(few); !errors.Is(err, ErrTooFewSurvivors) {
+		t.Fatalf("confirm %d survivors: got %v", len(few), err)
+	}
+}
+
+// A server that shows client 0 a survivor list without client 5 (to get
+// client 5's mask key from it) and everyone else the full list is caught:
+// the others' signed confirmations are of another list, so client 0
+// reveals nothing.
+func TestEquivocatingServerCaught(t *testing.T) {
+	_, srv, cs, _ := stepTo(t, 4)
+	full := srv.Survivors()
+	partial := slices.DeleteFunc(slices.Clone(full), func(i int) bool { return i == 5 })
+	var confirms [][]byte
+	var liar []byte
+	for i, c := range cs {
+		list := full
+		if i == 0 {
+			list = partial
+		}
+		m, err := c.Confirm(list)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i != 0 {
+			confirms = append(confirms, m)
+		} else {
+			liar = m
+		}
+	}
+	_, err := cs[0].Unmask(confirms)
+	if !errors.Is(err, ErrMessage) || !strings.Contains(err.Error(), "equivocating") {
+		t.Fatalf("unmask after equivocation: got %v", err)
+	}
+	// An honest server refuses a confirmation of a list it did not send.
+	if err := srv.Receive(liar); !errors.Is(err, ErrMessage) {
+		t.Fatalf("confirmation of another list: got %v", err)
 	}
 }

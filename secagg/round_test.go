@@ -45,7 +45,7 @@ func cohort(t testing.TB, n, length int, quantBits uint, mu float64) (*Params, [
 }
 
 // drops says which clients go silent before sending each stage's message.
-type drops [5][]int
+type drops [NumStages + 1][]int
 
 // round runs the protocol in-process. inputs[i] is client i's ring vector.
 // It returns the server (for its transcript) and Finish's result.
@@ -112,11 +112,21 @@ func round(t testing.TB, p *Params, privs []ed25519.PrivateKey, inputs [][]uint3
 	if err := srv.Close(); err != nil {
 		return srv, nil, 0, err
 	}
-	for _, i := range live(4) {
+	for _, i := range live(StageConfirm) {
 		if !slices.Contains(srv.Survivors(), i) {
 			continue
 		}
-		m, err := clients[i].Unmask(srv.Survivors())
+		m, err := clients[i].Confirm(srv.Survivors())
+		send(i, m, err)
+	}
+	if err := srv.Close(); err != nil {
+		return srv, nil, 0, err
+	}
+	for _, i := range live(StageUnmask) {
+		if !slices.Contains(srv.Completed(StageConfirm), i) {
+			continue
+		}
+		m, err := clients[i].Unmask(srv.Confirmations())
 		send(i, m, err)
 	}
 	if err := srv.Close(); err != nil {
@@ -166,7 +176,7 @@ func TestRoundSumIsExact(t *testing.T) {
 			t.Fatalf("n=%d: unmasked sum differs from the plain sum of inputs (count %d)", n, count)
 		}
 		// Recompute from the stored transcript gives the same sum.
-		var stages [4][][]byte
+		var stages [NumStages][][]byte
 		for st := range stages {
 			stages[st] = srv.Messages(st + 1)
 		}
@@ -207,7 +217,7 @@ func TestDropoutsRecoveredUpToThreshold(t *testing.T) {
 	g, _ := Neighbours(p.Seed, n, p.Degree)
 	worst := g[0][:p.Degree-p.Threshold]
 	in := randomInputs(p, 7)
-	for st := 1; st <= 4; st++ {
+	for st := 1; st <= NumStages; st++ {
 		var d drops
 		d[st] = worst
 		srv, sum, count, err := round(t, p, privs, in, d)
@@ -252,7 +262,7 @@ func TestTooManyDropoutsFailCleanly(t *testing.T) {
 	n := 40
 	p, privs := cohort(t, n, 64, 8, 0)
 	in := randomInputs(p, 9)
-	for st := 1; st <= 3; st++ {
+	for st := 1; st <= StageConfirm; st++ {
 		var d drops
 		d[st] = seq(0, n-p.MinSurvivors+1) // one more than tolerated
 		_, sum, _, err := round(t, p, privs, in, d)
@@ -276,7 +286,7 @@ func TestTooManyDropoutsFailCleanly(t *testing.T) {
 	}
 	// During unmask: drop all but threshold-1 of some client's neighbours.
 	var d drops
-	d[4] = p.neighboursOf(0)[:p.Degree-p.Threshold+2] // its own share plus t-2 left
+	d[StageUnmask] = p.neighboursOf(0)[:p.Degree-p.Threshold+2] // its own share plus t-2 left
 	_, sum, _, err := round(t, p, privs, in, d)
 	if !errors.Is(err, ErrTooFewSurvivors) || sum != nil {
 		t.Fatalf("unmask with too few of client 0's neighbours: got %v, want ErrTooFewSurvivors and no sum", err)

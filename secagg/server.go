@@ -1,6 +1,7 @@
 package secagg
 
 import (
+	"bytes"
 	"crypto/ecdh"
 	"crypto/sha256"
 	"encoding/binary"
@@ -25,7 +26,7 @@ type Server struct {
 	hash  [32]byte
 	neigh [][]int
 	stage int // the stage now accepting messages; 5 when finished
-	msgs  [5]map[int][]byte
+	msgs  [NumStages + 1]map[int][]byte
 
 	adverts map[int]advert
 	shares  map[int]map[int][]byte // sender -> recipient -> ciphertext
@@ -115,6 +116,11 @@ func (s *Server) Receive(msg []byte) error {
 			return bad("%v", err)
 		}
 		s.masked[u] = y
+	case StageConfirm:
+		// The client confirms exactly the survivor list this server sent.
+		if !bytes.Equal(body, survivorHash(s.Survivors())) {
+			return bad("it confirms a survivor list other than the one sent")
+		}
 	case StageUnmask:
 		rs, err := parseUnmask(body, len(s.p.Keys))
 		if err != nil {
@@ -220,6 +226,12 @@ func (s *Server) SharesFor(u int) []Routed {
 // Survivors is what every client needs for stage 4: the clients whose
 // masked input arrived.
 func (s *Server) Survivors() []int { return s.Completed(StageMasked) }
+
+// Confirmations is what every client needs for stage 5: the survivors'
+// signed confirmations of the survivor list. A client unmasks only when
+// enough of them confirm the very list it was sent, so a server cannot
+// tell some clients that a neighbour dropped and others that it survived.
+func (s *Server) Confirmations() [][]byte { return s.Messages(StageConfirm) }
 
 // Messages returns every accepted message of stage st, by sender order.
 // With the params, they are the round's whole transcript.
@@ -367,10 +379,10 @@ func (s *Server) Finish() ([]uint32, int, error) {
 }
 
 // Recompute replays a stored round: the params and the accepted messages
-// of each stage (Messages(1..4)) through a fresh Server, and returns the
+// of each stage (Messages(1..NumStages)) through a fresh Server, and returns the
 // sum it unmasks to. `ledger verify` uses it to check that the stored sum
 // is what the stored masked vectors and unmask transcript give.
-func Recompute(p *Params, stages [4][][]byte) ([]uint32, int, error) {
+func Recompute(p *Params, stages [NumStages][][]byte) ([]uint32, int, error) {
 	s, err := NewServer(p)
 	if err != nil {
 		return nil, 0, err

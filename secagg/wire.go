@@ -1,6 +1,7 @@
 package secagg
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -11,17 +12,27 @@ import (
 // its items; every count and length is checked against the bytes present
 // before anything is allocated.
 
-// EncodeAdverts carries the neighbours' stage-1 messages (stage 2's input).
-func EncodeAdverts(msgs [][]byte) []byte { return encodeList(msgs) }
+// EncodeMessages carries a list of signed client messages from the server
+// to a client: the neighbours' adverts (stage 2's input) or the survivors'
+// confirmations (stage 5's input).
+func EncodeMessages(msgs [][]byte) []byte { return encodeList(msgs) }
 
-// DecodeAdverts reads EncodeAdverts's output: at most n messages.
-func DecodeAdverts(b []byte, n int) ([][]byte, error) {
+// DecodeMessages reads EncodeMessages's output: at most n messages of at
+// most 64 KiB each.
+func DecodeMessages(b []byte, n int) ([][]byte, error) {
 	out, err := decodeList(b, n, 1<<16)
 	if err != nil {
-		return nil, fmt.Errorf("secagg: adverts: %v: %w", err, ErrMessage)
+		return nil, fmt.Errorf("secagg: relayed messages: %v: %w", err, ErrMessage)
 	}
 	return out, nil
 }
+
+// EncodeAdverts and DecodeAdverts are EncodeMessages and DecodeMessages
+// for stage 2's input.
+func EncodeAdverts(msgs [][]byte) []byte { return EncodeMessages(msgs) }
+
+// DecodeAdverts reads EncodeAdverts's output.
+func DecodeAdverts(b []byte, n int) ([][]byte, error) { return DecodeMessages(b, n) }
 
 // EncodeSurvivors carries the survivor list (stage 4's input).
 func EncodeSurvivors(idx []int) []byte {
@@ -30,6 +41,13 @@ func EncodeSurvivors(idx []int) []byte {
 		b = binary.LittleEndian.AppendUint32(b, uint32(i))
 	}
 	return b
+}
+
+// survivorHash is what a stage-4 confirmation signs: the SHA-256 of the
+// survivor list, so the message stays 32 bytes at any cohort size.
+func survivorHash(idx []int) []byte {
+	h := sha256.Sum256(append([]byte("opencluster secagg v1 survivors "), EncodeSurvivors(idx)...))
+	return h[:]
 }
 
 // DecodeSurvivors reads EncodeSurvivors's output for a cohort of n.
@@ -94,13 +112,13 @@ func decodeList(b []byte, maxItems int, maxLen int) ([][]byte, error) {
 // Recompute replays it.
 type Transcript struct {
 	Params *Params
-	Stages [4][][]byte
+	Stages [NumStages][][]byte
 }
 
-const transcriptMagic = "OCST1\n"
+const transcriptMagic = "OCST2\n"
 
 // MarshalBinary writes the transcript: magic, the params as JSON (length
-// prefixed), then the four stages as lists.
+// prefixed), then the NumStages stages as lists.
 func (t *Transcript) MarshalBinary() ([]byte, error) {
 	pj, err := json.Marshal(t.Params)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/opencluster/opencluster/compress"
 	"github.com/opencluster/opencluster/netclient"
 	"github.com/opencluster/opencluster/protocol"
+	"github.com/opencluster/opencluster/secagg"
 )
 
 // Test hooks for the fault tests (faults/). Each is switched on by an
@@ -189,15 +190,15 @@ func pauseAfterCloseHook() (func(uint64), error) {
 }
 
 // haltSecureStageEnv is a test hook for the fault tests (faults/): when
-// set to a secure-aggregation stage 1..4, the worker stops for good just
+// set to a secure-aggregation stage 1..5, the worker stops for good just
 // before it would send its first message of that stage, after saying so
 // on stderr, so a test can kill it between stages. Never set it otherwise.
 const haltSecureStageEnv = "OPENCLUSTER_TEST_HALT_SECURE_STAGE"
 
 func haltSecureStage(hc *http.Client, v string) error {
 	stage, err := strconv.Atoi(v)
-	if err != nil || stage < 1 || stage > 4 {
-		return fmt.Errorf("%s=%q: want a stage 1..4", haltSecureStageEnv, v)
+	if err != nil || stage < 1 || stage > secagg.NumStages {
+		return fmt.Errorf("%s=%q: want a stage 1..%d", haltSecureStageEnv, v, secagg.NumStages)
 	}
 	next := hc.Transport
 	if next == nil {
