@@ -38,7 +38,7 @@ type Client struct {
 	own   [2]group.Scalar // this client's own [β share, σ share]
 
 	survivors    map[int]bool // the list it confirmed in stage 4
-	survivorList []byte // survivorHash of that list
+	survivorList []byte       // survivorHash of that list
 	// held: shares of neighbours' secrets addressed to this client.
 	held map[int][2]group.Scalar // [β share, σ share]
 }
