@@ -66,6 +66,16 @@ function models(cache) {
   g.post_processor = { type: "ByteLevel", add_prefix_space: true, trim_offsets: true, use_regex: true };
   put("gpt2-style", g, null);
 
+  // SmolLM's pre-tokenizer (every digit on its own, then GPT-2's split) on
+  // Qwen's vocabulary, and contiguous digits on Llama 3's.
+  const sm = JSON.parse(JSON.stringify(q));
+  sm.normalizer = null;
+  sm.pre_tokenizer = { type: "Sequence", pretokenizers: [{ type: "Digits", individual_digits: true }, { type: "ByteLevel", add_prefix_space: false, trim_offsets: true, use_regex: true }] };
+  put("smollm-style", sm, null);
+  const dg = JSON.parse(JSON.stringify(l3));
+  dg.pre_tokenizer = { type: "Sequence", pretokenizers: [{ type: "Digits", individual_digits: false }, ...l3.pre_tokenizer.pretokenizers] };
+  put("digits-contiguous", dg, null);
+
   // Llama 3 as Meta ships it (BOS through TemplateProcessing), plus added
   // tokens with every flag: lstrip, rstrip, single_word, normalized.
   const f = JSON.parse(JSON.stringify(l3));

@@ -3,6 +3,7 @@ package tokenizer
 import (
 	"encoding/json"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 )
 
@@ -236,6 +237,26 @@ func (m *metaspacePre) preTokenize(in []piece) []piece {
 	return out
 }
 
+// digitsPre splits digits (Unicode numbers) from the rest: each one on its
+// own (individual_digits, as SmolLM does) or runs of them together.
+type digitsPre struct{ individual bool }
+
+func (d digitsPre) preTokenize(in []piece) []piece {
+	behavior := contiguous
+	if d.individual {
+		behavior = isolated
+	}
+	return splitPieces(in, func(s string) (string, []span) {
+		var m [][]int
+		for i, r := range s {
+			if unicode.IsNumber(r) {
+				m = append(m, []int{i, i + utf8.RuneLen(r)})
+			}
+		}
+		return s, splitBy(s, m, false, behavior)
+	})
+}
+
 func parsePreTokenizer(raw json.RawMessage, path string) (preTokenizer, error) {
 	kind, err := typed(raw, path)
 	if err != nil {
@@ -282,6 +303,14 @@ func parsePreTokenizer(raw json.RawMessage, path string) (preTokenizer, error) {
 			return nil, err
 		}
 		return m, nil
+	case "Digits":
+		var v struct {
+			Individual bool `json:"individual_digits"`
+		}
+		if err := decodeInto(raw, path, &v); err != nil {
+			return nil, err
+		}
+		return digitsPre{individual: v.Individual}, nil
 	}
 	return nil, unsupported(path+".type", kind)
 }

@@ -89,7 +89,7 @@ func loadExpected(t testing.TB) (string, expectedFile) {
 	return dir, exp
 }
 
-var referenceModels = []string{"llama3", "qwen", "sentencepiece-bpe", "sentencepiece-metaspace", "gpt2-style", "llama3-flags"}
+var referenceModels = []string{"llama3", "qwen", "sentencepiece-bpe", "sentencepiece-metaspace", "gpt2-style", "llama3-flags", "smollm-style", "digits-contiguous"}
 
 // TestMatchesReference encodes every test text with every real tokenizer
 // and compares the ids, with and without special tokens, and the decoded
