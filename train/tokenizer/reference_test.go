@@ -83,7 +83,8 @@ func loadExpected(t testing.TB) (string, expectedFile) {
 	if err := json.Unmarshal(b, &texts); err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(texts.Texts, exp.Texts) {
+	// The expected file holds the test texts, then chat renderings.
+	if len(exp.Texts) < len(texts.Texts) || !reflect.DeepEqual(texts.Texts, exp.Texts[:len(texts.Texts)]) {
 		t.Fatalf("%s was made from other texts than testdata/texts.json; rerun scripts/fetch-tokenizers.sh", dir)
 	}
 	return dir, exp
