@@ -255,10 +255,13 @@ func simJob(model, codec string, steps int) (sim.Job, error) {
 	} else if err := loadConfig(model, nil, nil, &c); err != nil {
 		return sim.Job{}, fmt.Errorf("--model %s: %w", model, err)
 	}
+	return jobOf(strings.TrimSuffix(model, ".yaml"), c, codec, steps)
+}
+
+func jobOf(name string, c train.Config, codec string, steps int) (sim.Job, error) {
 	if err := c.Validate(); err != nil {
-		return sim.Job{}, fmt.Errorf("--model %s: %w", model, err)
+		return sim.Job{}, fmt.Errorf("--model %s: %w", name, err)
 	}
-	name := strings.TrimSuffix(model, ".yaml")
 	return sim.NewJob(sim.JobSpec{Name: name, Config: c, Shapes: netclient.AdapterShapes(c.Model, c.LoRA),
 		FLOPsPerToken: bench.CountStepFLOPs(c.Model, &c.LoRA, c.Train.SeqLen).PerToken, Steps: steps,
 		TokensPerStep: c.Train.SeqLen * c.Train.BatchSize * max(1, c.Train.GradAccum), Codec: codec})
@@ -271,11 +274,12 @@ func demoSimConfig(ctx context.Context, f *pflag.FlagSet) (sim.Config, sim.Machi
 	workers, _ := f.GetInt("demo-workers")
 	rounds, _ := f.GetInt("demo-rounds")
 	steps, _ := f.GetInt("demo-steps")
-	job, err := simJob("tiny", demoCodec, steps)
+	tc, err := demoTrainConfig()
 	if err != nil {
 		return sim.Config{}, sim.Machine{}, err
 	}
-	tc, err := demoTrainConfig()
+	tc.Model.VocabSize = demoVocab // the demo's BPE tokenizer
+	job, err := jobOf("tiny", tc, demoCodec, steps)
 	if err != nil {
 		return sim.Config{}, sim.Machine{}, err
 	}

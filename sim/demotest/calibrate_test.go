@@ -64,8 +64,9 @@ func predict(t *testing.T, ctx context.Context) (float64, map[string]any) {
 // The simulator's prediction of `make demo`'s round duration must fall
 // within 30% of the real demo's mean round (rounds 2..4: round 1 also
 // starts the workers). The machine's speed is measured just before and
-// just after the demo, and the prediction is the mean of the two, so a
-// machine whose load changes during the test is seen by both sides.
+// just after the demo and the prediction is the mean of the two; when the
+// two differ by more than 25%, the machine's load changed under the test
+// and it skips, saying so, rather than compare against a moving target.
 func TestCalibrateDemo(t *testing.T) {
 	if testing.Short() || !enabled {
 		t.Skip("times the real demo (about a minute); make test runs it alone with OPENCLUSTER_CALIBRATE_DEMO=1")
@@ -104,6 +105,13 @@ func TestCalibrateDemo(t *testing.T) {
 	measured := sum / float64(len(each))
 	predicted := (before + after) / 2
 	off := (predicted - measured) / measured
+	if drift := math.Abs(after-before) / predicted; drift > 0.25 {
+		// The machine's speed changed during the test (other work on a
+		// shared machine): no prediction made before or after can be held
+		// to the demo's time, so there is nothing to check.
+		t.Skipf("this machine's measured speed moved by %.0f%% during the test (prediction %.3f s before the demo, %.3f s after; the demo's mean round %.3f s): too unsteady to check a 30%% bound",
+			100*drift, before, after, measured)
+	}
 	t.Logf("make demo (%d workers, %d local steps): measured mean round %.3f s (rounds 2..%d: %.3f); simulate --calibrate-demo predicted %.3f s (%.3f before, %.3f after the demo; machine %v, utilisation %v); off by %+.1f%%",
 		workers, steps, measured, rounds, each, predicted, before, after, info["cpu"], info["utilisation"], 100*off)
 	if math.Abs(off) > 0.3 {
