@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -64,12 +65,18 @@ func predict(t *testing.T, ctx context.Context) (float64, map[string]any) {
 // The simulator's prediction of `make demo`'s round duration must fall
 // within 30% of the real demo's mean round (rounds 2..4: round 1 also
 // starts the workers). The machine's speed is measured just before and
-// just after the demo and the prediction is the mean of the two; when the
-// two differ by more than 25%, the machine's load changed under the test
-// and it skips, saying so, rather than compare against a moving target.
+// just after the demo and the prediction is the mean of the two. On a
+// machine loaded by other work (more than 4 runnable threads per core, or
+// the two measurements more than 25% apart) the timings say more about
+// that work than about the model: the test skips, saying so. On this
+// project's shared machine at a load of 8-12 per core the comparison swung
+// from -51% to +38% (docs/simulation.md).
 func TestCalibrateDemo(t *testing.T) {
 	if testing.Short() || !enabled {
 		t.Skip("times the real demo (about a minute); make test runs it alone with OPENCLUSTER_CALIBRATE_DEMO=1")
+	}
+	if load, ok := loadPerCore(); ok && load > 4 {
+		t.Skipf("this machine's load average is %.1f per core: other work would decide both timings", load)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
@@ -117,4 +124,17 @@ func TestCalibrateDemo(t *testing.T) {
 	if math.Abs(off) > 0.3 {
 		t.Errorf("the prediction %.3f s is %+.0f%% off the measured %.3f s: more than 30%%", predicted, 100*off, measured)
 	}
+}
+
+// loadPerCore is the 1-minute load average over the CPU count (Linux).
+func loadPerCore() (float64, bool) {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0, false
+	}
+	var l float64
+	if _, err := fmt.Sscanf(string(b), "%g", &l); err != nil {
+		return 0, false
+	}
+	return l / float64(runtime.NumCPU()), true
 }
