@@ -1,14 +1,19 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/opencluster/opencluster/protocol"
 	"github.com/spf13/cobra"
 )
 
@@ -77,5 +82,69 @@ func TestSimulateErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: %v, want an error containing %q", tc.args, err, tc.want)
 		}
+	}
+}
+
+// --serve streams the run's events to the dashboard through the web hub:
+// a viewer connecting gets a simulation snapshot and the rounds.
+func TestSimulateServe(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	root := &cobra.Command{Use: "opencluster", SilenceUsage: true, SilenceErrors: true}
+	root.AddCommand(newSimulateCmd())
+	pr, pw := io.Pipe()
+	root.SetOut(io.Discard)
+	root.SetErr(pw)
+	root.SetArgs([]string{"simulate", "--model", "small", "--nodes", "300", "--cohort", "10", "--rounds", "2",
+		"--serve", "127.0.0.1:0", "--pace", "0"})
+	done := make(chan error, 1)
+	go func() { done <- root.ExecuteContext(ctx); pw.Close() }()
+	sc := bufio.NewScanner(pr)
+	url := ""
+	for sc.Scan() {
+		if _, u, ok := strings.Cut(sc.Text(), "dashboard on "); ok {
+			url = u
+			break
+		}
+	}
+	go io.Copy(io.Discard, pr)
+	if url == "" {
+		t.Fatal("simulate --serve printed no dashboard address")
+	}
+	// The run is over once it says so; then a viewer gets the whole picture.
+	deadline := time.Now().Add(30 * time.Second)
+	var snap protocol.Event
+	for time.Now().Before(deadline) {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url+"v1/events", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(resp.Body)
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				break
+			}
+			if data, ok := strings.CutPrefix(line, "data: "); ok {
+				json.Unmarshal([]byte(data), &snap)
+				break
+			}
+		}
+		resp.Body.Close()
+		if snap.Snapshot != nil && len(snap.Snapshot.History) == 2 {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if snap.Type != protocol.EventSnapshot || snap.Snapshot.Source != protocol.SourceSim || len(snap.Snapshot.History) != 2 {
+		t.Fatalf("first event %+v, want a sim snapshot with both rounds in its history", snap)
+	}
+	if h := snap.Snapshot.History[1]; h.Round != 2 || h.Completed != 10 || h.EnergySource != "simulated" {
+		t.Errorf("round 2 as the dashboard got it: %+v", h)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("simulate --serve after Ctrl-C: %v", err)
 	}
 }
