@@ -3,7 +3,6 @@ package sim
 import (
 	"crypto/ed25519"
 	"fmt"
-	"math"
 
 	"github.com/opencluster/opencluster/compress"
 	"github.com/opencluster/opencluster/coordinator"
@@ -32,9 +31,22 @@ type Job struct {
 	// on the real adapter shapes, with protocol's header and signature.
 	UpBytes int64
 	Codec   string
-	// MemGPU and MemCPU are the bytes a training step needs on a GPU and
-	// in host memory (see jobMemory).
-	MemGPU, MemCPU int64
+	// Memory is the job as train's memory model sees it (see Fit).
+	Memory train.MemoryJob
+}
+
+// Fit reports whether the job fits in budget bytes of GPU memory (cuda)
+// or RAM, as train.PlanMemory plans it (the largest micro-batch first,
+// then with activation checkpointing), whether the plan recomputes
+// activations, and what its smallest plan needs when it does not fit.
+func (j Job) Fit(budget int64, cuda bool) (fits, checkpointing bool, need int64) {
+	m := j.Memory
+	m.CUDA = cuda
+	p, err := train.PlanMemory(m, budget, false)
+	if err != nil {
+		return false, false, p.Estimate.Peak()
+	}
+	return true, p.Checkpointing, p.Estimate.Peak()
 }
 
 // FLOPs is the useful work of one node's round.
@@ -74,10 +86,15 @@ func NewJob(s JobSpec) (Job, error) {
 	if err != nil {
 		return Job{}, fmt.Errorf("job %s: %w", s.Name, err)
 	}
-	gpu, cpu := jobMemory(s.Config, s.TokensPerStep, n)
+	c := s.Config
+	mem := train.MemoryJob{Model: c.Model, Mode: train.ModeQLoRA, LoRA: c.LoRA, Quant: c.Quant,
+		MicroBatch: max(1, s.TokensPerStep/max(1, c.Train.SeqLen)), SeqLen: c.Train.SeqLen}
+	if err := mem.Validate(); err != nil {
+		return Job{}, fmt.Errorf("job %s: %w", s.Name, err)
+	}
 	return Job{Model: s.Name, Params: s.Config.Model.NumParams(), FLOPsPerToken: s.FLOPsPerToken, TokensPerStep: s.TokensPerStep,
 		Steps: s.Steps, AdapterElems: n, DenseBytes: 4 * int64(n), DownBytes: 4 * int64(n), BaseBytes: baseBytes(s.Config),
-		UpBytes: up, Codec: codec.String(), MemGPU: gpu, MemCPU: cpu}, nil
+		UpBytes: up, Codec: codec.String(), Memory: mem}, nil
 }
 
 // updateBytes encodes a delta of n elements (every entry non-zero, as in
@@ -122,33 +139,4 @@ func baseBytes(c train.Config) int64 {
 	}
 	linear := m.NumParams() - emb - int64(m.Dim)*(2*int64(m.Layers)+1)
 	return int64(float64(linear)*nf4Bits/8) + 2*emb + 4*int64(m.Dim)*(2*int64(m.Layers)+1)
-}
-
-// jobMemory estimates the bytes one QLoRA step needs on a GPU and in host
-// memory. It stands in for the memory model train/ is getting (issue 10)
-// and is its only call site here, to be replaced by it:
-//
-//   - the packed base (baseBytes);
-//   - the adapter in fp32 with its gradient and AdamW's two moments (16 B
-//     per element);
-//   - activations kept for the backward pass: Korthikanti et al. 2022
-//     ("Reducing Activation Recomputation in Large Transformer Models",
-//     eq. 1) give s·b·h·(34 + 5·a·s/h) bytes per layer in 16-bit; the CPU
-//     backend keeps them in fp32, twice that;
-//   - logits and their gradient in fp32 (2·tokens·vocab·4 B);
-//   - 0.5 GB of CUDA context on a GPU, 0.25 GB of runtime on the CPU.
-func jobMemory(c train.Config, tokens, adapterElems int) (gpu, cpu int64) {
-	m := c.Model
-	s := float64(c.Train.SeqLen)
-	if s <= 0 || s > float64(tokens) {
-		s = float64(tokens)
-	}
-	b := float64(tokens) / s
-	h, a := float64(m.Dim), float64(m.Heads)
-	act16 := s * b * h * (34 + 5*a*s/h) * float64(m.Layers)
-	logits := 2 * float64(tokens) * float64(m.VocabSize) * 4
-	fixed := float64(baseBytes(c)) + 16*float64(adapterElems) + logits
-	gpu = int64(math.Ceil(fixed + act16 + 0.5e9))
-	cpu = int64(math.Ceil(fixed + 2*act16 + 0.25e9))
-	return gpu, cpu
 }

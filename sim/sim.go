@@ -183,6 +183,7 @@ type Sim struct {
 	ctx   context.Context
 
 	eligible []bool
+	fits     map[fitKey]fitPlan // train.PlanMemory's answer per memory size
 	// cache of the availability model: a node is online before onUntil
 	// and offline before offUntil (a lower bound on its next window).
 	onUntil, offUntil []float64
@@ -276,7 +277,7 @@ func New(cfg Config) (*Sim, error) {
 	n := len(pop.Nodes)
 	s := &Sim{cfg: cfg, pop: pop, clock: &virtualClock{t: fromTime(cfg.Start)}, lastClose: fromTime(cfg.Start), ctx: context.Background(),
 		eligible: make([]bool, n), onUntil: make([]float64, n), offUntil: make([]float64, n), lastSeen: make([]float64, n),
-		parts: make([]*part, n), partSeq: make([]uint32, n), member: make([]uint64, n), pending: map[int32]uint64{}, rounds: map[uint64]*roundStats{},
+		fits: map[fitKey]fitPlan{}, parts: make([]*part, n), partSeq: make([]uint32, n), member: make([]uint64, n), pending: map[int32]uint64{}, rounds: map[uint64]*roundStats{},
 		res: Result{Refused: map[string]int{}}}
 	s.ids = pop.WorkerIDs()
 	if pop.IDs == nil {
@@ -293,8 +294,10 @@ func New(cfg Config) (*Sim, error) {
 		}
 	}
 	if s.res.Eligible < cfg.Cohort {
-		return nil, fmt.Errorf("--cohort %d: only %d of the %d nodes can hold the %s job (it needs %.1f GB on a GPU or %.1f GB of RAM)",
-			cfg.Cohort, s.res.Eligible, n, cfg.Job.Model, float64(cfg.Job.MemGPU)/1e9, float64(cfg.Job.MemCPU)/1e9)
+		_, _, gpu := cfg.Job.Fit(0, true)
+		_, _, cpu := cfg.Job.Fit(0, false)
+		return nil, fmt.Errorf("--cohort %d: only %d of the %d nodes can hold the %s job (at least %.1f GB on a GPU or %.1f GB of RAM)",
+			cfg.Cohort, s.res.Eligible, n, cfg.Job.Model, float64(gpu)/1e9, float64(cpu)/1e9)
 	}
 	if cfg.Windows != nil {
 		s.traceUntil = make([]float64, n)
@@ -350,25 +353,52 @@ func (s *Sim) capability(i int) (rate, computeW, idleW float64, onGPU bool) {
 	nd := &s.pop.Nodes[i]
 	h := s.pop.T.Hosts[nd.Host]
 	eff := s.cfg.PSUEfficiency
-	j := s.cfg.Job
 	if nd.GPU >= 0 {
 		g := s.pop.T.GPUs[nd.GPU]
-		if g.Usable() && float64(j.MemGPU) <= g.VRAMGB*1e9 {
+		if p := s.fit(int64(g.VRAMGB*1e9), true); g.Usable() && p.fits {
 			// Under a power cap the clock drops; dynamic power goes as
 			// f·V² with V about proportional to f, so f ~ cap^(1/3).
 			capW := g.TDPW * float64(nd.PowerCap)
-			rate = g.PeakFLOPS() * s.cfg.GPUUtil * math.Cbrt(float64(nd.PowerCap))
+			rate = g.PeakFLOPS() * s.cfg.GPUUtil * math.Cbrt(float64(nd.PowerCap)) / p.recompute
 			return rate, (capW + h.IdleW) / eff, (h.IdleW + gpuIdleW) / eff, true
 		}
 	}
-	if float64(j.MemCPU) <= h.RAMGB*1e9*ramUsable {
+	if p := s.fit(int64(h.RAMGB*1e9*ramUsable), false); p.fits {
 		idle := h.IdleW
 		if nd.GPU >= 0 && s.pop.T.GPUs[nd.GPU].TDPW > 0 {
 			idle += gpuIdleW
 		}
-		return h.PeakFLOPS() * s.cfg.CPUUtil, (h.LoadW + idle - h.IdleW) / eff, idle / eff, false
+		return h.PeakFLOPS() * s.cfg.CPUUtil / p.recompute, (h.LoadW + idle - h.IdleW) / eff, idle / eff, false
 	}
 	return 0, 0, 0, false
+}
+
+type fitKey struct {
+	budget int64
+	cuda   bool
+}
+
+// fitPlan is whether the job fits a memory size, and the slowdown of its
+// plan: activation checkpointing runs each forward twice, and the forward
+// is about half of a QLoRA step's FLOPs (2N of 4N), so a step costs 1.5x.
+type fitPlan struct {
+	fits      bool
+	recompute float64
+}
+
+// fit asks train's memory model once per distinct memory size.
+func (s *Sim) fit(budget int64, cuda bool) fitPlan {
+	k := fitKey{budget, cuda}
+	if p, ok := s.fits[k]; ok {
+		return p
+	}
+	fits, ckpt, _ := s.cfg.Job.Fit(budget, cuda)
+	p := fitPlan{fits: fits, recompute: 1}
+	if ckpt {
+		p.recompute = 1.5
+	}
+	s.fits[k] = p
+	return p
 }
 
 // gpuIdleW is a graphics card's idle board power; ramUsable the share of
