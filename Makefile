@@ -14,7 +14,7 @@ export CGO_ENABLED := 1
 # #cgo CFLAGS: -Wdeprecated-declarations, so a real one still shows.
 export CGO_CFLAGS := $(shell $(GO) env CGO_CFLAGS) -Wno-deprecated-declarations
 
-.PHONY: ci-rest web web-check ui-test ui-bench fuzz local-demo all build cuda test test-short vet fmt-check demo bench kernels gpu-check ci clean
+.PHONY: gpu-bundle ci-rest web web-check ui-test ui-bench fuzz local-demo all build cuda test test-short vet fmt-check demo bench kernels gpu-check ci clean
 
 all: build
 
@@ -96,12 +96,17 @@ gpu-check:
 ci: demo test ci-rest
 
 # .ci/run installs the CUDA toolkit first, so build makes opencluster-cuda
-# too; the CUDA steps below then keep a CUDA compile break or stale PTX
-# from landing (nothing here needs a GPU).
-ci-rest: fmt-check vet fuzz local-demo web-check ui-test
-	./scripts/kernels.sh --check
-	$(MAKE) --no-print-directory cuda
+# too; the CUDA steps below then keep a CUDA compile break, stale PTX or a
+# GPU bundle that fails on its own layout from landing (nothing here needs
+# a GPU): gpu-bundle checks the PTX, builds the bundle bench/gpu-check.sh
+# runs from, and runs its kernels.test unpacked far from the sources.
+ci-rest: fmt-check vet fuzz local-demo web-check ui-test gpu-bundle
 	$(GO) vet -tags cuda ./kernels/... ./bench/... ./cmd/...
+
+# The GPU bundle (scripts/build-gpu-bundle.sh), checked where there is no GPU.
+gpu-bundle:
+	./scripts/build-gpu-bundle.sh $(BIN)/opencluster-gpu-bundle.tar.gz
+	./scripts/check-gpu-bundle.sh $(BIN)/opencluster-gpu-bundle.tar.gz
 
 clean:
 	rm -rf $(BIN) $(DEMO_DIR) $(DEMO_DIR)-local

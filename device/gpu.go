@@ -22,7 +22,11 @@ type NVMLStatus struct {
 // when it was discovered. A reading NVML does not support is left at zero and
 // its name is listed in Unsupported.
 type GPU struct {
-	Index             int    `json:"index"`
+	Index int `json:"index"` // NVML's (PCI order)
+	// Ordinal is the GPU's number for CUDA (cuda:N) once CUDA_VISIBLE_DEVICES
+	// is applied (VisibleGPUs); PCIBusID is the address both agree on.
+	Ordinal           int    `json:"cuda_ordinal"`
+	PCIBusID          string `json:"pci_bus_id,omitempty"`
 	Name              string `json:"name"`
 	UUID              string `json:"uuid"`
 	ComputeCapability string `json:"compute_capability"` // "8.6"
@@ -154,6 +158,9 @@ func ReadGPU(index int, dev nvml.Device) (GPU, error) {
 	}
 	if u, ret := dev.GetUUID(); !skip("uuid", ret) {
 		g.UUID = u
+	}
+	if p, ret := dev.GetPciInfo(); !skip("pci_bus_id", ret) {
+		g.PCIBusID = pciBusID(p)
 	}
 	if ma, mi, ret := dev.GetCudaComputeCapability(); !skip("compute_capability", ret) {
 		g.ComputeCapability = fmt.Sprintf("%d.%d", ma, mi)

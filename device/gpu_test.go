@@ -30,6 +30,8 @@ func fakeServer(free ...uint64) *dgxa100.Server {
 		}
 		dev.GetCurrPcieLinkGenerationFunc = func() (int, nvml.Return) { return 4, nvml.SUCCESS }
 		dev.GetCurrPcieLinkWidthFunc = func() (int, nvml.Return) { return 16, nvml.SUCCESS }
+		bus := uint32(0x17 + 0x20*i) // a distinct PCI address per card
+		dev.GetPciInfoFunc = func() (nvml.PciInfo, nvml.Return) { return nvml.PciInfo{Bus: bus}, nvml.SUCCESS }
 	}
 	return s
 }
@@ -72,6 +74,7 @@ func TestReadGPUUnsupportedReadings(t *testing.T) {
 	dev.GetCurrentClocksEventReasonsFunc = func() (uint64, nvml.Return) { return 0, notSup() }
 	dev.GetCurrPcieLinkGenerationFunc = func() (int, nvml.Return) { return 0, notSup() }
 	dev.GetCurrPcieLinkWidthFunc = func() (int, nvml.Return) { return 0, notSup() }
+	dev.GetPciInfoFunc = func() (nvml.PciInfo, nvml.Return) { return nvml.PciInfo{}, notSup() }
 	g, err := ReadGPU(0, dev)
 	if err != nil {
 		t.Fatal(err)
@@ -79,7 +82,7 @@ func TestReadGPUUnsupportedReadings(t *testing.T) {
 	if g.ComputeCapability != "8.6" || g.TempC != 50 {
 		t.Errorf("gpu %+v", g)
 	}
-	for _, want := range []string{"uuid", "power", "energy", "pcie_width"} {
+	for _, want := range []string{"uuid", "power", "energy", "pcie_width", "pci_bus_id"} {
 		if !strings.Contains(strings.Join(g.Unsupported, " "), want) {
 			t.Errorf("unsupported %v lacks %s", g.Unsupported, want)
 		}

@@ -67,6 +67,9 @@ type GatherOptions struct {
 	// SkipProbe leaves the CUDA build unprobed (Report shows it as
 	// unverified and auto falls back to the CPU); for --no-probe.
 	SkipProbe bool
+	// CUDAVisible is CUDA_VISIBLE_DEVICES when CUDAVisibleSet.
+	CUDAVisible    string
+	CUDAVisibleSet bool
 }
 
 // Gather discovers the devices and decides where to run. The error is the
@@ -87,13 +90,23 @@ func Gather(ctx context.Context, o GatherOptions) (Report, error) {
 	r.Devices = append(r.Devices, Entry{CPU: &c})
 	st, gpus, errs := DiscoverGPUs(o.NVML)
 	r.NVML = st
+	// Number the GPUs as CUDA will (-1: hidden by CUDA_VISIBLE_DEVICES).
+	visible, _ := VisibleGPUs(gpus, o.CUDAVisible, o.CUDAVisibleSet)
+	for i := range gpus {
+		gpus[i].Ordinal = -1
+		for _, v := range visible {
+			if v.Index == gpus[i].Index {
+				gpus[i].Ordinal = v.Ordinal
+			}
+		}
+	}
 	for i := range gpus {
 		r.Devices = append(r.Devices, Entry{GPU: &gpus[i]})
 	}
 	for _, e := range errs {
 		r.Errors = append(r.Errors, e.Error())
 	}
-	env := Environment{NVML: st, GPUs: gpus, InCUDABuild: o.InCUDABuild}
+	env := Environment{NVML: st, GPUs: gpus, InCUDABuild: o.InCUDABuild, CUDAVisible: o.CUDAVisible, CUDAVisibleSet: o.CUDAVisibleSet}
 	switch {
 	case o.InCUDABuild:
 		r.CUDABuild = CUDABuildState{Usable: st.Available, Reason: "this is the CUDA build"}

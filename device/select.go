@@ -66,15 +66,23 @@ type Environment struct {
 	CUDABuild string
 	// CUDABuildErr says why it was not found or not usable (probe failed).
 	CUDABuildErr error
+	// CUDAVisible is CUDA_VISIBLE_DEVICES when CUDAVisibleSet: the GPUs
+	// CUDA may use, renumbered (VisibleGPUs).
+	CUDAVisible    string
+	CUDAVisibleSet bool
 }
 
 // Decision is where the worker runs and why.
 type Decision struct {
-	Kind   string `json:"kind"`           // "cpu" or "cuda"
-	Index  int    `json:"index"`          // GPU index; -1 on CPU
-	Name   string `json:"name,omitempty"` // GPU or CPU model
-	Exec   string `json:"exec,omitempty"` // opencluster-cuda to exec with the same arguments; "" to run in this process
-	Reason string `json:"reason"`         // one line for the log and `devices`
+	Kind  string `json:"kind"`  // "cpu" or "cuda"
+	Index int    `json:"index"` // CUDA ordinal (cuda:N); -1 on CPU
+	// NVMLIndex and PCIBusID name the same GPU for NVML (sensors, free
+	// memory) and for opening it in CUDA whatever its numbering.
+	NVMLIndex int    `json:"nvml_index"`
+	PCIBusID  string `json:"pci_bus_id,omitempty"`
+	Name      string `json:"name,omitempty"` // GPU or CPU model
+	Exec      string `json:"exec,omitempty"` // opencluster-cuda to exec with the same arguments; "" to run in this process
+	Reason    string `json:"reason"`         // one line for the log and `devices`
 }
 
 // ErrNoUsableGPU is wrapped by Select's error for --device cuda without a GPU.
@@ -84,11 +92,22 @@ var ErrNoUsableGPU = errors.New("no usable GPU")
 // with the most free memory when the CUDA build is usable, else the CPU with
 // the reason; cuda[:N] is an error when it cannot be honoured.
 func Select(req Request, env Environment) (Decision, error) {
-	cpu := func(reason string) Decision { return Decision{Kind: "cpu", Index: -1, Reason: reason} }
+	cpu := func(reason string) Decision { return Decision{Kind: "cpu", Index: -1, NVMLIndex: -1, Reason: reason} }
 	if req.Kind == "cpu" {
 		return cpu("--device cpu"), nil
 	}
+	all := len(env.GPUs)
+	visible, err := VisibleGPUs(env.GPUs, env.CUDAVisible, env.CUDAVisibleSet)
+	if err != nil {
+		visible = nil
+	}
+	env.GPUs = visible
 	why := gpuUnusable(req, env)
+	if err != nil && env.NVML.Available {
+		why = err.Error()
+	} else if why == "NVML found no readable GPU" && env.CUDAVisibleSet && all > 0 {
+		why = fmt.Sprintf("%s=%q hides all %d GPUs", CUDAVisibleEnv, env.CUDAVisible, all)
+	}
 	if why != "" {
 		if req.Kind == "cuda" {
 			return Decision{}, fmt.Errorf("--device %s: %w: %s", req, ErrNoUsableGPU, why)
@@ -98,7 +117,7 @@ func Select(req Request, env Environment) (Decision, error) {
 	best := -1
 	for i, g := range env.GPUs {
 		if req.Index >= 0 {
-			if g.Index == req.Index {
+			if g.Ordinal == req.Index {
 				best = i
 			}
 			continue
@@ -108,18 +127,21 @@ func Select(req Request, env Environment) (Decision, error) {
 		}
 	}
 	g := env.GPUs[best]
-	d := Decision{Kind: "cuda", Index: g.Index, Name: g.Name}
+	d := Decision{Kind: "cuda", Index: g.Ordinal, NVMLIndex: g.Index, PCIBusID: g.PCIBusID, Name: g.Name}
 	if !env.InCUDABuild {
 		d.Exec = env.CUDABuild
 	}
 	free := fmt.Sprintf("%.1f of %.1f GiB free", gib(g.MemoryFreeBytes), gib(g.MemoryTotalBytes))
+	if g.PCIBusID != "" {
+		free += ", PCI " + g.PCIBusID
+	}
 	switch {
 	case req.Index >= 0:
-		d.Reason = fmt.Sprintf("--device %s: GPU %d %s (%s)", req, g.Index, g.Name, free)
+		d.Reason = fmt.Sprintf("--device %s: GPU %d %s (%s)", req, g.Ordinal, g.Name, free)
 	case len(env.GPUs) == 1:
-		d.Reason = fmt.Sprintf("GPU %d %s (%s)", g.Index, g.Name, free)
+		d.Reason = fmt.Sprintf("GPU %d %s (%s)", g.Ordinal, g.Name, free)
 	default:
-		d.Reason = fmt.Sprintf("GPU %d %s has the most free memory of %d GPUs (%s)", g.Index, g.Name, len(env.GPUs), free)
+		d.Reason = fmt.Sprintf("GPU %d %s has the most free memory of %d GPUs (%s)", g.Ordinal, g.Name, len(env.GPUs), free)
 	}
 	return d, nil
 }
@@ -149,7 +171,7 @@ func gpuUnusable(req Request, env Environment) string {
 
 func hasIndex(gpus []GPU, i int) bool {
 	for _, g := range gpus {
-		if g.Index == i {
+		if g.Ordinal == i {
 			return true
 		}
 	}
@@ -159,7 +181,7 @@ func hasIndex(gpus []GPU, i int) bool {
 func indexList(gpus []GPU) string {
 	var s []string
 	for _, g := range gpus {
-		s = append(s, strconv.Itoa(g.Index))
+		s = append(s, strconv.Itoa(g.Ordinal))
 	}
 	return strings.Join(s, ", ")
 }

@@ -45,6 +45,10 @@ type CUDA struct {
 	minor   int
 	arch    int // PTX loaded: 75 or 80
 	prec    Precision
+	// fp32Backward keeps the backward products in fp32 while the forward
+	// ones run in prec (fp16 training on Turing, SetFrozenDType).
+	fp32Backward bool
+	pciBusID     string // "00000000:65:00.0", as NVML writes it
 
 	th *ctxThread // the context thread
 
@@ -98,6 +102,12 @@ func (c *CUDA) open() error {
 	if c.major >= 8 {
 		c.arch = 80
 	}
+	if c.pciBusID, err = devicePCIBusID(c.dev); err != nil {
+		return fmt.Errorf("kernels: cuda:%d: %w", c.ordinal, err)
+	}
+	if err := checkDriver(cu.Version(), ptxISA()); err != nil {
+		return fmt.Errorf("kernels: cuda:%d (%s): %w", c.ordinal, c.devName, err)
+	}
 	if c.ctx, err = c.dev.MakeContext(cu.SchedAuto); err != nil {
 		return fmt.Errorf("kernels: cuda:%d: creating a context: %w", c.ordinal, err)
 	}
@@ -111,7 +121,7 @@ func (c *CUDA) open() error {
 		mod, err := cu.LoadData(string(src))
 		if err != nil {
 			c.release()
-			return fmt.Errorf("kernels: cuda:%d: loading %s: %w", c.ordinal, file, err)
+			return fmt.Errorf("kernels: cuda:%d: loading %s: %w (%s)", c.ordinal, file, err, driverNeed(ptxISA()))
 		}
 		c.modules = append(c.modules, mod)
 		for _, e := range m.Entries {
@@ -124,6 +134,46 @@ func (c *CUDA) open() error {
 		}
 	}
 	return nil
+}
+
+// ptxISA is the ISA version of the embedded PTX.
+func ptxISA() string {
+	src, _ := ptxFS.ReadFile(Modules[0].Name + ".sm80.ptx")
+	return ptxVersion(src)
+}
+
+// devicePCIBusID reads a device's PCI domain, bus and device numbers.
+func devicePCIBusID(d cu.Device) (string, error) {
+	var v [3]int
+	for i, a := range []cu.DeviceAttribute{cu.PciDomainID, cu.PciBusID, cu.PciDeviceID} {
+		n, err := d.Attribute(a)
+		if err != nil {
+			return "", fmt.Errorf("PCI address: %w", err)
+		}
+		v[i] = n
+	}
+	return FormatPCIBusID(v[0], v[1], v[2]), nil
+}
+
+// PCIBusIDs lists the PCI address of every device CUDA sees, by ordinal
+// (after CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER), so a GPU chosen
+// through NVML can be opened by its address.
+func PCIBusIDs() ([]string, error) {
+	n, err := cu.NumDevices()
+	if err != nil {
+		return nil, fmt.Errorf("kernels: counting CUDA devices: %w", err)
+	}
+	ids := make([]string, n)
+	for i := range ids {
+		d, err := cu.GetDevice(i)
+		if err != nil {
+			return nil, fmt.Errorf("kernels: cuda:%d: %w", i, err)
+		}
+		if ids[i], err = devicePCIBusID(d); err != nil {
+			return nil, fmt.Errorf("kernels: cuda:%d: %w", i, err)
+		}
+	}
+	return ids, nil
 }
 
 // release frees everything the context holds and destroys it.
@@ -197,9 +247,54 @@ func (c *CUDA) SetPrecision(p Precision) (Precision, error) {
 			p = FP16
 		}
 	}
-	c.prec = p
+	c.prec, c.fp32Backward = p, false
 	return p, nil
 }
+
+// SetFrozenDType is the training precision (train.compute_dtype; it makes
+// CUDA a backend.FrozenDTyper): fp32 (exact); bf16, tensor cores with fp32
+// accumulation on sm_80 and newer; fp16, tensor cores for the forward
+// products only, the backward kept in fp32 because fp16's range would
+// underflow small gradients (no loss scaling needed), for Turing, which has
+// no bf16. ApplyComputeDType's auto picks bf16 where there is bf16, fp16
+// on Turing. Buffers, adapters, gradients and AdamW stay fp32 in memory.
+func (c *CUDA) SetFrozenDType(dtype string) error {
+	switch dtype {
+	case backend.ComputeFP32:
+		c.prec, c.fp32Backward = FP32, false
+	case backend.ComputeBF16:
+		if c.arch < 80 {
+			return fmt.Errorf("train.compute_dtype bf16: %s (%s, compute capability %d.%d) has no bf16 tensor cores (sm_80 and newer); use fp16 or fp32", c.Name(), c.devName, c.major, c.minor)
+		}
+		c.prec, c.fp32Backward = BF16, false
+	case backend.ComputeFP16:
+		c.prec, c.fp32Backward = FP16, true
+	default:
+		return fmt.Errorf("train.compute_dtype %q: want fp32, bf16 or fp16", dtype)
+	}
+	return nil
+}
+
+// FrozenDType is the training precision in effect.
+func (c *CUDA) FrozenDType() string {
+	switch c.prec {
+	case BF16:
+		return backend.ComputeBF16
+	case FP16:
+		return backend.ComputeFP16
+	}
+	return backend.ComputeFP32
+}
+
+// BF16Available reports bf16 tensor cores (sm_80 and newer).
+func (c *CUDA) BF16Available() bool { return c.arch >= 80 }
+
+// FP16Available reports fp16 tensor cores (every device the kernels run on).
+func (c *CUDA) FP16Available() bool { return true }
+
+// PCIBusID is the device's PCI address as NVML writes it
+// ("00000000:65:00.0"), the key NVML and CUDA agree on.
+func (c *CUDA) PCIBusID() string { return c.pciBusID }
 
 // Precision is the matrix-product precision in effect.
 func (c *CUDA) Precision() Precision { return c.prec }

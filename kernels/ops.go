@@ -106,8 +106,8 @@ func (c *CUDA) RMSNormBackward(dinp, dw, dout, inp, w, rstd backend.Buf, N, C in
 }
 
 // gemmKernel picks the dense GEMM kernel and block size for the precision.
-func (c *CUDA) gemmKernel() (string, dim3) {
-	switch c.prec {
+func (c *CUDA) gemmKernel(backward bool) (string, dim3) {
+	switch c.precFor(backward) {
 	case TF32:
 		return "gemm_tf32", threads128
 	case BF16:
@@ -118,12 +118,28 @@ func (c *CUDA) gemmKernel() (string, dim3) {
 	return "gemm_f32", threads256
 }
 
-// gemmOn queues C[M,N] = alpha*op(A)·op(B) + beta*C (row-major).
+// precFor is the precision of a forward or backward product: the set
+// precision, except that with fp32 backward (fp16 training on Turing) the
+// gradients' products stay fp32, where fp16 would underflow them.
+func (c *CUDA) precFor(backward bool) Precision {
+	if backward && c.fp32Backward {
+		return FP32
+	}
+	return c.prec
+}
+
+// gemmOn queues C[M,N] = alpha*op(A)·op(B) + beta*C (row-major), a
+// forward product at the set precision.
 func (c *CUDA) gemmOn(A, B, Cm any, M, N, K, lda, ldb, ldc int, transA, transB bool, alpha, beta float32) error {
+	return c.gemmDirOn(false, A, B, Cm, M, N, K, lda, ldb, ldc, transA, transB, alpha, beta)
+}
+
+// gemmDirOn is gemmOn for a forward or backward product.
+func (c *CUDA) gemmDirOn(backward bool, A, B, Cm any, M, N, K, lda, ldb, ldc int, transA, transB bool, alpha, beta float32) error {
 	if M == 0 || N == 0 {
 		return nil
 	}
-	name, block := c.gemmKernel()
+	name, block := c.gemmKernel(backward)
 	grid := dim3{(N + 63) / 64, (M + 63) / 64, 1}
 	return c.launchOn(name, grid, block, A, B, Cm, M, N, K, lda, ldb, ldc, transA, transB, alpha, beta)
 }
@@ -147,14 +163,14 @@ func (c *CUDA) MatmulBackward(dinp, dw, dout, inp, w backend.Buf, N, C, OC int, 
 		if dx != nil {
 			c.need("MatmulBackward", "dinp", dx, N*C)
 			c.need("MatmulBackward", "w", ws, OC*C)
-			if err := c.gemmOn(dy, ws, dx, N, C, OC, OC, C, C, false, false, alpha, 1); err != nil {
+			if err := c.gemmDirOn(true, dy, ws, dx, N, C, OC, OC, C, C, false, false, alpha, 1); err != nil {
 				return err
 			}
 		}
 		if dws != nil {
 			c.need("MatmulBackward", "dw", dws, OC*C)
 			c.need("MatmulBackward", "inp", x, N*C)
-			return c.gemmOn(dy, x, dws, OC, C, N, OC, C, C, true, false, alpha, 1)
+			return c.gemmDirOn(true, dy, x, dws, OC, C, N, OC, C, C, true, false, alpha, 1)
 		}
 		return nil
 	}))
@@ -162,7 +178,7 @@ func (c *CUDA) MatmulBackward(dinp, dw, dout, inp, w backend.Buf, N, C, OC int, 
 
 // q4Kernel picks the fused NF4 matmul for the precision ("fwd" or "bwd").
 func (c *CUDA) q4Kernel(dir string) (string, dim3) {
-	switch c.prec {
+	switch c.precFor(dir == "bwd") {
 	case BF16:
 		return "nf4_matmul_" + dir + "_bf16", threads128
 	case FP16:
@@ -260,7 +276,7 @@ func (c *CUDA) MatmulBF16Backward(dinp, dout backend.Buf, w backend.HBuf, N, C, 
 		return
 	}
 	c.bf16Tiles("MatmulBF16Backward", h, C, OC, func(tile cu.DevicePtr, r0, nr int) error {
-		return c.gemmOn(dy.Ptr()+cu.DevicePtr(4*r0), tile, dx, N, C, nr, OC, C, C, false, false, 1, 1)
+		return c.gemmDirOn(true, dy.Ptr()+cu.DevicePtr(4*r0), tile, dx, N, C, nr, OC, C, C, false, false, 1, 1)
 	})
 }
 

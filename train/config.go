@@ -193,8 +193,10 @@ type TrainConfig struct {
 	Seed            uint64  `mapstructure:"seed"`
 	Threads         int     `mapstructure:"threads"`
 	// ComputeDType is the arithmetic of the products with the frozen base
-	// (QLoRA): auto (bf16 where the CPU has AVX512_BF16), fp32 or bf16.
-	// Adapters, gradients and AdamW stay fp32.
+	// (QLoRA): auto (bf16 where the CPU has AVX512_BF16; on a GPU, bf16
+	// tensor cores on sm_80 and newer, fp16 on Turing), fp32, bf16 or fp16
+	// (GPU: forward products in fp16, backward in fp32). Adapters,
+	// gradients and AdamW stay fp32.
 	ComputeDType string `mapstructure:"compute_dtype"`
 }
 
@@ -223,8 +225,8 @@ func (c TrainConfig) Validate() error {
 		return fmt.Errorf("train.grad_clip must not be negative (0 disables), got %g", c.GradClip)
 	case c.ValFraction <= 0 || c.ValFraction >= 1:
 		return fmt.Errorf("train.val_fraction must be in (0,1), got %g", c.ValFraction)
-	case c.ComputeDType != "" && c.ComputeDType != "auto" && c.ComputeDType != "fp32" && c.ComputeDType != "bf16":
-		return fmt.Errorf("train.compute_dtype must be auto, fp32 or bf16, got %q", c.ComputeDType)
+	case c.ComputeDType != "" && c.ComputeDType != "auto" && c.ComputeDType != "fp32" && c.ComputeDType != "bf16" && c.ComputeDType != "fp16":
+		return fmt.Errorf("train.compute_dtype must be auto, fp32, bf16 or fp16, got %q", c.ComputeDType)
 	}
 	return nil
 }

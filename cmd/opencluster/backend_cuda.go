@@ -57,8 +57,11 @@ func probeCUDA(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// gpuFor resolves a --device value to a GPU index in this build, or -1 for
-// the CPU (with the reason logged). --device cuda without a GPU is an error.
+// gpuFor resolves a --device value to a CUDA ordinal in this build, or -1
+// for the CPU (with the reason logged). --device cuda without a GPU is an
+// error. The GPU NVML chose is found among CUDA's devices by its PCI
+// address, so the card whose memory and sensors were read is the one
+// opened, whatever CUDA_DEVICE_ORDER and CUDA_VISIBLE_DEVICES say.
 func gpuFor(ctx context.Context, dev string) (device.Request, int, error) {
 	req, err := device.ParseRequest(dev)
 	if err != nil {
@@ -76,7 +79,20 @@ func gpuFor(ctx context.Context, dev string) (device.Request, int, error) {
 		return req, -1, nil
 	}
 	slog.Info("running on " + d.Reason)
-	return req, d.Index, nil
+	if d.PCIBusID == "" {
+		return req, d.Index, nil
+	}
+	ids, err := kernels.PCIBusIDs()
+	if err != nil {
+		return req, -1, err
+	}
+	for i, id := range ids {
+		if device.SamePCIBusID(id, d.PCIBusID) {
+			return req, i, nil
+		}
+	}
+	return req, -1, fmt.Errorf("--device %s: NVML chose the GPU at PCI %s, which CUDA does not see (CUDA sees %v; %s=%q)",
+		req, d.PCIBusID, ids, device.CUDAVisibleEnv, os.Getenv(device.CUDAVisibleEnv))
 }
 
 // newBackend opens the CUDA backend on the selected GPU, or the CPU backend
@@ -100,6 +116,7 @@ func newBackend(dev string, threads int) (backend.Backend, error) {
 		slog.Info(fmt.Sprintf("running on CPU: opening cuda:%d failed: %v", idx, err))
 		return backend.NewCPU(threads), nil
 	}
+	gpuPCIBusIDs[c.Name()] = c.PCIBusID()
 	return c, nil
 }
 

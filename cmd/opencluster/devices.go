@@ -70,14 +70,17 @@ func runDevices(cmd *cobra.Command, _ []string) error {
 	if prober == nil {
 		prober = device.ExecProber{Timeout: timeout}
 	}
+	visible, visibleSet := os.LookupEnv(device.CUDAVisibleEnv)
 	rep, selErr := device.Gather(ctx, device.GatherOptions{
-		Request:     req,
-		NVML:        newNVML(),
-		RAPL:        &device.RAPL{},
-		Exe:         exe,
-		Prober:      prober,
-		InCUDABuild: inCUDABuild,
-		SkipProbe:   noProbe,
+		Request:        req,
+		NVML:           newNVML(),
+		RAPL:           &device.RAPL{},
+		Exe:            exe,
+		Prober:         prober,
+		InCUDABuild:    inCUDABuild,
+		SkipProbe:      noProbe,
+		CUDAVisible:    visible,
+		CUDAVisibleSet: visibleSet,
 	})
 	out := cmd.OutOrStdout()
 	if asJSON {

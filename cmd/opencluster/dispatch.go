@@ -101,6 +101,9 @@ type dispatchInput struct {
 	FindCUDABuild func() (string, error)
 	// Probe runs the found binary's probe; nil error means it can compute.
 	Probe func(ctx context.Context, path string) error
+	// CUDAVisible is CUDA_VISIBLE_DEVICES when CUDAVisibleSet.
+	CUDAVisible    string
+	CUDAVisibleSet bool
 }
 
 // decideDispatch applies DESIGN.md's rule. --device cpu touches nothing;
@@ -112,7 +115,7 @@ func decideDispatch(ctx context.Context, in dispatchInput) (device.Decision, err
 	if in.Request.Kind == "cpu" {
 		return device.Select(in.Request, device.Environment{})
 	}
-	env := device.Environment{InCUDABuild: in.InCUDABuild}
+	env := device.Environment{InCUDABuild: in.InCUDABuild, CUDAVisible: in.CUDAVisible, CUDAVisibleSet: in.CUDAVisibleSet}
 	env.NVML, env.GPUs = in.Discover()
 	if !in.InCUDABuild && env.NVML.Available && len(env.GPUs) > 0 {
 		path, err := in.FindCUDABuild()
@@ -126,7 +129,9 @@ func decideDispatch(ctx context.Context, in dispatchInput) (device.Decision, err
 
 // liveDispatchInput wires decideDispatch to this machine.
 func liveDispatchInput(req device.Request) dispatchInput {
+	visible, visibleSet := os.LookupEnv(device.CUDAVisibleEnv)
 	return dispatchInput{
+		CUDAVisible: visible, CUDAVisibleSet: visibleSet,
 		Request:     req,
 		InCUDABuild: inCUDABuild,
 		Discover: func() (device.NVMLStatus, []device.GPU) {

@@ -80,7 +80,7 @@ func newGovernor(cfg workerConfig, compute string, log *slog.Logger) (*budgetGov
 	g := &budgetGovernor{}
 	var sens budget.Sensors = cpu
 	g.Source, g.Estimated = "cpu: "+cpu.Source(), cpu.Estimated()
-	if idx, ok := gpuIndex(compute); ok {
+	if idx, ok := nvmlIndexFor(compute); ok {
 		gs, closeFn, err := budget.OpenGPUSensors(newNVML(), idx)
 		if err != nil {
 			// The run goes on: the controller warns that the GPU's power
@@ -107,6 +107,26 @@ func newGovernor(cfg workerConfig, compute string, log *slog.Logger) (*budgetGov
 		"power_cap_w", cfg.Budget.PowerCapW, "gpu_temp_limit_c", cfg.Budget.GPUTempLimitC,
 		"cpu_temp_limit_c", cfg.Budget.CPUTempLimitC, "daily_energy_kwh", cfg.Budget.DailyEnergyKWh)
 	return g, nil
+}
+
+// gpuPCIBusIDs maps the name of each CUDA backend this process opened
+// ("cuda:N", CUDA's numbering) to its GPU's PCI address (backend_cuda.go).
+var gpuPCIBusIDs = map[string]string{}
+
+// nvmlIndexFor is NVML's index of the GPU a backend named compute runs on:
+// found by PCI address, since CUDA_VISIBLE_DEVICES renumbers GPUs for CUDA
+// only; the N of "cuda:N" when the address is unknown. ok is false on the CPU.
+func nvmlIndexFor(compute string) (int, bool) {
+	n, ok := gpuIndex(compute)
+	if !ok {
+		return 0, false
+	}
+	if bus := gpuPCIBusIDs[compute]; bus != "" {
+		if idx, err := device.NVMLIndexByPCIBusID(newNVML(), bus); err == nil {
+			return idx, true
+		}
+	}
+	return n, true
 }
 
 // gpuIndex parses a backend name "cuda:N".

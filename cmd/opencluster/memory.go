@@ -28,7 +28,7 @@ func maxMemory(ctx context.Context, flag, compute string) (int64, string, error)
 		}
 		return b, "--max-memory " + v, nil
 	}
-	if idx, ok := gpuIndex(compute); ok {
+	if idx, ok := nvmlIndexFor(compute); ok {
 		free, total, err := device.GPUFreeMemory(newNVML(), idx)
 		if err != nil {
 			return 0, "", fmt.Errorf("--max-memory auto: reading GPU %d's free memory from NVML: %w (give --max-memory a size)", idx, err)

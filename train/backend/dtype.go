@@ -13,7 +13,17 @@ const (
 	ComputeAuto = "auto" // bf16 where the device runs it fast, else fp32
 	ComputeFP32 = "fp32"
 	ComputeBF16 = "bf16" // bf16 operands, fp32 accumulation
+	// ComputeFP16 is fp16 operands, fp32 accumulation, for the forward
+	// products only: GPUs without bf16 (Turing) keep the backward in fp32,
+	// where fp16's range would underflow small gradients.
+	ComputeFP16 = "fp16"
 )
+
+// FP16er is implemented by backends that also run ComputeFP16 (the CUDA
+// backend); ApplyComputeDType's auto picks it where bf16 is missing.
+type FP16er interface {
+	FP16Available() bool
+}
 
 // FrozenDTyper is implemented by backends that can run the products with
 // frozen weights (the 4-bit base of QLoRA) in bfloat16 with fp32
@@ -45,8 +55,11 @@ func ApplyComputeDType(be Backend, dtype string) (string, error) {
 		if fd.BF16Available() {
 			return ComputeBF16, fd.SetFrozenDType(ComputeBF16)
 		}
+		if f16, ok := be.(FP16er); ok && f16.FP16Available() {
+			return ComputeFP16, fd.SetFrozenDType(ComputeFP16)
+		}
 		return fd.FrozenDType(), nil
-	case ComputeFP32, ComputeBF16:
+	case ComputeFP32, ComputeBF16, ComputeFP16:
 		if !ok {
 			if dtype == ComputeFP32 {
 				return dtype, nil
@@ -55,7 +68,7 @@ func ApplyComputeDType(be Backend, dtype string) (string, error) {
 		}
 		return dtype, fd.SetFrozenDType(dtype)
 	}
-	return "", fmt.Errorf("train.compute_dtype %q: want auto, fp32 or bf16", dtype)
+	return "", fmt.Errorf("train.compute_dtype %q: want auto, fp32, bf16 or fp16", dtype)
 }
 
 func (c *cpu) SetFrozenDType(dtype string) error {
@@ -67,6 +80,8 @@ func (c *cpu) SetFrozenDType(dtype string) error {
 			return fmt.Errorf("train.compute_dtype bf16: this CPU has no AVX512_BF16 (vdpbf16ps) or this build has no cgo kernels; use auto or fp32")
 		}
 		c.frozenBF16 = true
+	case ComputeFP16:
+		return fmt.Errorf("train.compute_dtype fp16 is for GPUs without bf16 (Turing); on the CPU use auto, fp32 or bf16")
 	default:
 		return fmt.Errorf("train.compute_dtype %q: want fp32 or bf16", dtype)
 	}

@@ -3,6 +3,7 @@ package backend
 import (
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"github.com/opencluster/opencluster/quant"
@@ -61,5 +62,32 @@ func TestFrozenBF16Products(t *testing.T) {
 		if worst > 1e-2*scale || worst == 0 {
 			t.Errorf("%s: bf16 and fp32 differ by %g (scale %g): want a bf16-sized difference, not none and not more", name, worst, scale)
 		}
+	}
+}
+
+// gpuLike answers as the CUDA backend does on a GPU without bf16 (Turing).
+type gpuLike struct {
+	Backend
+	bf16, set string
+}
+
+func (g *gpuLike) SetFrozenDType(d string) error { g.set = d; return nil }
+func (g *gpuLike) FrozenDType() string           { return g.set }
+func (g *gpuLike) BF16Available() bool           { return g.bf16 == "yes" }
+func (g *gpuLike) FP16Available() bool           { return true }
+
+// TestApplyComputeDTypeGPU: auto picks bf16 where there is bf16 and fp16
+// (forward only, on the backend's side) where there is not; fp16 is no CPU
+// setting.
+func TestApplyComputeDTypeGPU(t *testing.T) {
+	for _, c := range []struct{ bf16, want string }{{"yes", ComputeBF16}, {"no", ComputeFP16}} {
+		g := &gpuLike{Backend: NewCPU(1), bf16: c.bf16, set: ComputeFP32}
+		got, err := ApplyComputeDType(g, ComputeAuto)
+		if err != nil || got != c.want || g.set != c.want {
+			t.Errorf("bf16 %s: auto gave %q (set %q, %v), want %q", c.bf16, got, g.set, err, c.want)
+		}
+	}
+	if _, err := ApplyComputeDType(NewCPU(1), ComputeFP16); err == nil || !strings.Contains(err.Error(), "fp16") {
+		t.Errorf("fp16 on the CPU: %v", err)
 	}
 }
