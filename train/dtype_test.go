@@ -87,9 +87,17 @@ func (d dtypeSpy) BF16Available() bool { return d.Backend.(backend.FrozenDTyper)
 
 func TestComputeDTypeSetting(t *testing.T) {
 	cfg := testConfig(1)
-	cfg.Train.ComputeDType = "fp16"
+	cfg.Train.ComputeDType = "fp8"
 	if err := cfg.Train.Validate(); err == nil || !strings.Contains(err.Error(), "train.compute_dtype") {
-		t.Errorf("fp16 accepted: %v", err)
+		t.Errorf("fp8 accepted: %v", err)
+	}
+	// fp16 is a GPU setting (Turing): valid in a config, refused by the CPU.
+	cfg.Train.ComputeDType = "fp16"
+	if err := cfg.Train.Validate(); err != nil {
+		t.Errorf("fp16 refused by the config: %v", err)
+	}
+	if _, err := backend.ApplyComputeDType(backend.NewCPU(1), "fp16"); err == nil {
+		t.Error("the CPU backend accepted fp16")
 	}
 	be := backend.NewCPU(1)
 	got, err := backend.ApplyComputeDType(be, "auto")
