@@ -665,6 +665,40 @@ func (c *Coordinator) restart(ctx context.Context, now time.Time) error {
 	return nil
 }
 
+// publish stores a round's new adapter and server optimizer state as blobs
+// and returns their hashes ("" for no optimizer state: plain FedAvg).
+func (c *Coordinator) publish(ctx context.Context, theta []float32, opt *OptState) (adapter, optState string, err error) {
+	if adapter, err = c.putBlob(ctx, BlobAdapter, EncodeAdapter(theta)); err != nil {
+		return "", "", err
+	}
+	if c.cfg.Optimizer.Kind == OptFedAvg {
+		return adapter, "", nil
+	}
+	ob, err := opt.MarshalBinary()
+	if err != nil {
+		return "", "", err
+	}
+	optState, err = c.putBlob(ctx, BlobOptState, ob)
+	return adapter, optState, err
+}
+
+// markAggregating stores the current round as aggregating, with why as
+// its note (a crash after this resumes the aggregation).
+func (c *Coordinator) markAggregating(ctx context.Context, why string) error {
+	r := c.cur
+	if r.State == StateAggregating {
+		return nil
+	}
+	r.State, r.Note = StateAggregating, why
+	if err := c.store.UpdateRound(ctx, r); err != nil {
+		return err
+	}
+	c.cur = r
+	c.notify()
+	c.ev.roundChanged(r)
+	return nil
+}
+
 // aggregate closes the current round: FedAvg of its accepted updates, a
 // server optimizer step, the new adapter and optimizer state published as
 // blobs, the ledger record, then the round marked closed and the next one
@@ -672,16 +706,10 @@ func (c *Coordinator) restart(ctx context.Context, now time.Time) error {
 // running it again after a restart.
 func (c *Coordinator) aggregate(ctx context.Context, why string) error {
 	started := time.Now()
-	r := c.cur
-	if r.State != StateAggregating {
-		r.State, r.Note = StateAggregating, why
-		if err := c.store.UpdateRound(ctx, r); err != nil {
-			return err
-		}
-		c.cur = r
-		c.notify()
-		c.ev.roundChanged(r)
+	if err := c.markAggregating(ctx, why); err != nil {
+		return err
 	}
+	r := c.cur
 	ups, err := c.store.Updates(ctx, r.ID)
 	if err != nil {
 		return err
@@ -738,18 +766,8 @@ func (c *Coordinator) aggregate(ctx context.Context, why string) error {
 	case aerr != nil:
 		return fmt.Errorf("coordinator: aggregate round %d: %w", r.ID, aerr)
 	default:
-		if newHash, err = c.putBlob(ctx, BlobAdapter, EncodeAdapter(theta)); err != nil {
+		if newHash, optHash, err = c.publish(ctx, theta, &opt); err != nil {
 			return err
-		}
-		optHash = ""
-		if c.cfg.Optimizer.Kind != OptFedAvg {
-			ob, err := opt.MarshalBinary()
-			if err != nil {
-				return err
-			}
-			if optHash, err = c.putBlob(ctx, BlobOptState, ob); err != nil {
-				return err
-			}
 		}
 	}
 	return c.closeRound(ctx, r, closing{why: why, result: result, newHash: newHash, optHash: optHash, theta: theta, opt: opt,

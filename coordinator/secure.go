@@ -275,16 +275,10 @@ func (c *Coordinator) stepSecure(ctx context.Context, now time.Time) (bool, erro
 // with the stage transcript hashes and the privacy spent.
 func (c *Coordinator) aggregateSecure(ctx context.Context, note string) error {
 	started := time.Now()
-	r := c.cur
-	if r.State != StateAggregating {
-		r.State, r.Note = StateAggregating, note
-		if err := c.store.UpdateRound(ctx, r); err != nil {
-			return err
-		}
-		c.cur = r
-		c.notify()
-		c.ev.roundChanged(r)
+	if err := c.markAggregating(ctx, note); err != nil {
+		return err
 	}
+	r := c.cur
 	hash := strings.TrimPrefix(note, secNote)
 	tb, err := c.blobs.get(hash)
 	if err != nil {
@@ -301,20 +295,8 @@ func (c *Coordinator) aggregateSecure(ctx context.Context, note string) error {
 		result = ledgerReason("failed: " + err.Error())
 		theta, opt = c.adapter, c.opt
 		c.M.roundsFailed.Add(1)
-	} else {
-		if newHash, err = c.putBlob(ctx, BlobAdapter, EncodeAdapter(theta)); err != nil {
-			return err
-		}
-		optHash = ""
-		if c.cfg.Optimizer.Kind != OptFedAvg {
-			ob, err := opt.MarshalBinary()
-			if err != nil {
-				return err
-			}
-			if optHash, err = c.putBlob(ctx, BlobOptState, ob); err != nil {
-				return err
-			}
-		}
+	} else if newHash, optHash, err = c.publish(ctx, theta, &opt); err != nil {
+		return err
 	}
 	entries, err := c.secureEntries(ctx, res.tr)
 	if err != nil {

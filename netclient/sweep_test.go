@@ -90,18 +90,7 @@ func TestCompressionSweep(t *testing.T) {
 	cfg := tinyConfig(t)
 	const workers, rounds, steps = 4, 8, 10
 	base, corpus := sweepSetup(t, dir, cfg, workers)
-	opt := coordinator.ServerOptimizer{Kind: coordinator.OptFedAvg, LR: 1}
-	agg := func(global []float32, deltas []*compress.Sparse, weights []float64) error {
-		cs := make([]coordinator.Contribution, len(deltas))
-		for i := range deltas {
-			cs[i] = coordinator.Contribution{Delta: deltas[i], Weight: weights[i]}
-		}
-		avg, err := coordinator.FedAvg(len(global), cs, 0)
-		if err != nil {
-			return err
-		}
-		return opt.Step(global, avg, nil)
-	}
+	agg := fedAvgAggregate
 	codecs := []string{"dense", "int8:256", "q4:64", "topk:0.1+q4:64", "topk:0.05+int8:256", "topk:0.05+q4:64",
 		"topk:0.02+int8:256", "topk:0.01+int8:256", "randk:0.05+int8:256"}
 	type row struct {
@@ -153,6 +142,21 @@ func TestCompressionSweep(t *testing.T) {
 	writeSweep(t, sb.String())
 }
 
+// fedAvgAggregate is the coordinator's FedAvg (token-weighted) and a
+// server step with lr 1, called in-process.
+func fedAvgAggregate(global []float32, deltas []*compress.Sparse, weights []float64) error {
+	cs := make([]coordinator.Contribution, len(deltas))
+	for i := range deltas {
+		cs[i] = coordinator.Contribution{Delta: deltas[i], Weight: weights[i]}
+	}
+	avg, err := coordinator.FedAvg(len(global), cs, 0)
+	if err != nil {
+		return err
+	}
+	opt := coordinator.ServerOptimizer{Kind: coordinator.OptFedAvg, LR: 1}
+	return opt.Step(global, avg, nil)
+}
+
 // sweepMomentum is the error-feedback momentum. DGC's momentum correction
 // (0.9) is meant for per-step gradients; on per-round deltas of a few
 // rounds it overshoots (measured: every top-k codec ended above the
@@ -199,18 +203,7 @@ func TestSecureSweep(t *testing.T) {
 	cfg := tinyConfig(t)
 	const workers, rounds, steps = 4, 8, 10
 	base, corpus := sweepSetup(t, dir, cfg, workers)
-	opt := coordinator.ServerOptimizer{Kind: coordinator.OptFedAvg, LR: 1}
-	agg := func(global []float32, deltas []*compress.Sparse, weights []float64) error {
-		cs := make([]coordinator.Contribution, len(deltas))
-		for i := range deltas {
-			cs[i] = coordinator.Contribution{Delta: deltas[i], Weight: weights[i]}
-		}
-		avg, err := coordinator.FedAvg(len(global), cs, 0)
-		if err != nil {
-			return err
-		}
-		return opt.Step(global, avg, nil)
-	}
+	agg := fedAvgAggregate
 	type run struct {
 		name   string
 		codec  string
