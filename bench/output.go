@@ -151,6 +151,10 @@ func notes(r Row) string {
 			parts = append(parts, fmt.Sprintf("%s %.1f", k, r.Extra[k]))
 		case "tokens_per_s", "tokens_per_s_incl_warmup", "peer_tokens_per_s":
 			parts = append(parts, fmt.Sprintf("%s %.0f", k, r.Extra[k]))
+		case "final_write_s", "final_save_s":
+			parts = append(parts, fmt.Sprintf("%s %.2f", k, r.Extra[k]))
+		case "peak_rss_over_sum":
+			parts = append(parts, fmt.Sprintf("peak RSS %.0f MiB = %.2fx weights+grads+moments+activations", r.Extra["peak_rss_mib"], r.Extra[k]))
 		case "max_rel_diff_vs_peer":
 			parts = append(parts, fmt.Sprintf("diff vs peer %.1e", r.Extra[k]))
 		}

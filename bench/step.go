@@ -62,6 +62,10 @@ type StepConfig struct {
 	Child func(ctx context.Context, preset, base string) *exec.Cmd
 	// TempDir holds the packed base handed to the child ("": os.TempDir()).
 	TempDir string
+	// SaveChild builds the command that runs RunSaveChild for the
+	// pretrain_save row in a fresh process, working in dir. Nil: that row
+	// is an error row saying so.
+	SaveChild func(ctx context.Context, preset, dir string) *exec.Cmd
 }
 
 // NewStepBench returns the hook for Options.Step. Names are "preset/mode"
@@ -81,8 +85,10 @@ func NewStepBench(sc StepConfig) StepBench {
 			return TrainStep(ctx, preset, mode, cfg, sc)
 		case ModeQLoRARSS:
 			return StepRSS(ctx, preset, cfg, sc)
+		case ModeSave:
+			return SaveRow(ctx, preset, cfg, sc)
 		}
-		return Row{}, fmt.Errorf("train step %q: mode %q is not %s, %s, %s or %s", name, mode, ModePretrain, ModeQLoRA, ModeQLoRAFP32, ModeQLoRARSS)
+		return Row{}, fmt.Errorf("train step %q: mode %q is not %s, %s, %s, %s or %s", name, mode, ModePretrain, ModeQLoRA, ModeQLoRAFP32, ModeQLoRARSS, ModeSave)
 	}
 }
 

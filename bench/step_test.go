@@ -15,7 +15,17 @@ import (
 // stepChildEnv makes the test binary act as the step child (see TestMain).
 const stepChildEnv = "OPENCLUSTER_BENCH_TEST_STEP_CHILD"
 
+// saveChildEnv makes the test binary act as the save child.
+const saveChildEnv = "OPENCLUSTER_BENCH_TEST_SAVE_CHILD"
+
 func TestMain(m *testing.M) {
+	if dir := os.Getenv(saveChildEnv); dir != "" {
+		if err := RunSaveChild(context.Background(), SaveRunConfig(tinyConfig(), 1), dir, os.Stdout); err != nil {
+			os.Stderr.WriteString(err.Error() + "\n")
+			os.Exit(3)
+		}
+		os.Exit(0)
+	}
 	if os.Getenv(probeChildEnv) != "" {
 		if err := ProbeOpenBLAS(os.Stdout); err != nil {
 			os.Stderr.WriteString(err.Error() + "\n")
@@ -335,5 +345,34 @@ func TestTrainStepConcurrent(t *testing.T) {
 	}
 	if _, err := TrainStepConcurrent(context.Background(), "tiny", ModeQLoRA, tinyConfig(), sc, 0); err == nil {
 		t.Error("0 trainers: no error")
+	}
+}
+
+func TestSaveRowInAChild(t *testing.T) {
+	sc := StepConfig{TempDir: t.TempDir(), Threads: 1, SaveChild: func(ctx context.Context, preset, dir string) *exec.Cmd {
+		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), saveChildEnv+"="+dir)
+		return cmd
+	}}
+	r, err := SaveRow(context.Background(), "tiny", tinyConfig(), sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := r.Extra
+	for _, k := range []string{"final_write_s", "peak_rss_mib", "weights_mib", "grads_mib", "adamw_moments_mib", "activations_mib", "sum_mib", "peak_rss_over_sum"} {
+		if v, _ := e[k].(float64); !(v > 0) {
+			t.Errorf("%s = %v, want a positive figure", k, e[k])
+		}
+	}
+	// The base file of the tiny model: its parameters in fp32 plus a header.
+	params := SaveRunConfig(tinyConfig(), 1).Model.NumParams()
+	if out, _ := e["out_mib"].(float64); out*(1<<20) < float64(4*params) {
+		t.Errorf("base file %.2f MiB, smaller than %d fp32 parameters", out, params)
+	}
+	if w, m := e["weights_mib"].(float64), e["adamw_moments_mib"].(float64); m != 2*w {
+		t.Errorf("moments %.2f MiB, want twice the weights' %.2f", m, w)
+	}
+	if _, err := SaveRow(context.Background(), "tiny", tinyConfig(), StepConfig{}); err == nil {
+		t.Error("a save row without a child runner succeeded")
 	}
 }

@@ -198,6 +198,11 @@ type TrainConfig struct {
 	// (GPU: forward products in fp16, backward in fp32). Adapters,
 	// gradients and AdamW stay fp32.
 	ComputeDType string `mapstructure:"compute_dtype"`
+	// SaveFinalState also writes the training state (parameters and AdamW
+	// moments) at the end of a run, so it can be extended with --resume and
+	// more steps. Off, the end writes only the output; checkpoint_every,
+	// Ctrl-C and a budget stop always write the state.
+	SaveFinalState bool `mapstructure:"save_final_state"`
 }
 
 // Validate reports the first setting that cannot work.

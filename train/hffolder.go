@@ -58,38 +58,33 @@ type folderTensor struct {
 // o.Merge). The folder is built beside dir and swapped in at the end, so a
 // failure leaves dir as it was; an existing dir that is not a model folder
 // (no config.json) is refused rather than replaced.
-func (m *Model) SaveHF(dir string, o SaveOptions) (err error) {
+func (m *Model) SaveHF(dir string, o SaveOptions) error {
+	stage, err := m.prepareHF(dir, o)
+	if err != nil {
+		return err
+	}
+	return commitStaged(stage)
+}
+
+// prepareHF checks the folder and gathers its tensors (fp32 ones as views
+// of the live weights on the CPU backend) and returns the function that
+// writes the whole folder beside dir, to be swapped in by its Commit.
+func (m *Model) prepareHF(dir string, o SaveOptions) (func() (staged, error), error) {
 	if o.DType == "" {
 		o.DType = "F32"
 	}
 	if _, err := safetensors.DTypeSize(o.DType); err != nil || !(safetensors.Tensor{DType: o.DType}).IsFloat() || o.DType == "F64" {
-		return fmt.Errorf("train: SaveHF: dtype %q: want F32, BF16 or F16", o.DType)
+		return nil, fmt.Errorf("train: SaveHF: dtype %q: want F32, BF16 or F16", o.DType)
 	}
 	if o.MaxShardBytes <= 0 {
 		o.MaxShardBytes = DefaultMaxShardBytes
 	}
 	if err := checkReplaceable(dir); err != nil {
-		return err
+		return nil, err
 	}
 	tensors, err := m.folderTensors(o)
 	if err != nil {
-		return fmt.Errorf("train: SaveHF %s: %w", dir, err)
-	}
-	parent := filepath.Dir(filepath.Clean(dir))
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return fmt.Errorf("train: SaveHF: %w", err)
-	}
-	tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("train: SaveHF: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			os.RemoveAll(tmp)
-		}
-	}()
-	if err := writeShards(tmp, tensors, o.MaxShardBytes); err != nil {
-		return fmt.Errorf("train: SaveHF %s: %w", dir, err)
+		return nil, fmt.Errorf("train: SaveHF %s: %w", dir, err)
 	}
 	info := m.Info
 	if o.NameOrPath != "" {
@@ -101,20 +96,44 @@ func (m *Model) SaveHF(dir string, o SaveOptions) (err error) {
 	}
 	cfg, err := m.Config.HFConfigJSON(info, torchDType[o.DType], q)
 	if err != nil {
-		return fmt.Errorf("train: SaveHF %s: %w", dir, err)
-	}
-	if err := atomicfile.WriteFile(filepath.Join(tmp, "config.json"), cfg, 0o644); err != nil {
-		return fmt.Errorf("train: SaveHF: %w", err)
+		return nil, fmt.Errorf("train: SaveHF %s: %w", dir, err)
 	}
 	src := o.TokenizerDir
 	if src == "" {
 		src = m.Info.Dir
 	}
-	if err := copyTokenizerFiles(src, tmp); err != nil {
-		return fmt.Errorf("train: SaveHF %s: %w", dir, err)
-	}
-	return swapDir(tmp, dir)
+	return func() (_ staged, err error) {
+		parent := filepath.Dir(filepath.Clean(dir))
+		if err := os.MkdirAll(parent, 0o755); err != nil {
+			return nil, fmt.Errorf("train: SaveHF: %w", err)
+		}
+		tmp, err := os.MkdirTemp(parent, "."+filepath.Base(dir)+".tmp*")
+		if err != nil {
+			return nil, fmt.Errorf("train: SaveHF: %w", err)
+		}
+		defer func() {
+			if err != nil {
+				os.RemoveAll(tmp)
+			}
+		}()
+		if err := writeShards(tmp, tensors, o.MaxShardBytes); err != nil {
+			return nil, fmt.Errorf("train: SaveHF %s: %w", dir, err)
+		}
+		if err := atomicfile.WriteFile(filepath.Join(tmp, "config.json"), cfg, 0o644); err != nil {
+			return nil, fmt.Errorf("train: SaveHF: %w", err)
+		}
+		if err := copyTokenizerFiles(src, tmp); err != nil {
+			return nil, fmt.Errorf("train: SaveHF %s: %w", dir, err)
+		}
+		return staged{stagedDir{tmp: tmp, dir: dir}}, nil
+	}, nil
 }
+
+// stagedDir is a folder written in full at tmp, to be swapped in at dir.
+type stagedDir struct{ tmp, dir string }
+
+func (d stagedDir) Commit() error { return swapDir(d.tmp, d.dir) }
+func (d stagedDir) Abort()        { os.RemoveAll(d.tmp) }
 
 var torchDType = map[string]string{"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
 
@@ -246,7 +265,14 @@ func (m *Model) folderTensors(o SaveOptions) ([]folderTensor, error) {
 			missing = append(missing, name)
 			return
 		}
-		dense(name, sp.shape, func() ([]float32, error) { return m.download(m.be.View(m.params, sp.off, sp.n)), nil })
+		view := m.be.View(m.params, sp.off, sp.n)
+		if o.DType == "F32" { // written from the live weights where they are in host memory
+			out = append(out, folderTensor{name: name, bytes: 4 * int64(sp.n), make: func() ([]safetensors.Named, error) {
+				return []safetensors.Named{{Name: name, Tensor: m.tensorOf(sp.shape, view)}}, nil
+			}})
+			return
+		}
+		dense(name, sp.shape, func() ([]float32, error) { return m.download(view), nil })
 	}
 	embedding := func(name string, bits []uint16) { // a quantized base's bfloat16 embedding or lm_head
 		shape := []int{c.VocabSize, c.Dim}

@@ -93,8 +93,11 @@ type RunOptions struct {
 	// TokenCache is the folder of the token cache; "" is the user's cache.
 	TokenCache string
 
-	// poison, set by tests, replaces the loss of a step to inject NaN.
-	poison func(step int, loss float64) float64
+	// poison and poisonVal, set by tests, replace the loss of a step or
+	// the validation loss after it to inject NaN.
+	poison, poisonVal func(step int, loss float64) float64
+	// slowSave, set by tests, runs in a background save before it writes.
+	slowSave func()
 }
 
 // Result summarises a run.
@@ -108,8 +111,14 @@ type Result struct {
 	Tokens         int64     // training tokens processed by this run
 	Elapsed        time.Duration
 	Out            string // file or folder written
-	Checkpoint     string // training-state file written
-	NumTrainable   int
+	// Checkpoint is the training-state file written at the end, or "" when
+	// train.save_final_state is false.
+	Checkpoint string
+	// FinalSave is how long the run waited for its end's files after the
+	// last step and its evaluation; FinalWrite how long writing them took in
+	// all (it starts right after the last step, beside the evaluation).
+	FinalSave, FinalWrite time.Duration
+	NumTrainable          int
 	// Plan is the memory plan the run followed (zero without MaxMemory).
 	Plan MemoryPlan
 }
@@ -140,6 +149,7 @@ const (
 func ConfigHash(cfg Config) string {
 	c := cfg
 	c.Train.Steps, c.Train.EvalEvery, c.Train.EvalBatches, c.Train.CheckpointEvery, c.Train.Threads = 0, 0, 0, 0, 0
+	c.Train.SaveFinalState = false
 	b, _ := json.Marshal(c)
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:8])
@@ -284,20 +294,131 @@ func Run(ctx context.Context, opts RunOptions) (Result, error) {
 	if opts.Resume {
 		lastGood = fmt.Sprintf("step %d", step)
 	}
-	save := func(at int, tokens int64) error {
+	// A checkpoint is written from the live parameters and moments (no
+	// copies on the CPU). A periodic one is written in the background while
+	// the next step's forward and backward run, and OptimizerStep, the only
+	// thing that changes what it writes, waits for it (waitSave), so the file
+	// holds exactly the state after its step.
+	var pending chan error // the background save in flight, or nil
+	pendingAt := 0
+	waitSave := func() error {
+		if pending == nil {
+			return nil
+		}
+		err := <-pending
+		pending = nil
+		if err != nil {
+			return fmt.Errorf("checkpoint at step %d: %w", pendingAt, err)
+		}
+		lastGood = fmt.Sprintf("step %d", pendingAt)
+		log.Debug("checkpoint saved", "path", ckpt, "step", pendingAt)
+		return nil
+	}
+	defer waitSave() // no save outlives Run
+	startSave := func(at int, tokens int64) (func() (staged, error), error) {
+		if err := waitSave(); err != nil {
+			return nil, err
+		}
 		meta := map[string]string{
 			ckptKeyStep: strconv.Itoa(at), ckptKeyConfigHash: hash, ckptKeySeed: strconv.FormatUint(tc.Seed, 10),
 			ckptKeyMode: string(opts.Mode), ckptKeyTokens: strconv.FormatInt(tokens, 10),
 		}
 		if err := os.MkdirAll(filepath.Dir(ckpt), 0o755); err != nil {
-			return fmt.Errorf("checkpoint %s: %w", ckpt, err)
+			return nil, fmt.Errorf("checkpoint %s: %w", ckpt, err)
 		}
-		if err := m.SaveTrainState(ckpt, meta); err != nil {
+		stage, err := m.PrepareTrainState(ckpt, meta)
+		if err != nil {
+			return nil, fmt.Errorf("checkpoint at step %d: %w", at, err)
+		}
+		return stage, nil
+	}
+	save := func(at int, tokens int64) error {
+		stage, err := startSave(at, tokens)
+		if err != nil {
+			return err
+		}
+		if err := commitStaged(stage); err != nil {
 			return fmt.Errorf("checkpoint at step %d: %w", at, err)
 		}
 		lastGood = fmt.Sprintf("step %d", at)
 		log.Debug("checkpoint saved", "path", ckpt, "step", at)
 		return nil
+	}
+	saveInBackground := func(at int, tokens int64) error {
+		stage, err := startSave(at, tokens)
+		if err != nil {
+			return err
+		}
+		pending, pendingAt = make(chan error, 1), at
+		go func(done chan<- error) {
+			if opts.slowSave != nil {
+				opts.slowSave()
+			}
+			done <- commitStaged(stage)
+		}(pending)
+		return nil
+	}
+	// The end of the run writes what --out asks for (and the training state
+	// when train.save_final_state asks: for a big model it is three times
+	// the weights) in the background, starting right after the last step,
+	// while the final evaluation runs; the files are put in place only once
+	// that evaluation has passed.
+	type finalFiles struct {
+		files staged
+		err   error
+		took  time.Duration
+	}
+	var final chan finalFiles
+	startFinal := func(at int, tokens int64) error {
+		var stageState func() (staged, error)
+		if tc.SaveFinalState {
+			var err error
+			if stageState, err = startSave(at, tokens); err != nil {
+				return err
+			}
+		}
+		stageOut, err := prepareOut(m, opts)
+		if err != nil {
+			return err
+		}
+		final = make(chan finalFiles, 1)
+		writeFinal := func(out chan<- finalFiles) {
+			t0 := time.Now()
+			var ff finalFiles
+			if stageState != nil {
+				ff.files, ff.err = stageState()
+			}
+			if ff.err == nil {
+				var o staged
+				o, ff.err = stageOut()
+				ff.files = append(ff.files, o...)
+			}
+			if ff.err != nil {
+				ff.files.abort()
+				ff.files = nil
+			}
+			ff.took = time.Since(t0)
+			out <- ff
+		}
+		if m.hostResident() {
+			go writeFinal(final)
+		} else { // device buffers are copied as they are written: not beside the evaluation
+			writeFinal(final)
+		}
+		return nil
+	}
+	abortFinal := func() {
+		if final != nil {
+			(<-final).files.abort()
+			final = nil
+		}
+	}
+	defer abortFinal()
+	// intact names the last good checkpoint for an error that stops the
+	// run without saving, once any save in flight has finished.
+	intact := func() string {
+		waitSave()
+		return ckpt + ", " + lastGood
 	}
 	interrupted := func(at int, cause error) error {
 		if err := save(at, tokensBefore+res.Tokens); err != nil {
@@ -375,13 +496,16 @@ func Run(ctx context.Context, opts RunOptions) (Result, error) {
 			loss = opts.poison(next, loss)
 		}
 		if math.IsNaN(loss) || math.IsInf(loss, 0) {
-			return res, fmt.Errorf("step %d: training loss is %v; stopped without saving, the last good checkpoint (%s, %s) is intact; lower train.lr or check the data", next, loss, ckpt, lastGood)
+			return res, fmt.Errorf("step %d: training loss is %v; stopped without saving, the last good checkpoint (%s) is intact; lower train.lr or check the data", next, loss, intact())
 		}
 		norm := m.ClipGradNorm(tc.GradClip)
 		if math.IsNaN(norm) || math.IsInf(norm, 0) {
-			return res, fmt.Errorf("step %d: gradient norm is %v; stopped without saving, the last good checkpoint (%s, %s) is intact; lower train.lr or set train.grad_clip", next, norm, ckpt, lastGood)
+			return res, fmt.Errorf("step %d: gradient norm is %v; stopped without saving, the last good checkpoint (%s) is intact; lower train.lr or set train.grad_clip", next, norm, intact())
 		}
 		lr := LearningRate(tc, next)
+		if err := waitSave(); err != nil { // the checkpoint reads what this step changes
+			return res, err
+		}
 		m.OptimizerStep(tc, lr, next)
 		busy := time.Since(t0)
 		busyTotal += busy
@@ -397,10 +521,18 @@ func Run(ctx context.Context, opts RunOptions) (Result, error) {
 		res.Tokens += tokensPerStep
 		res.Losses = append(res.Losses, loss)
 
+		if step == tc.Steps {
+			if err := startFinal(step, tokensBefore+res.Tokens); err != nil {
+				return res, err
+			}
+		}
 		steady, incl := rates(res.Tokens, tokensPerStep, done, busyTotal, busyWarmup)
 		e := Event{Kind: EventStep, Step: step, Loss: loss, LR: lr, GradNorm: norm, TokensPerS: steady, TokensPerSInclWarmup: incl}
 		if (tc.EvalEvery > 0 && step%tc.EvalEvery == 0) || step == tc.Steps {
 			v, err := evaluate()
+			if opts.poisonVal != nil {
+				v = opts.poisonVal(step, v)
+			}
 			if err != nil {
 				if ctx.Err() != nil {
 					return res, interrupted(step, ctx.Err())
@@ -408,29 +540,48 @@ func Run(ctx context.Context, opts RunOptions) (Result, error) {
 				return res, fmt.Errorf("step %d: %w", step, err)
 			}
 			if math.IsNaN(v) || math.IsInf(v, 0) {
-				return res, fmt.Errorf("step %d: validation loss is %v; stopped without saving, the last good checkpoint (%s, %s) is intact", step, v, ckpt, lastGood)
+				return res, fmt.Errorf("step %d: validation loss is %v; stopped without saving, the last good checkpoint (%s) is intact", step, v, intact())
 			}
 			res.ValLoss, e.ValLoss, e.HasVal = v, v, true
 		}
 		report(e)
 		if tc.CheckpointEvery > 0 && step%tc.CheckpointEvery == 0 && step < tc.Steps {
-			if err := save(step, tokensBefore+res.Tokens); err != nil {
+			if err := saveInBackground(step, tokensBefore+res.Tokens); err != nil {
 				return res, err
 			}
 		}
 	}
 
-	if err := save(step, tokensBefore+res.Tokens); err != nil {
+	saveStart := time.Now()
+	if err := waitSave(); err != nil {
 		return res, err
 	}
-	if err := writeOut(m, opts); err != nil {
-		return res, err
+	if final == nil { // no step ran (a resume at train.steps): write now
+		if err := startFinal(step, tokensBefore+res.Tokens); err != nil {
+			return res, err
+		}
+	}
+	ff := <-final
+	final = nil
+	if ff.err == nil {
+		ff.err = ff.files.commit()
+	}
+	if ff.err != nil {
+		return res, fmt.Errorf("writing the end of the run: %w", ff.err)
+	}
+	res.FinalSave, res.FinalWrite = time.Since(saveStart), ff.took
+	res.Checkpoint = ""
+	if tc.SaveFinalState {
+		res.Checkpoint = ckpt
+	} else if lastGood != "none yet" {
+		log.Info("training state not written at the end (train.save_final_state is false); --resume would continue from the last checkpoint", "checkpoint", ckpt, "at", lastGood)
 	}
 	res.Out = opts.Out
 	res.Elapsed = time.Since(start)
 	steady, incl := rates(res.Tokens, tokensPerStep, done, busyTotal, busyWarmup)
 	report(Event{Kind: EventSummary, Step: step, Loss: lastOr(res.Losses, math.NaN()), ValLoss: res.ValLoss, HasVal: true,
-		InitialValLoss: res.InitialValLoss, Tokens: res.Tokens, TokensPerS: steady, TokensPerSInclWarmup: incl, Out: opts.Out})
+		InitialValLoss: res.InitialValLoss, Tokens: res.Tokens, TokensPerS: steady, TokensPerSInclWarmup: incl, Out: opts.Out,
+		FinalSave: res.FinalSave, FinalWrite: res.FinalWrite})
 	return res, nil
 }
 
@@ -577,13 +728,15 @@ func checkMeta(meta map[string]string, mode Mode, hash, path string) (int, error
 	return step, nil
 }
 
-// writeOut writes the run's result: the base file or the adapter folder.
-func writeOut(m *Model, opts RunOptions) error {
+// prepareOut gathers the run's result (the base file or the adapter folder)
+// and returns the function that writes it beside its place.
+func prepareOut(m *Model, opts RunOptions) (func() (staged, error), error) {
 	if opts.Mode == ModeQLoRA {
-		if err := m.SaveAdapter(opts.Out, BaseName(opts.BaseName, m, opts.Base)); err != nil {
-			return fmt.Errorf("write adapter %s: %w", opts.Out, err)
+		stage, err := m.prepareAdapter(opts.Out, BaseName(opts.BaseName, m, opts.Base))
+		if err != nil {
+			return nil, fmt.Errorf("write adapter %s: %w", opts.Out, err)
 		}
-		return nil
+		return stage, nil
 	}
 	if tok := opts.Tokenizer; tok != nil { // config.json names the tokenizer's BOS and EOS
 		if _, id, ok := tok.BOS(); ok {
@@ -593,8 +746,9 @@ func writeOut(m *Model, opts RunOptions) error {
 			m.Info.EOS = []int32{id}
 		}
 	}
-	if err := m.SaveHF(opts.Out, SaveOptions{TokenizerDir: opts.TokenizerDir}); err != nil {
-		return fmt.Errorf("write base %s: %w", opts.Out, err)
+	stage, err := m.prepareHF(opts.Out, SaveOptions{TokenizerDir: opts.TokenizerDir})
+	if err != nil {
+		return nil, fmt.Errorf("write base %s: %w", opts.Out, err)
 	}
-	return nil
+	return stage, nil
 }

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -64,7 +65,7 @@ func testConfig(steps int) Config {
 			MaxSeqLen: 32, RopeTheta: 10000, NormEps: 1e-5, TiedEmbeddings: true},
 		Train: TrainConfig{SeqLen: 16, BatchSize: 4, GradAccum: 2, Steps: steps, LR: 3e-3, MinLR: 3e-4,
 			WarmupSteps: 3, WeightDecay: 0.01, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, GradClip: 1,
-			EvalEvery: 5, EvalBatches: 2, ValFraction: 0.2, Seed: 7, Threads: 1},
+			EvalEvery: 5, EvalBatches: 2, ValFraction: 0.2, Seed: 7, Threads: 1, SaveFinalState: true},
 		LoRA:  LoRAConfig{Rank: 4, Alpha: 8, Targets: []string{"q_proj", "v_proj", "down_proj"}},
 		Quant: QuantConfig{Format: "nf4", BlockSize: 64, DoubleQuant: true},
 	}
@@ -474,5 +475,85 @@ func TestRunPlansMemory(t *testing.T) {
 		Out: filepath.Join(t.TempDir(), "adapter2"), MaxMemory: e.Peak() / 2, Logger: quiet()})
 	if !errors.Is(err, ErrDoesNotFit) || !strings.Contains(err.Error(), "needs") {
 		t.Errorf("half the budget: %v, want ErrDoesNotFit saying what the job needs", err)
+	}
+}
+
+// TestBackgroundCheckpointsAndFinalSave: periodic checkpoints are written in
+// the background from the live buffers while the next step runs; each must
+// still hold exactly the state after its step, so a run resumed from the
+// last one ends bit for bit where the straight run did (under -race, a step
+// that changed the buffers while they were being written would also be
+// reported). Without train.save_final_state the end writes only the output.
+func TestBackgroundCheckpointsAndFinalSave(t *testing.T) {
+	needModel(t)
+	dataDir := corpus(t, t.TempDir(), 1, 4, 6000)
+	cfg := testConfig(12)
+	cfg.Train.CheckpointEvery = 5
+	cfg.Train.SaveFinalState = false
+	dir := t.TempDir()
+	straightOut := filepath.Join(dir, "straight.safetensors")
+	// The background writer starts late: a step that did not wait for it
+	// would change the parameters under it.
+	slow := func() { time.Sleep(100 * time.Millisecond) }
+	straight, err := Run(context.Background(), RunOptions{Mode: ModePretrain, Config: cfg, DataDir: dataDir, Out: straightOut, Logger: quiet(), slowSave: slow})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if straight.Checkpoint != "" || straight.FinalSave <= 0 {
+		t.Errorf("result checkpoint %q, final save %v: want none written at the end and a measured save", straight.Checkpoint, straight.FinalSave)
+	}
+	ckpt := CheckpointPath(ModePretrain, straightOut)
+	if _, meta := stateParams(t, cfg, ckpt); meta["step"] != "10" {
+		t.Fatalf("the checkpoint beside the output is at step %q, want the last periodic one, 10", meta["step"])
+	}
+	// Resume the last background checkpoint into another output.
+	out := filepath.Join(dir, "resumed.safetensors")
+	if err := os.Rename(ckpt, CheckpointPath(ModePretrain, out)); err != nil {
+		t.Fatal(err)
+	}
+	resumed, err := Run(context.Background(), RunOptions{Mode: ModePretrain, Config: cfg, DataDir: dataDir, Out: out, Resume: true, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resumed.StartStep != 10 || !reflect.DeepEqual(resumed.Losses, straight.Losses[10:]) {
+		t.Fatalf("resumed from step %d with losses %v, want step 10 and %v", resumed.StartStep, resumed.Losses, straight.Losses[10:])
+	}
+	a, _ := os.ReadFile(filepath.Join(straightOut, "model.safetensors"))
+	b, _ := os.ReadFile(filepath.Join(out, "model.safetensors"))
+	if len(a) == 0 || !bytes.Equal(a, b) {
+		t.Error("the run resumed from a background checkpoint wrote a different base")
+	}
+}
+
+// TestFinalFilesWaitForTheLastEvaluation: the end's files are written beside
+// the last evaluation but put in place only when it passes; a NaN there
+// leaves no output, no temporary files and the last checkpoint as it was.
+func TestFinalFilesWaitForTheLastEvaluation(t *testing.T) {
+	needModel(t)
+	dataDir := corpus(t, t.TempDir(), 2, 2, 5000)
+	cfg := testConfig(10)
+	cfg.Train.CheckpointEvery = 4
+	dir := t.TempDir()
+	out := filepath.Join(dir, "base.safetensors")
+	_, err := Run(context.Background(), RunOptions{Mode: ModePretrain, Config: cfg, DataDir: dataDir, Out: out, Logger: quiet(),
+		poisonVal: func(step int, v float64) float64 {
+			if step == 10 {
+				return math.NaN()
+			}
+			return v
+		}})
+	if err == nil || !strings.Contains(err.Error(), "validation loss is NaN") || !strings.Contains(err.Error(), "step 8") {
+		t.Fatalf("error %v, want the NaN validation loss and the good checkpoint at step 8", err)
+	}
+	if _, meta := stateParams(t, cfg, CheckpointPath(ModePretrain, out)); meta["step"] != "8" {
+		t.Fatalf("checkpoint at step %q, want 8", meta["step"])
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		t.Fatalf("the directory holds %v, want only the step-8 checkpoint", names)
 	}
 }

@@ -112,7 +112,12 @@ func TestHostOptimizerBitForBit(t *testing.T) {
 	if _, err := m2.LoadTrainState(path); err != nil {
 		t.Fatal(err)
 	}
-	mm, vv := m2.moments(m2.NumTrainable())
+	mt, vt := m2.momentTensors(m2.NumTrainable())
+	mm, err1 := mt.Float32()
+	vv, err2 := vt.Float32()
+	if err1 != nil || err2 != nil {
+		t.Fatal(err1, err2)
+	}
 	if !reflect.DeepEqual(mm, m.mHost) || !reflect.DeepEqual(vv, m.vHost) {
 		t.Fatal("host moments differ after a train-state round trip into a device-moment model")
 	}

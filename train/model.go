@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 
 	"github.com/opencluster/opencluster/quant"
+	"github.com/opencluster/opencluster/quant/safetensors"
 	"github.com/opencluster/opencluster/train/backend"
 )
 
@@ -972,15 +973,19 @@ func (m *Model) dropMoments() {
 	m.m, m.v, m.mHost, m.vHost, m.hostP, m.hostG = nil, nil, nil, nil, nil, nil
 }
 
-// moments returns the AdamW moments on the host (zeros before the first step).
-func (m *Model) moments(n int) (mm, vv []float32) {
+// momentTensors is the AdamW moments as tensors for a writer: views of the live
+// moments where they are in host memory (no copy; they must not change
+// until written), copies of device buffers, zeros before the first step.
+func (m *Model) momentTensors(n int) (mm, vv safetensors.Tensor) {
+	shape := []int{n}
 	switch {
 	case m.hostAdam && len(m.mHost) == n:
-		return append([]float32(nil), m.mHost...), append([]float32(nil), m.vHost...)
+		return safetensors.F32View(shape, m.mHost), safetensors.F32View(shape, m.vHost)
 	case !m.hostAdam && m.m != nil && m.m.Len() == n:
-		return m.download(m.m), m.download(m.v)
+		return m.tensorOf(shape, m.m), m.tensorOf(shape, m.v)
 	}
-	return make([]float32, n), make([]float32, n)
+	zero := make([]float32, n)
+	return safetensors.F32View(shape, zero), safetensors.F32View(shape, zero)
 }
 
 // setMoments installs AdamW moments read from a checkpoint.

@@ -43,9 +43,11 @@ type Event struct {
 	Elapsed              time.Duration // wall time since Run started
 
 	// Summary only.
-	InitialValLoss float64 // validation loss before this run's first step
-	Tokens         int64   // training tokens processed in this run
-	Out            string  // the file or folder written
+	InitialValLoss float64       // validation loss before this run's first step
+	Tokens         int64         // training tokens processed in this run
+	Out            string        // the file or folder written
+	FinalSave      time.Duration // how long the run waited for its end's files after the last step and evaluation
+	FinalWrite     time.Duration // how long writing them took (beside the final evaluation)
 }
 
 // Reporter receives a run's events. Run calls it from one goroutine.
@@ -74,6 +76,8 @@ type jsonEvent struct {
 	InitialValLoss *float64  `json:"initial_val_loss,omitempty"`
 	Tokens         *int64    `json:"tokens,omitempty"`
 	Out            string    `json:"out,omitempty"`
+	FinalSaveS     *float64  `json:"final_save_s,omitempty"`
+	FinalWriteS    *float64  `json:"final_write_s,omitempty"`
 }
 
 // finite makes a value JSON can carry: NaN and ±Inf become nil (left out).
@@ -126,6 +130,8 @@ func (r *JSONReporter) Report(e Event) {
 		j.Loss, j.TokensPerS, j.InitialValLoss = finite(e.Loss), positive(e.TokensPerS), finite(e.InitialValLoss)
 		j.TokensInclWU = positive(e.TokensPerSInclWarmup)
 		j.Tokens, j.Out = &e.Tokens, e.Out
+		j.FinalSaveS = positive(math.Round(e.FinalSave.Seconds()*1000) / 1000)
+		j.FinalWriteS = positive(math.Round(e.FinalWrite.Seconds()*1000) / 1000)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -151,7 +157,7 @@ func (r LogReporter) Report(e Event) {
 			"lr", e.LR, "grad_norm", round4(e.GradNorm), "tokens_per_s", math.Round(steadyOr(e)), "elapsed", e.Elapsed.Round(time.Millisecond))
 	case e.Kind == EventSummary:
 		l.Info("done", "steps", e.Step, "initial_val_loss", round4(e.InitialValLoss), "val_loss", round4(e.ValLoss),
-			"tokens", e.Tokens, "tokens_per_s", math.Round(steadyOr(e)), "tokens_per_s_incl_warmup", math.Round(e.TokensPerSInclWarmup), "elapsed", e.Elapsed.Round(time.Millisecond), "out", e.Out)
+			"tokens", e.Tokens, "tokens_per_s", math.Round(steadyOr(e)), "tokens_per_s_incl_warmup", math.Round(e.TokensPerSInclWarmup), "elapsed", e.Elapsed.Round(time.Millisecond), "final_save", e.FinalSave.Round(time.Millisecond), "final_write", e.FinalWrite.Round(time.Millisecond), "out", e.Out)
 	}
 }
 

@@ -1,6 +1,7 @@
 package train
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -119,32 +120,125 @@ func shardNames(dir string) ([]string, error) {
 // SaveBase writes the base weights (fp32; or, when quantized, the norms in
 // fp32, the embedding and lm_head in BF16 and the linears in the packed
 // 4-bit layout) with the model config in the safetensors metadata under
-// "opencluster.config" and "format": "pt", atomically.
+// "opencluster.config" and "format": "pt", atomically. On the CPU backend
+// the fp32 tensors stream from the live buffers, without copies.
 func (m *Model) SaveBase(path string) error {
-	indented, err := m.Config.HFConfigJSON(m.Info, "float32", nil)
+	stage, err := m.prepareBase(path)
 	if err != nil {
 		return err
 	}
+	return commitStaged(stage)
+}
+
+// commitStaged writes staged files and puts them in place.
+func commitStaged(stage func() (staged, error)) error {
+	s, err := stage()
+	if err != nil {
+		return err
+	}
+	return s.commit()
+}
+
+// prepareBase gathers SaveBase's tensors (copying device buffers now,
+// viewing host ones) and returns the function that writes them beside path
+// without putting the file in place; it may run beside other work that
+// only reads the weights.
+func (m *Model) prepareBase(path string) (func() (staged, error), error) {
+	indented, err := m.Config.HFConfigJSON(m.Info, "float32", nil)
+	if err != nil {
+		return nil, err
+	}
 	var cfgJSON bytes.Buffer
 	if err := json.Compact(&cfgJSON, indented); err != nil {
-		return err
+		return nil, err
 	}
 	meta := map[string]string{"format": "pt", metaConfig: cfgJSON.String()}
 	var out []safetensors.Named
 	for _, sp := range m.specs {
-		out = append(out, safetensors.Named{Name: sp.name, Tensor: safetensors.F32Tensor(sp.shape, m.download(m.be.View(m.params, sp.off, sp.n)))})
+		out = append(out, safetensors.Named{Name: sp.name, Tensor: m.tensorOf(sp.shape, m.be.View(m.params, sp.off, sp.n))})
 	}
 	if m.quant != nil {
 		qj, _ := json.Marshal(m.quant)
 		meta[metaQuant] = string(qj)
 		if out, err = m.appendFrozen(out); err != nil {
-			return fmt.Errorf("train: SaveBase %s: %w", path, err)
+			return nil, fmt.Errorf("train: SaveBase %s: %w", path, err)
 		}
 	}
-	if err := safetensors.Write(path, out, meta); err != nil {
-		return fmt.Errorf("train: SaveBase: %w", err)
+	return func() (staged, error) {
+		p, err := stageSafetensors(path, out, meta)
+		if err != nil {
+			return nil, fmt.Errorf("train: SaveBase: %w", err)
+		}
+		return staged{p}, nil
+	}, nil
+}
+
+// stageSafetensors writes tensors and metadata to a temporary file beside
+// path, tensor by tensor (a tensor viewing live memory is written from it
+// directly), and syncs it; the caller commits or aborts it.
+func stageSafetensors(path string, tensors []safetensors.Named, meta map[string]string) (*atomicfile.Pending, error) {
+	p, err := atomicfile.Create(path, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	w := bufio.NewWriterSize(p, 1<<20)
+	err = safetensors.Encode(w, tensors, meta)
+	if err == nil {
+		err = w.Flush()
+	}
+	if err == nil {
+		err = p.Sync()
+	}
+	if err != nil {
+		p.Abort()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return p, nil
+}
+
+// stagedFile is a file (or folder) written in full beside its place: Commit
+// puts it there, Abort throws it away. *atomicfile.Pending is one.
+type stagedFile interface {
+	Commit() error
+	Abort()
+}
+
+// staged is files written in full beside their paths, not yet in place.
+type staged []stagedFile
+
+// commit puts every file in place, in order; after an error the rest are
+// thrown away.
+func (s staged) commit() error {
+	for i, p := range s {
+		if err := p.Commit(); err != nil {
+			s[i+1:].abort()
+			return err
+		}
 	}
 	return nil
+}
+
+func (s staged) abort() {
+	for _, p := range s {
+		p.Abort()
+	}
+}
+
+// hostResident reports whether the model's weights are in host memory (the
+// CPU backend), where writers read them in place.
+func (m *Model) hostResident() bool {
+	p, _ := m.trainable()
+	return p != nil && backend.HostSlice(p) != nil
+}
+
+// tensorOf is buffer b as an F32 tensor for a writer: b's own memory on the
+// CPU backend (no copy, so b must not change until the tensor is written),
+// a downloaded copy elsewhere.
+func (m *Model) tensorOf(shape []int, b backend.Buf) safetensors.Tensor {
+	if h := backend.HostSlice(b); h != nil {
+		return safetensors.F32View(shape, h)
+	}
+	return safetensors.F32View(shape, m.download(b))
 }
 
 func (m *Model) download(b backend.Buf) []float32 {
@@ -200,18 +294,24 @@ func BaseName(explicit string, m *Model, path string) string {
 // and DIR/adapter_config.json. baseName goes to base_model_name_or_path.
 // Both files are written atomically.
 func (m *Model) SaveAdapter(dir, baseName string) error {
+	stage, err := m.prepareAdapter(dir, baseName)
+	if err != nil {
+		return err
+	}
+	return commitStaged(stage)
+}
+
+// prepareAdapter is prepareBase for SaveAdapter's two files.
+func (m *Model) prepareAdapter(dir, baseName string) (func() (staged, error), error) {
 	if m.lora == nil {
-		return errors.New("train: SaveAdapter: LoRA is not enabled")
+		return nil, errors.New("train: SaveAdapter: LoRA is not enabled")
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("train: SaveAdapter: %w", err)
+		return nil, fmt.Errorf("train: SaveAdapter: %w", err)
 	}
 	var out []safetensors.Named
 	for _, sp := range m.lora.specs {
-		out = append(out, safetensors.Named{Name: sp.name, Tensor: safetensors.F32Tensor(sp.shape, m.download(m.be.View(m.lora.params, sp.off, sp.n)))})
-	}
-	if err := safetensors.Write(filepath.Join(dir, adapterWeights), out, map[string]string{"format": "pt"}); err != nil {
-		return fmt.Errorf("train: SaveAdapter: %w", err)
+		out = append(out, safetensors.Named{Name: sp.name, Tensor: m.tensorOf(sp.shape, m.be.View(m.lora.params, sp.off, sp.n))})
 	}
 	c := m.lora.cfg
 	pc := map[string]any{
@@ -222,12 +322,26 @@ func (m *Model) SaveAdapter(dir, baseName string) error {
 	}
 	b, err := json.MarshalIndent(pc, "", "  ")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := atomicfile.WriteFile(filepath.Join(dir, adapterConfig), append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("train: SaveAdapter: %w", err)
-	}
-	return nil
+	return func() (staged, error) {
+		weights, err := stageSafetensors(filepath.Join(dir, adapterWeights), out, map[string]string{"format": "pt"})
+		if err != nil {
+			return nil, fmt.Errorf("train: SaveAdapter: %w", err)
+		}
+		cfgFile, err := atomicfile.Create(filepath.Join(dir, adapterConfig), 0o644)
+		if err == nil {
+			_, err = cfgFile.Write(append(b, '\n'))
+		}
+		if err != nil {
+			weights.Abort()
+			if cfgFile != nil {
+				cfgFile.Abort()
+			}
+			return nil, fmt.Errorf("train: SaveAdapter: %w", err)
+		}
+		return staged{weights, cfgFile}, nil
+	}, nil
 }
 
 // LoadAdapter reads a PEFT adapter folder written by SaveAdapter (or PEFT)
@@ -350,26 +464,45 @@ func (m *Model) modeName() string {
 
 // SaveTrainState writes what resuming needs (trainable parameters, AdamW
 // moments) plus meta (the loop's step, data cursor, ...) to path, atomically.
+// On the CPU backend it streams the live buffers into the file, tensor by
+// tensor, without copying them.
 func (m *Model) SaveTrainState(path string, meta map[string]string) error {
+	stage, err := m.PrepareTrainState(path, meta)
+	if err != nil {
+		return err
+	}
+	return commitStaged(stage)
+}
+
+// PrepareTrainState gathers what SaveTrainState writes and returns the
+// function that writes it beside path (committing is the caller's). On the
+// CPU backend the tensors are views of the live parameters and moments, so
+// stage may run in the background while the next step's forward and
+// backward do (they read the parameters and write only gradients and
+// activations), as long as nothing changes the parameters or moments until
+// it returns: OptimizerStep, LoadTrainState and SetTrainableParams must
+// wait for it. Device buffers are copied to the host here, before it
+// returns.
+func (m *Model) PrepareTrainState(path string, meta map[string]string) (stage func() (staged, error), err error) {
 	p, _ := m.trainable()
 	if p == nil {
-		return errors.New("train: SaveTrainState: the model has no trainable parameters")
+		return nil, errors.New("train: SaveTrainState: the model has no trainable parameters")
 	}
 	n := p.Len()
-	mm, vv := m.moments(n)
 	md := map[string]string{"format": "pt", metaMode: m.modeName()}
 	for k, v := range meta {
 		md[metaUser+k] = v
 	}
-	out := []safetensors.Named{
-		{Name: tsParams, Tensor: safetensors.F32Tensor([]int{n}, m.download(p))},
-		{Name: tsM, Tensor: safetensors.F32Tensor([]int{n}, mm)},
-		{Name: tsV, Tensor: safetensors.F32Tensor([]int{n}, vv)},
-	}
-	if err := safetensors.Write(path, out, md); err != nil {
-		return fmt.Errorf("train: SaveTrainState: %w", err)
-	}
-	return nil
+	out := []safetensors.Named{{Name: tsParams, Tensor: m.tensorOf([]int{n}, p)}}
+	mm, vv := m.momentTensors(n)
+	out = append(out, safetensors.Named{Name: tsM, Tensor: mm}, safetensors.Named{Name: tsV, Tensor: vv})
+	return func() (staged, error) {
+		f, err := stageSafetensors(path, out, md)
+		if err != nil {
+			return nil, fmt.Errorf("train: SaveTrainState: %w", err)
+		}
+		return staged{f}, nil
+	}, nil
 }
 
 // LoadTrainState restores SaveTrainState's file and returns its meta. The

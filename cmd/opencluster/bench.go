@@ -60,6 +60,9 @@ func init() {
 	// The child process behind the train_step_peak_rss row (bench.RunStepChild).
 	f.String("step-child", "", "internal: run one QLoRA step of this preset and print its peak RSS")
 	f.String("step-base", "", "internal: the packed 4-bit base the step child loads")
+	// The child process behind the pretrain_save row (bench.RunSaveChild).
+	f.String("save-child", "", "internal: pretrain the save row's model in this directory and print the end-of-run save and peak RSS")
+	_ = f.MarkHidden("save-child")
 	// The child process that reports which core OpenBLAS picks (bench.ProbeOpenBLAS).
 	f.Bool("peer-probe", false, "internal: load OpenBLAS and print the core type it picked")
 	_ = f.MarkHidden("step-child")
@@ -86,6 +89,13 @@ func runBench(cmd *cobra.Command, _ []string) error {
 	coretype, _ := f.GetString("peer-coretype")
 	if probe, _ := f.GetBool("peer-probe"); probe {
 		return bench.ProbeOpenBLAS(cmd.OutOrStdout())
+	}
+	if dir, _ := f.GetString("save-child"); dir != "" {
+		cfg, err := loadPreset(savePreset)
+		if err != nil {
+			return err
+		}
+		return bench.RunSaveChild(cmd.Context(), bench.SaveRunConfig(cfg, threads), dir, cmd.OutOrStdout())
 	}
 	if child, _ := f.GetString("step-child"); child != "" {
 		base, _ := f.GetString("step-base")
@@ -129,7 +139,7 @@ func runBench(cmd *cobra.Command, _ []string) error {
 	}
 	if !noSteps {
 		presets := map[string]train.Config{}
-		for _, name := range []string{"tiny", "small"} {
+		for _, name := range []string{"tiny", "small", savePreset} {
 			cfg, err := loadPreset(name)
 			if err != nil {
 				return err
@@ -142,8 +152,12 @@ func runBench(cmd *cobra.Command, _ []string) error {
 			Threads:    threads,
 			PeakGFLOPS: bench.DescribeMachine().PeakGFLOPS(),
 			Child:      stepChild(threads),
+			SaveChild:  saveChild(threads),
 		})
 		opt.StepPresets = bench.DefaultStepNames
+		if !quick {
+			opt.StepPresets = append(append([]string(nil), opt.StepPresets...), savePreset+"/"+bench.ModeSave)
+		}
 	}
 	return emitRows(cmd, asJSON, out, "bench: measuring (about a minute; --quick for less)...", func(emit func(bench.Row)) error {
 		return bench.Run(cmd.Context(), opt, emit)
@@ -256,6 +270,22 @@ func stepChild(threads int) func(ctx context.Context, preset, base string) *exec
 		}
 		return exec.CommandContext(ctx, exe, "bench", "--device", "cpu", "--threads", strconv.Itoa(threads),
 			"--step-child", preset, "--step-base", base)
+	}
+}
+
+// savePreset is the model shape of the pretrain_save row (with the
+// byte-level vocabulary: 113M parameters).
+const savePreset = "gpt2-124m"
+
+// saveChild runs this same binary as the save child: a fresh process whose
+// peak RSS is one pretrain's.
+func saveChild(threads int) func(ctx context.Context, preset, dir string) *exec.Cmd {
+	return func(ctx context.Context, preset, dir string) *exec.Cmd {
+		exe, err := os.Executable()
+		if err != nil {
+			exe = os.Args[0]
+		}
+		return exec.CommandContext(ctx, exe, "bench", "--device", "cpu", "--threads", strconv.Itoa(threads), "--save-child", dir)
 	}
 }
 

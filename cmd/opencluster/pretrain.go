@@ -24,7 +24,8 @@ YAML file) and trains every weight on the text files under --data. The result
 is a Hugging Face model folder (config.json, model.safetensors and, with
 --tokenizer, the tokenizer's files) that train fine-tunes, generate samples
 from and transformers loads; the training state goes beside it
-(BASE_DIR.ckpt) for --resume.`,
+(BASE_DIR.ckpt) for --resume: every train.checkpoint_every steps, on Ctrl-C,
+and at the end with train.save_final_state: true.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runTraining(cmd, train.ModePretrain)

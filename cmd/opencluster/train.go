@@ -105,7 +105,8 @@ the base's linear weights are frozen in 4-bit NF4 (quantized on load unless the
 file already holds them packed), and only small LoRA adapters are trained. The
 adapters are written to --out in the PEFT layout (adapter_model.safetensors,
 adapter_config.json), with the training state (trainer_state.ckpt) beside them
-for --resume. Your text never leaves the machine.`,
+for --resume (every train.checkpoint_every steps, on Ctrl-C, and at the end
+with train.save_final_state: true). Your text never leaves the machine.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runTraining(cmd, train.ModeQLoRA)

@@ -1,6 +1,8 @@
 package safetensors
 
 import (
+	"bytes"
+	"encoding/binary"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -56,5 +58,22 @@ func checkNearest(t *testing.T, what string, x, got float32) {
 	}
 	if d > ulp/2*1.0000001+1e-45 && d > math.Pow(2, -25) {
 		t.Fatalf("%s(%v) = %v: off by %g, more than half a step %g", what, x, got, d, ulp/2)
+	}
+}
+
+func TestF32ViewWritesTheSameBytesWithoutACopy(t *testing.T) {
+	v := []float32{1, -2.5, float32(math.Inf(1)), 3e-39, 0}
+	view, cp := F32View([]int{5}, v), F32Tensor([]int{5}, v)
+	if !bytes.Equal(view.Data, cp.Data) || view.DType != "F32" {
+		t.Fatalf("view %v, copy %v", view.Data, cp.Data)
+	}
+	if littleEndian {
+		v[1] = 7 // the view aliases v
+		if got := math.Float32frombits(binary.LittleEndian.Uint32(view.Data[4:])); got != 7 {
+			t.Fatalf("view reads %v after v changed, want the live value 7", got)
+		}
+	}
+	if e := F32View([]int{0}, nil); len(e.Data) != 0 {
+		t.Fatal("empty view has data")
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"math/bits"
 	"os"
 	"sort"
+	"unsafe"
 )
 
 // MaxHeaderSize bounds the JSON header (the reference implementation uses
@@ -366,6 +367,25 @@ func F16ToF32(h uint16) float32 {
 	}
 	return math.Float32frombits(sign | e<<23 | (mant&0x3FF)<<13)
 }
+
+// F32View makes an F32 tensor of shape whose data is v's own memory, not a
+// copy, on little-endian machines (safetensors is little-endian; elsewhere
+// it copies, as F32Tensor). Writers use it to stream live buffers into a
+// file without a second copy of them; v must not change until the tensor
+// is written.
+func F32View(shape []int, v []float32) Tensor {
+	if !littleEndian || len(v) == 0 {
+		return F32Tensor(shape, v)
+	}
+	b := unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v))
+	return Tensor{DType: "F32", Shape: append([]int(nil), shape...), Data: b}
+}
+
+// littleEndian reports whether this machine stores numbers as safetensors does.
+var littleEndian = func() bool {
+	x := uint16(1)
+	return *(*byte)(unsafe.Pointer(&x)) == 1
+}()
 
 // F32Tensor makes an F32 tensor of shape from v (copied).
 func F32Tensor(shape []int, v []float32) Tensor {
