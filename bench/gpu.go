@@ -354,6 +354,22 @@ func QLoRAStep(ctx context.Context, be backend.Backend, p QLoRAPreset, steps int
 		return Row{}, fmt.Errorf("preset %s: steps %d: want at least 1", p.Name, steps)
 	}
 	mem, hasMem := be.(GPUBackend)
+	var plan *train.MemoryPlan
+	var free uint64
+	if hasMem {
+		free, _ = mem.MemInfo()
+	}
+	if free > 0 {
+		// Fit the step into the card's free memory (micro-batch, then
+		// checkpointing, then AdamW moments on the host) before building.
+		job := train.MemoryJob{Model: cfg.Model, Mode: train.ModeQLoRA, LoRA: cfg.LoRA, Quant: cfg.Quant,
+			MicroBatch: cfg.Train.BatchSize, SeqLen: cfg.Train.SeqLen, CUDA: true}
+		p2, err := train.PlanMemory(job, int64(free)-int64(free)/20, true)
+		if err != nil {
+			return Row{}, fmt.Errorf("preset %s: %w", p.Name, err)
+		}
+		plan = &p2
+	}
 	if hasMem {
 		mem.ResetPeak()
 	}
@@ -375,6 +391,11 @@ func QLoRAStep(ctx context.Context, be backend.Backend, p QLoRAPreset, steps int
 	}
 	if err := m.EnableLoRA(cfg.LoRA, cfg.Train.Seed); err != nil {
 		return Row{}, fmt.Errorf("preset %s: LoRA: %w", p.Name, err)
+	}
+	if plan != nil {
+		m.SetMicroBatch(plan.MicroBatch)
+		m.SetCheckpointing(plan.Checkpointing)
+		m.SetHostOptimizer(plan.HostOptimizer)
 	}
 	B, T := cfg.Train.BatchSize, cfg.Train.SeqLen
 	rng := rand.New(rand.NewPCG(cfg.Train.Seed, 7))
@@ -429,6 +450,10 @@ func QLoRAStep(ctx context.Context, be backend.Backend, p QLoRAPreset, steps int
 	// FLOPs: 6 per parameter per token is full training; QLoRA skips the
 	// frozen weights' gradient (dW), leaving forward 2 + dX 2 = 4.
 	r.GFLOPS = 4 * float64(cfg.Model.NumParams()) * tok / 1e9
+	if plan != nil {
+		r.Extra["micro_batch"], r.Extra["checkpointing"], r.Extra["host_optimizer"] = plan.MicroBatch, plan.Checkpointing, plan.HostOptimizer
+		r.Extra["estimate_device_gib"] = float64(plan.Estimate.Device) / (1 << 30)
+	}
 	if hasMem {
 		peak := mem.PeakBytes()
 		r.Extra["peak_bytes"] = peak
