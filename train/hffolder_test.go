@@ -201,25 +201,19 @@ func TestQuantizedAndMergedFoldersMatchReference(t *testing.T) {
 				t.Fatal(err)
 			}
 			windows := randomWindows(m.Config.VocabSize, 3, c.T, uint64(i+7))
-			check := func(what, dir, adapter string, m *Model) float64 {
-				t.Helper()
-				got, err := Evaluate(context.Background(), m, windows)
-				if err != nil {
-					t.Fatal(err)
-				}
-				ref := referenceLoss(t, dir, adapter, windows)
-				t.Logf("%s: loss %.6f, reference %.6f", what, got.Loss, ref.Loss)
-				if d := relDiff(got.Loss, ref.Loss); d > 1e-4 {
-					t.Errorf("%s: loss %.7f, reference %.7f: relative difference %.2e > 1e-4", what, got.Loss, ref.Loss, d)
-				}
-				return got.Loss
-			}
 			qm, err := LoadModel(bnb, backend.NewCPU(2))
 			if err != nil {
 				t.Fatal(err)
 			}
-			check("bitsandbytes folder", bnb, "", qm)
-
+			eval := func(m *Model) float64 {
+				t.Helper()
+				r, err := Evaluate(context.Background(), m, windows)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return r.Loss
+			}
+			bnbLoss := eval(qm)
 			// An adapter with non-zero B, as after training.
 			if err := qm.EnableLoRA(LoRAConfig{Rank: 4, Alpha: 8, Targets: LinearNames}, 3); err != nil {
 				t.Fatal(err)
@@ -229,34 +223,45 @@ func TestQuantizedAndMergedFoldersMatchReference(t *testing.T) {
 			if err := qm.SaveAdapter(adapter, bnb); err != nil {
 				t.Fatal(err)
 			}
-			withAdapter := check("bitsandbytes folder + adapter", bnb, adapter, qm)
-			merged := filepath.Join(tmp, "merged")
+			withAdapter := eval(qm)
+			merged, bf16 := filepath.Join(tmp, "merged"), filepath.Join(tmp, "merged-bf16")
 			if err := qm.SaveHF(merged, SaveOptions{Merge: true}); err != nil {
+				t.Fatal(err)
+			}
+			if err := qm.SaveHF(bf16, SaveOptions{Merge: true, DType: "BF16"}); err != nil {
 				t.Fatal(err)
 			}
 			if _, ok := readJSON(t, filepath.Join(merged, "config.json"))["quantization_config"]; ok {
 				t.Error("the merged folder still claims 4-bit")
 			}
-			mm, err := LoadModel(merged, backend.NewCPU(2))
-			if err != nil {
-				t.Fatal(err)
+			var mergedLoss, bf16Loss float64
+			for _, f := range []struct {
+				dir  string
+				loss *float64
+			}{{merged, &mergedLoss}, {bf16, &bf16Loss}} {
+				mm, err := LoadModel(f.dir, backend.NewCPU(2))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if mm.Quantized() {
+					t.Errorf("%s loads as quantized", f.dir)
+				}
+				*f.loss = eval(mm)
 			}
-			if mm.Quantized() {
-				t.Error("the merged folder loads as quantized")
+			refs := referenceLosses(t, []refModel{{bnb, ""}, {bnb, adapter}, {merged, ""}, {bf16, ""}}, windows)
+			for k, got := range []struct {
+				what string
+				loss float64
+			}{{"bitsandbytes folder", bnbLoss}, {"bitsandbytes folder + adapter", withAdapter},
+				{"merged export (f32)", mergedLoss}, {"merged export (bf16)", bf16Loss}} {
+				t.Logf("%s: loss %.6f, reference %.6f", got.what, got.loss, refs[k].Loss)
+				if d := relDiff(got.loss, refs[k].Loss); d > 1e-4 {
+					t.Errorf("%s: loss %.7f, reference %.7f: relative difference %.2e > 1e-4", got.what, got.loss, refs[k].Loss, d)
+				}
 			}
-			mergedLoss := check("merged export (f32)", merged, "", mm)
 			if d := relDiff(mergedLoss, withAdapter); d > 1e-4 {
 				t.Errorf("merged loss %.7f, base + adapter %.7f: relative difference %.2e", mergedLoss, withAdapter, d)
 			}
-			bf16 := filepath.Join(tmp, "merged-bf16")
-			if err := qm.SaveHF(bf16, SaveOptions{Merge: true, DType: "BF16"}); err != nil {
-				t.Fatal(err)
-			}
-			mb, err := LoadModel(bf16, backend.NewCPU(2))
-			if err != nil {
-				t.Fatal(err)
-			}
-			check("merged export (bf16)", bf16, "", mb)
 		})
 	}
 }

@@ -1,6 +1,7 @@
 package train
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -32,14 +33,33 @@ type refResult struct {
 	Variants map[string]float64 `json:"variants"`
 }
 
+// refModel is one model for the reference: a folder and, optionally, a
+// PEFT adapter folder.
+type refModel struct{ dir, adapter string }
+
 // referenceLoss runs the reference on folder dir (and adapter when not "")
 // over windows.
 func referenceLoss(t *testing.T, dir, adapter string, windows []data.Batch, extra ...string) refResult {
 	t.Helper()
+	return referenceLosses(t, []refModel{{dir, adapter}}, windows, extra...)[0]
+}
+
+// referenceLosses scores several models in one run of the reference (one
+// Python start: torch takes seconds to import).
+func referenceLosses(t *testing.T, models []refModel, windows []data.Batch, extra ...string) []refResult {
+	t.Helper()
 	python := requireTorch(t)
+	type model struct {
+		Dir     string `json:"dir"`
+		Adapter string `json:"adapter"`
+	}
 	var w struct {
+		Models  []model   `json:"models"`
 		Tokens  [][]int32 `json:"tokens"`
 		Targets [][]int32 `json:"targets"`
+	}
+	for _, m := range models {
+		w.Models = append(w.Models, model{m.dir, m.adapter})
 	}
 	for _, b := range windows {
 		for r := 0; r < b.B; r++ {
@@ -47,7 +67,7 @@ func referenceLoss(t *testing.T, dir, adapter string, windows []data.Batch, extr
 			w.Targets = append(w.Targets, b.Targets[r*b.T:(r+1)*b.T])
 		}
 	}
-	wpath := filepath.Join(t.TempDir(), "windows.json")
+	wpath := filepath.Join(t.TempDir(), "job.json")
 	js, _ := json.Marshal(w)
 	if err := os.WriteFile(wpath, js, 0o644); err != nil {
 		t.Fatal(err)
@@ -56,10 +76,7 @@ func referenceLoss(t *testing.T, dir, adapter string, windows []data.Batch, extr
 	if err != nil {
 		t.Fatal(err)
 	}
-	args := append([]string{script, dir, wpath}, extra...)
-	if adapter != "" {
-		args = append(args, "--adapter", adapter)
-	}
+	args := append([]string{script, wpath}, extra...)
 	cmd := exec.Command(python, args...)
 	cmd.Env = append(os.Environ(), "OMP_NUM_THREADS=1")
 	out, err := cmd.Output()
@@ -70,9 +87,14 @@ func referenceLoss(t *testing.T, dir, adapter string, windows []data.Batch, extr
 		}
 		t.Fatalf("reference %v: %v\n%s", args, err, msg)
 	}
-	var res refResult
-	if err := json.Unmarshal(out, &res); err != nil {
-		t.Fatalf("reference output %q: %v", out, err)
+	var res []refResult
+	dec := json.NewDecoder(bytes.NewReader(out))
+	for range models {
+		var r refResult
+		if err := dec.Decode(&r); err != nil {
+			t.Fatalf("reference output %q: %v", out, err)
+		}
+		res = append(res, r)
 	}
 	return res
 }

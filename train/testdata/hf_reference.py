@@ -10,14 +10,17 @@ transformers, no safetensors package, no bitsandbytes, nothing from the Go
 code under test), and prints the mean cross-entropy over scored targets.
 
 Usage:
-  hf_reference.py MODEL_DIR WINDOWS_JSON [--adapter DIR] [--also-drop KEY]... [--also-zero-biases]
+  hf_reference.py JOB_JSON [--also-drop KEY]... [--also-zero-biases]
 
-WINDOWS_JSON is {"tokens": [[id...]...], "targets": [[id...]...]}; a target
-below 0 is not scored. Output: {"loss": mean nats per scored token,
-"count": scored tokens, "variants": {...}}. Each --also-drop KEY adds the
-loss with that config.json key deleted ("drop:KEY") and --also-zero-biases
-the loss with every bias zeroed ("zero-biases"): the tests use them to show
-that the comparison would notice a field being ignored.
+JOB_JSON is {"models": [{"dir": MODEL_DIR, "adapter": ADAPTER_DIR or ""}...],
+"tokens": [[id...]...], "targets": [[id...]...]}; a target below 0 is not
+scored. Each model is scored in turn, in one process (torch takes seconds
+to import): one JSON line each, {"loss": mean nats per scored
+token, "count": scored tokens, "variants": {...}}. Each --also-drop KEY adds
+the loss with that config.json key deleted ("drop:KEY") and
+--also-zero-biases the loss with every bias zeroed ("zero-biases"): the
+tests use them to show that the comparison would notice a field being
+ignored.
 """
 import argparse
 import json
@@ -233,13 +236,11 @@ class Model:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("model")
-    ap.add_argument("windows")
-    ap.add_argument("--adapter")
+    ap.add_argument("job")
     ap.add_argument("--also-drop", action="append", default=[])
     ap.add_argument("--also-zero-biases", action="store_true")
     args = ap.parse_args()
-    with open(args.windows) as f:
+    with open(args.job) as f:
         win = json.load(f)
 
     def loss(m):
@@ -253,14 +254,16 @@ def main():
                         count += 1
         return total / count, count
 
-    mean, count = loss(Model(args.model, args.adapter))
-    variants = {}
-    for key in args.also_drop:
-        variants["drop:" + key] = loss(Model(args.model, args.adapter, drop=[key]))[0]
-    if args.also_zero_biases:
-        variants["zero-biases"] = loss(Model(args.model, args.adapter, zero_biases=True))[0]
-    json.dump({"loss": mean, "count": count, "variants": variants}, sys.stdout)
-    print()
+    for job in win["models"]:
+        model, adapter = job["dir"], job.get("adapter")
+        mean, count = loss(Model(model, adapter or None))
+        variants = {}
+        for key in args.also_drop:
+            variants["drop:" + key] = loss(Model(model, adapter or None, drop=[key]))[0]
+        if args.also_zero_biases:
+            variants["zero-biases"] = loss(Model(model, adapter or None, zero_biases=True))[0]
+        json.dump({"loss": mean, "count": count, "variants": variants}, sys.stdout)
+        print()
 
 
 if __name__ == "__main__":
