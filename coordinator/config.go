@@ -254,28 +254,11 @@ func (c *Config) Validate() error {
 	if c.Late != LateReject && c.Late != LateDownweight {
 		return bad("late", fmt.Sprintf("%q", c.Late), `"reject" or "downweight"`)
 	}
-	if math.IsNaN(c.LateWeight) || c.LateWeight <= 0 || c.LateWeight > 1 {
-		return bad("late_weight", c.LateWeight, "in (0, 1]")
-	}
 	if c.LateGrace < 0 {
 		return bad("late_grace", c.LateGrace, ">= 0")
 	}
-	if math.IsNaN(c.NormBound) || math.IsInf(c.NormBound, 0) || c.NormBound < 0 {
-		return bad("norm_bound", c.NormBound, "a finite bound > 0, or 0 for norm_bound_factor x the round's median norm")
-	}
-	if c.NormBound == 0 && (math.IsNaN(c.NormBoundFactor) || c.NormBoundFactor < 1 || c.NormBoundFactor > 1000) {
-		return bad("norm_bound_factor", c.NormBoundFactor, "in [1, 1000] (with norm_bound 0 the bound is this times the round's median update norm)")
-	}
-	switch c.Aggregator {
-	case AggFedAvg, AggTrimmedMean, AggMedian:
-	default:
-		return bad("aggregator", fmt.Sprintf("%q", c.Aggregator), fmt.Sprintf("%q, %q or %q", AggFedAvg, AggTrimmedMean, AggMedian))
-	}
-	if math.IsNaN(c.TrimFraction) || c.TrimFraction < 0 || c.TrimFraction >= 0.5 {
-		return bad("trim_fraction", c.TrimFraction, "in [0, 0.5)")
-	}
-	if c.NormPolicy != NormClip && c.NormPolicy != NormReject {
-		return bad("norm_policy", fmt.Sprintf("%q", c.NormPolicy), `"clip" or "reject"`)
+	if err := c.checkAggregation(); err != nil {
+		return fmt.Errorf("coordinator config: %w", err)
 	}
 	if err := c.Optimizer.Validate(); err != nil {
 		return fmt.Errorf("coordinator config: optimizer: %w", err)

@@ -1337,12 +1337,12 @@ func (c *Config) applyRound(theta []float32, cs []Contribution, st *OptState) (a
 // "failed: why" for a round that closed with its adapter unchanged).
 func (c *Config) aggregation(optBefore, optAfter string, out aggOutcome, result string) ledger.Aggregation {
 	o := c.Optimizer
-	return ledger.Aggregation{Method: c.Aggregator + "+" + o.Kind,
+	return c.putPolicy(ledger.Aggregation{Method: c.Aggregator + "+" + o.Kind,
 		Params: map[string]float64{"lr": o.LR, "momentum": o.Momentum, "beta1": o.Beta1, "beta2": o.Beta2, "eps": o.Eps,
 			"norm_bound": c.NormBound, "norm_bound_factor": c.NormBoundFactor, "norm_bound_applied": out.Bound, "trim_fraction": c.TrimFraction,
 			"late_weight": c.LateWeight, "max_tokens": float64(c.Recipe.MaxTokens)},
 		Options: map[string]string{"weighting": "tokens", "norm_policy": c.NormPolicy, "codec": c.Recipe.Codec, "aggregator": c.Aggregator,
-			"opt_state_before": optBefore, "opt_state_after": optAfter, "result": result}}
+			"opt_state_before": optBefore, "opt_state_after": optAfter, "result": result}})
 }
 
 // Status is what GET /v1/status reports.
@@ -1392,13 +1392,19 @@ func (c *Coordinator) Adapter() ([]float32, string) {
 // coordinator directory and config: it re-aggregates a record's accepted
 // updates (from DIR/updates) onto its AdapterBefore (from DIR/blobs) with
 // the optimizer state named in the record, and returns the new adapter's
-// hash. Missing files give an error wrapping ledger.ErrNotStored.
+// hash. Each round is recomputed under the policy its record states
+// (policyFor); cfg is the policy of records from before records stated
+// theirs. Missing files give an error wrapping ledger.ErrNotStored.
 func Recompute(dir string, cfg Config) func(ledger.Record) (string, error) {
 	return func(rec ledger.Record) (string, error) {
 		if err := cfg.Validate(); err != nil {
 			return "", err
 		}
-		n := cfg.N()
+		pol, err := cfg.policyFor(rec)
+		if err != nil {
+			return "", err
+		}
+		pc, n := pol.cfg, pol.n
 		load := func(sub, hash string) ([]byte, error) {
 			b, err := readContent(filepath.Join(dir, sub), hash)
 			if notExist(err) {
@@ -1425,7 +1431,7 @@ func Recompute(dir string, cfg Config) func(ledger.Record) (string, error) {
 			}
 		}
 		if rec.Aggregation.Options["secure_aggregation"] != "" {
-			return cfg.recomputeSecure(rec, theta, &st, func(h string) ([]byte, error) { return load(blobsDir, h) })
+			return pc.recomputeSecure(rec, pol, theta, &st, func(h string) ([]byte, error) { return load(blobsDir, h) })
 		}
 		// The candidates are the updates the coordinator aggregated and
 		// those its rule dropped; the rule must drop exactly the same.
@@ -1444,10 +1450,10 @@ func Recompute(dir string, cfg Config) func(ledger.Record) (string, error) {
 			if err != nil {
 				return "", fmt.Errorf("update %s: %w", e.UpdateHash, err)
 			}
-			cs = append(cs, Contribution{Delta: u.Delta, Weight: cfg.weight(u.Tokens, strings.HasPrefix(e.Reason, LatePrefix))})
+			cs = append(cs, Contribution{Delta: u.Delta, Weight: pc.weight(u.Tokens, strings.HasPrefix(e.Reason, LatePrefix))})
 			entry = append(entry, e)
 		}
-		out, err := cfg.applyRound(theta, cs, &st)
+		out, err := pc.applyRound(theta, cs, &st)
 		for i, e := range entry {
 			if _, dropped := out.Dropped[i]; dropped == e.Accepted {
 				return "", fmt.Errorf("update %s (worker %q): the record has accepted=%v, recomputing the norm bound %.6g gives the opposite", e.UpdateHash, e.WorkerID, e.Accepted, out.Bound)

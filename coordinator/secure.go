@@ -284,7 +284,7 @@ func (c *Coordinator) aggregateSecure(ctx context.Context, note string) error {
 	if err != nil {
 		return fmt.Errorf("coordinator: round %d: secure aggregation transcript: %w", r.ID, err)
 	}
-	res, err := c.cfg.unmaskTranscript(tb)
+	res, err := unmaskTranscript(tb, c.n, c.cfg.secureLength())
 	if err != nil {
 		return fmt.Errorf("coordinator: round %d: %w", r.ID, err)
 	}
@@ -348,14 +348,15 @@ type unmasked struct {
 }
 
 // unmaskTranscript replays a stored transcript (secagg.Recompute) and
-// turns the sum into the mean update on the round's positions.
-func (c *Config) unmaskTranscript(b []byte) (*unmasked, error) {
+// turns the sum into the mean update on the round's positions: length of
+// an adapter of n elements.
+func unmaskTranscript(b []byte, n, length int) (*unmasked, error) {
 	var tr secagg.Transcript
 	if err := tr.UnmarshalBinary(b); err != nil {
 		return nil, err
 	}
-	if tr.Params.Length != c.secureLength() {
-		return nil, fmt.Errorf("secure aggregation transcript masks %d positions, the config's secure_agg.fraction gives %d", tr.Params.Length, c.secureLength())
+	if tr.Params.Length != length {
+		return nil, fmt.Errorf("secure aggregation transcript masks %d positions, the round's policy (secure_agg.fraction) gives %d", tr.Params.Length, length)
 	}
 	srv, err := secagg.NewServer(tr.Params)
 	if err != nil {
@@ -375,12 +376,12 @@ func (c *Config) unmaskTranscript(b []byte) (*unmasked, error) {
 	if err != nil {
 		return nil, err
 	}
-	u := &unmasked{tr: &tr, sum: sum, count: count, mean: make([]float32, c.N())}
+	u := &unmasked{tr: &tr, sum: sum, count: count, mean: make([]float32, n)}
 	for st := range u.stages {
 		u.stages[st] = srv.Transcript(st + 1)
 	}
 	vals := tr.Params.Decode(sum)
-	for i, pos := range secagg.Positions(tr.Params.Seed, c.N(), tr.Params.Length) {
+	for i, pos := range secagg.Positions(tr.Params.Seed, n, tr.Params.Length) {
 		u.mean[pos] = vals[i] / float32(count)
 	}
 	return u, nil
@@ -399,14 +400,14 @@ func sumHash(sum []uint32) string {
 func (c *Config) secureAggregation(optBefore, optAfter, transcript string, u *unmasked, result string) ledger.Aggregation {
 	o, p := c.Optimizer, u.tr.Params
 	ph := p.Hash()
-	a := ledger.Aggregation{Method: "secagg+" + o.Kind,
+	a := c.putPolicy(ledger.Aggregation{Method: "secagg+" + o.Kind,
 		Params: map[string]float64{"lr": o.LR, "momentum": o.Momentum, "beta1": o.Beta1, "beta2": o.Beta2, "eps": o.Eps,
 			"clip": p.Clip, "quant_bits": float64(p.QuantBits), "ring_bits": float64(p.Bits), "positions": float64(p.Length),
 			"degree": float64(p.Degree), "threshold": float64(p.Threshold), "min_survivors": float64(p.MinSurvivors),
 			"survivors": float64(u.count), "attempt": float64(p.Attempt), "noise_mu": p.NoiseMu},
 		Options: map[string]string{"secure_aggregation": "secagg+ v1", "weighting": "uniform", "codec": "randk:" + strconv.FormatFloat(c.SecureAgg.Fraction, 'g', -1, 64) + "+ring",
 			"secagg_transcript": transcript, "secagg_params": hex.EncodeToString(ph[:]), "secagg_sum": sumHash(u.sum),
-			"opt_state_before": optBefore, "opt_state_after": optAfter, "result": result}}
+			"opt_state_before": optBefore, "opt_state_after": optAfter, "result": result}})
 	for st, h := range u.stages {
 		a.Options["secagg_stage"+strconv.Itoa(st+1)] = hex.EncodeToString(h[:])
 	}
@@ -623,13 +624,13 @@ func (c *Coordinator) secureInfo(workerID string) (*protocol.SecAggRound, bool) 
 // recomputeSecure is Recompute for a secure round's record: it replays the
 // stored transcript, checks the stage hashes and the sum on the record, and
 // applies the server optimizer.
-func (c Config) recomputeSecure(rec ledger.Record, theta []float32, st *OptState, load func(string) ([]byte, error)) (string, error) {
+func (c Config) recomputeSecure(rec ledger.Record, pol roundPolicy, theta []float32, st *OptState, load func(string) ([]byte, error)) (string, error) {
 	o := rec.Aggregation.Options
 	tb, err := load(o["secagg_transcript"])
 	if err != nil {
 		return "", err
 	}
-	u, err := c.unmaskTranscript(tb)
+	u, err := unmaskTranscript(tb, pol.n, pol.positions)
 	if err != nil {
 		return "", fmt.Errorf("secure aggregation transcript %s: %w", o["secagg_transcript"], err)
 	}

@@ -372,15 +372,42 @@ func TestFaultWorkerKilledMidUpload(t *testing.T) {
 	}
 	os.WriteFile(pubPath, pubPEM, 0o644)
 
-	// The recomputation really compares: under another server learning
-	// rate the stored updates no longer give the recorded adapters.
+	// Every record states the policy it was aggregated under, so a
+	// verifier holding another config (another server learning rate)
+	// still recomputes every round...
 	cfgPath := filepath.Join(c.coord, "coordinator.yaml")
 	b, _ := os.ReadFile(cfgPath)
 	other := filepath.Join(c.dir, "other-lr.yaml")
 	os.WriteFile(other, bytes.Replace(b, []byte(`"max_rounds"`), []byte(`"optimizer": {"kind": "fedavg", "lr": 0.5}, "max_rounds"`), 1), 0o644)
 	out, err = exec.CommandContext(c.ctx, bin, "ledger", "verify", "--coordinator-dir", c.coord, "--config", other).CombinedOutput()
-	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "FAILED") {
-		t.Errorf("ledger verify with the wrong server lr: %v\n%s", err, out)
+	if err != nil || !strings.Contains(string(out), fmt.Sprintf("%d of %d aggregates recomputed", nRounds, nRounds)) {
+		t.Errorf("ledger verify with another server lr in the verifier's config: %v\n%s", err, out)
+	}
+	// ...and the recomputation really compares: round 1's record with its
+	// stated server lr changed and re-signed with the coordinator's key no
+	// longer gives the recorded adapter.
+	key, _, err := protocol.LoadOrCreateKey(filepath.Join(keyDir, "coordinator.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs[0].Aggregation.Params["lr"] = 0.5
+	var lines bytes.Buffer
+	for i := range recs {
+		var prev *ledger.Record
+		if i > 0 {
+			prev = &recs[i-1]
+		}
+		if err := ledger.Seal(&recs[i], prev, key); err != nil {
+			t.Fatal(err)
+		}
+		line, _ := recs[i].MarshalLine()
+		lines.Write(append(line, '\n'))
+	}
+	resigned := filepath.Join(c.dir, "resigned-ledger.jsonl")
+	os.WriteFile(resigned, lines.Bytes(), 0o644)
+	out, err = exec.CommandContext(c.ctx, bin, "ledger", "verify", "--coordinator-dir", c.coord, resigned).CombinedOutput()
+	if !errors.As(err, &ee) || ee.ExitCode() != 1 || !strings.Contains(string(out), "adapter_after mismatch") {
+		t.Errorf("ledger verify of a record re-signed with another server lr: %v\n%s", err, out)
 	}
 }
 

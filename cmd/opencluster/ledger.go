@@ -67,9 +67,11 @@ DIR/ledger.jsonl, every record must be signed by the directory's key
 DIR/updates are checked as with
 --updates, and every round's aggregate is recomputed from them: the adapter
 before (DIR/blobs) plus the FedAvg of the stored updates, through the server
-optimizer, must hash to the record's adapter_after. The round policy comes
-from --config (default DIR/coordinator.effective.yaml, the config the
-coordinator ran with, else DIR/coordinator.yaml).
+optimizer, must hash to the record's adapter_after. Each round is
+recomputed under the policy its record states; records from before records
+stated their policy are recomputed under --config (default
+DIR/coordinator.effective.yaml, the config the coordinator ran with, else
+DIR/coordinator.yaml).
 
 Exit status: 0 when the ledger verifies, 1 when it does not (the first bad
 record is named), 2 when it could not be read.`,
