@@ -66,6 +66,8 @@ type StepConfig struct {
 	// pretrain_save row in a fresh process, working in dir. Nil: that row
 	// is an error row saying so.
 	SaveChild func(ctx context.Context, preset, dir string) *exec.Cmd
+	// Torch is the PyTorch CPU peer of the QLoRA rows (nil: none).
+	Torch *TorchPeer
 }
 
 // NewStepBench returns the hook for Options.Step. Names are "preset/mode"
@@ -321,11 +323,44 @@ func TrainStep(ctx context.Context, preset, mode string, cfg train.Config, sc St
 		"loss":                     st.lastLoss,
 	}
 	if mode != ModePretrain {
+		attachTorchPeer(ctx, &row, preset, cfg, sc.Torch, fl.PerToken, dtype == backend.ComputeBF16)
 		row.Extra["frozen_products"] = dtype
 		row.Extra["quant"] = fmt.Sprintf("%s block %d double_quant %v", cfg.Quant.Format, cfg.Quant.BlockSize, cfg.Quant.DoubleQuant)
 		row.Extra["lora"] = fmt.Sprintf("rank %d on %s", cfg.LoRA.Rank, strings.Join(cfg.LoRA.Targets, ","))
 	}
 	return row, nil
+}
+
+// attachTorchPeer adds the PyTorch fp32 LoRA step of the same shape to a
+// QLoRA row: its tokens/s, GFLOPS under the same FLOP count, and ours/peer.
+func attachTorchPeer(ctx context.Context, row *Row, preset string, cfg train.Config, tp *TorchPeer, flopsPerToken float64, bf16 bool) {
+	if tp == nil {
+		row.Extra["peer_missing"] = "no PyTorch peer (--no-torch)"
+		return
+	}
+	tok, extra, err := tp.LoRAStep(ctx, preset, cfg)
+	if err != nil {
+		row.Extra["peer_missing"] = err.Error()
+		return
+	}
+	core, _ := extra["openblas_coretype"].(string)
+	row.Peer = fmt.Sprintf("%v, %v threads", extra["peer"], extra["threads"])
+	row.PeerKernel = "fp32 OpenBLAS " + core
+	if core == "" {
+		row.PeerKernel = "fp32 OpenBLAS (its own choice of core)"
+	}
+	row.PeerGFLOPS = flopsPerToken * tok / 1e9
+	ours, _ := row.Extra["tokens_per_s"].(float64)
+	row.Ratio = ours / tok
+	row.Extra["peer_tokens_per_s"] = tok
+	if rss, ok := extra["peak_rss_bytes"].(float64); ok {
+		row.Extra["peer_peak_rss_mib"] = rss / (1 << 20)
+	}
+	peakRatio := 1.0
+	if bf16 {
+		peakRatio = 2
+	}
+	checkPlausible(row, peakRatio)
 }
 
 func threadsOf(t int) int {

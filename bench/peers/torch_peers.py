@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PyTorch peers for the GPU bench, measured in the same run as ours.
+"""PyTorch peers for the bench, measured in the same run as ours.
 
 Prints one JSON object per line in the row format of `opencluster bench
 --json` (name, size, gflops, gbps, extra). Needs only torch (no
@@ -7,7 +7,7 @@ bitsandbytes): NF4 dequantization is written here in plain torch with the
 same code table, block size and nibble order as quant/ (bitsandbytes' NF4,
 block 64, fp32 absmax, first element in the high nibble).
 
-Rows:
+GPU rows (--device cuda, the default; bench/gpu-check.sh):
   torch_gemm_<dtype>        torch.matmul (cuBLAS) in fp32 (tf32 off), tf32, bf16, fp16
   torch_copy                dst.copy_(src) of 1 GiB; gbps counts bytes read + written
   torch_nf4_dequantize      NF4 -> bf16 in plain torch; gbps counts packed + absmax read + bf16 written
@@ -16,7 +16,16 @@ Rows:
                             adapters; extra.tokens_per_s and extra.peak_bytes
                             (torch.cuda.max_memory_allocated)
 
-Usage: torch_peers.py [--quick] [--configs DIR] [--presets gpt2-124m,llama-1b] [--only gemm,copy,nf4,lora]
+CPU rows (--device cpu; `opencluster bench` runs it for its QLoRA rows, with
+OPENBLAS_CORETYPE set to the same OpenBLAS kernels as its sgemm peer):
+  torch_cpu_lora_step       the same Llama block stack in fp32 (the frozen base fp32
+                            too: torch has no NF4 on the CPU), LoRA on the given
+                            linears, AdamW on the adapters, --threads threads;
+                            extra.tokens_per_s (median step after a warm-up step)
+  torch_cpu_gemm            torch.matmul fp32 at 1024 and 2048 (--only gemm)
+
+Usage: torch_peers.py [--device cuda|cpu] [--quick] [--configs DIR] [--presets gpt2-124m,llama-1b]
+                      [--shape JSON] [--threads N] [--only gemm,copy,nf4,lora]
 """
 import argparse
 import json
@@ -26,6 +35,11 @@ import sys
 import time
 
 import torch
+
+# Where the peers run, and the dtype of the LoRA step's frozen base and
+# activations: cuda in bf16 (the GPU bench), or cpu in fp32.
+DEVICE = "cuda"
+DTYPE = torch.bfloat16
 
 # Keep in step with bench.GPUGEMMShapes.
 SHAPES = [("square", 4096, 4096, 4096), ("llama-1b mlp up", 512, 8192, 2048),
@@ -50,7 +64,17 @@ def row(name, size="", **kw):
 
 
 def timed(fn, iters):
-    """Median-free simple timing with CUDA events after one warm-up: seconds per call."""
+    """Seconds per call after one warm-up: CUDA events over iters calls on
+    the GPU; on the CPU each call timed alone and the median taken."""
+    if DEVICE == "cpu":
+        fn()
+        times = []
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        times.sort()
+        return times[len(times) // 2]
     fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -154,16 +178,36 @@ def read_preset(path):
 
 
 class LoRALinear(torch.nn.Module):
+    """A frozen linear (DTYPE) with a trainable fp32 LoRA pair, or a plain
+    frozen linear when r is 0 (a module LoRA does not target)."""
+
     def __init__(self, fin, fout, r, alpha):
         super().__init__()
-        self.weight = torch.nn.Parameter(torch.randn(fout, fin, dtype=torch.bfloat16, device="cuda") * 0.02,
+        self.weight = torch.nn.Parameter(torch.randn(fout, fin, dtype=DTYPE, device=DEVICE) * 0.02,
                                          requires_grad=False)
-        self.a = torch.nn.Parameter((torch.rand(r, fin, device="cuda") * 2 - 1) / math.sqrt(fin))
-        self.b = torch.nn.Parameter(torch.zeros(fout, r, device="cuda"))
-        self.scale = alpha / r
+        self.r = r
+        if r:
+            self.a = torch.nn.Parameter((torch.rand(r, fin, device=DEVICE) * 2 - 1) / math.sqrt(fin))
+            self.b = torch.nn.Parameter(torch.zeros(fout, r, device=DEVICE))
+            self.scale = alpha / r
 
     def forward(self, x):
-        return x @ self.weight.T + ((x @ self.a.to(x.dtype).T) @ self.b.to(x.dtype).T) * self.scale
+        y = x @ self.weight.T
+        if not self.r:
+            return y
+        return y + ((x @ self.a.to(x.dtype).T) @ self.b.to(x.dtype).T) * self.scale
+
+
+def attention(q, k, v):
+    """Causal attention: torch's fused kernel where it has one (2.0 and
+    later), else the same arithmetic spelled out (Debian's torch 1.13)."""
+    sdpa = getattr(torch.nn.functional, "scaled_dot_product_attention", None)
+    if sdpa is not None:
+        return sdpa(q, k, v, is_causal=True)
+    T = q.shape[-2]
+    s = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    mask = torch.ones(T, T, dtype=torch.bool, device=q.device).triu(1)
+    return torch.softmax(s.masked_fill(mask, float("-inf")), dim=-1) @ v
 
 
 def rms(x, w, eps):
@@ -177,16 +221,22 @@ def rope(x, cos, sin):
     return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
+ALL_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
 class Block(torch.nn.Module):
-    def __init__(self, d, nh, nkv, hidden, r, alpha, eps):
+    def __init__(self, d, nh, nkv, hidden, r, alpha, eps, targets=ALL_TARGETS):
         super().__init__()
         hd = d // nh
         self.nh, self.nkv, self.hd, self.eps = nh, nkv, hd, eps
-        self.q, self.k, self.v = LoRALinear(d, d, r, alpha), LoRALinear(d, nkv * hd, r, alpha), LoRALinear(d, nkv * hd, r, alpha)
-        self.o = LoRALinear(d, d, r, alpha)
-        self.gate, self.up, self.down = LoRALinear(d, hidden, r, alpha), LoRALinear(d, hidden, r, alpha), LoRALinear(hidden, d, r, alpha)
-        self.ln1 = torch.nn.Parameter(torch.ones(d, dtype=torch.bfloat16, device="cuda"), requires_grad=False)
-        self.ln2 = torch.nn.Parameter(torch.ones(d, dtype=torch.bfloat16, device="cuda"), requires_grad=False)
+
+        def lin(name, fin, fout):
+            return LoRALinear(fin, fout, r if name in targets else 0, alpha)
+        self.q, self.k, self.v = lin("q_proj", d, d), lin("k_proj", d, nkv * hd), lin("v_proj", d, nkv * hd)
+        self.o = lin("o_proj", d, d)
+        self.gate, self.up, self.down = lin("gate_proj", d, hidden), lin("up_proj", d, hidden), lin("down_proj", hidden, d)
+        self.ln1 = torch.nn.Parameter(torch.ones(d, dtype=DTYPE, device=DEVICE), requires_grad=False)
+        self.ln2 = torch.nn.Parameter(torch.ones(d, dtype=DTYPE, device=DEVICE), requires_grad=False)
 
     def forward(self, x, cos, sin):
         B, T, D = x.shape
@@ -198,26 +248,26 @@ class Block(torch.nn.Module):
         if self.nkv != self.nh:
             k = k.repeat_interleave(self.nh // self.nkv, dim=1)
             v = v.repeat_interleave(self.nh // self.nkv, dim=1)
-        a = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        a = attention(q, k, v)
         x = x + self.o(a.transpose(1, 2).reshape(B, T, D))
         h = rms(x, self.ln2, self.eps)
         return x + self.down(torch.nn.functional.silu(self.gate(h)) * self.up(h))
 
 
-def lora_one(name, V, d, L, nh, nkv, hidden, theta, eps, T, B, r, alpha, quick):
+def lora_one(name, V, d, L, nh, nkv, hidden, theta, eps, T, B, r, alpha, quick, targets_=ALL_TARGETS):
     """One preset's LoRA step; its tensors die when it returns."""
-    emb = torch.randn(V, d, dtype=torch.bfloat16, device="cuda") * 0.02  # tied lm_head, frozen
-    blocks = torch.nn.ModuleList(Block(d, nh, nkv, hidden, r, alpha, eps) for _ in range(L))
-    normf = torch.ones(d, dtype=torch.bfloat16, device="cuda")
+    emb = torch.randn(V, d, dtype=DTYPE, device=DEVICE) * 0.02  # tied lm_head, frozen
+    blocks = torch.nn.ModuleList(Block(d, nh, nkv, hidden, r, alpha, eps, targets_) for _ in range(L))
+    normf = torch.ones(d, dtype=DTYPE, device=DEVICE)
     hd = d // nh
-    inv = 1.0 / (theta ** (torch.arange(0, hd, 2, device="cuda").float() / hd))
-    ang = torch.outer(torch.arange(T, device="cuda").float(), inv)
-    cos = torch.cat((ang.cos(), ang.cos()), -1).to(torch.bfloat16)
-    sin = torch.cat((ang.sin(), ang.sin()), -1).to(torch.bfloat16)
+    inv = 1.0 / (theta ** (torch.arange(0, hd, 2, device=DEVICE).float() / hd))
+    ang = torch.outer(torch.arange(T, device=DEVICE).float(), inv)
+    cos = torch.cat((ang.cos(), ang.cos()), -1).to(DTYPE)
+    sin = torch.cat((ang.sin(), ang.sin()), -1).to(DTYPE)
     params = [p for p in blocks.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=2e-4, weight_decay=0.01)
-    tokens = torch.randint(0, V, (B, T), device="cuda")
-    targets = torch.randint(0, V, (B, T), device="cuda")
+    tokens = torch.randint(0, V, (B, T), device=DEVICE)
+    targets = torch.randint(0, V, (B, T), device=DEVICE)
 
     def step():
         x = emb[tokens]
@@ -234,6 +284,15 @@ def lora_one(name, V, d, L, nh, nkv, hidden, theta, eps, T, B, r, alpha, quick):
     steps = 2 if quick else 5
     s = timed(step, steps)
     tok = B * T / s
+    if DEVICE == "cpu":
+        import resource
+        row("torch_cpu_lora_step", name, extra={
+            "tokens_per_s": tok, "step_s": s, "steps": steps, "batch": B, "seq_len": T, "rank": r,
+            "targets": ",".join(targets_), "threads": torch.get_num_threads(), "precision": "fp32",
+            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", ""),
+            "peer": "plain-torch fp32 Llama blocks + LoRA (frozen fp32 base), torch " + torch.__version__})
+        return
     peak = torch.cuda.max_memory_allocated()
     row("torch_lora_step", name, extra={
         "tokens_per_s": tok, "step_s": s, "steps": steps, "batch": B, "seq_len": T, "rank": r,
@@ -263,13 +322,53 @@ def bench_lora(configs, presets, quick):
         torch.cuda.empty_cache()
 
 
+def bench_cpu_gemm(quick):
+    for n in (1024,) if quick else (1024, 2048):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        s = timed(lambda: torch.matmul(a, b), 3 if quick else 10)
+        row("torch_cpu_gemm", f"{n}x{n}x{n}", gflops=2 * n ** 3 / s / 1e9,
+            extra={"threads": torch.get_num_threads(), "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", ""),
+                   "peer": "torch.matmul fp32 (CPU) " + torch.__version__})
+
+
+def main_cpu(a):
+    """The CPU peers: --shape is the model and step, as JSON (vocab_size,
+    dim, n_layers, n_heads, n_kv_heads, hidden_dim, rope_theta, norm_eps,
+    seq_len, batch_size, rank, alpha, targets, name)."""
+    global DEVICE, DTYPE
+    DEVICE, DTYPE = "cpu", torch.float32
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(1)
+    only = set(a.only.split(","))
+    if "gemm" in only:
+        bench_cpu_gemm(a.quick)
+    if "lora" in only:
+        try:
+            c = json.loads(a.shape)
+            lora_one(c.get("name", "cpu"), int(c["vocab_size"]), int(c["dim"]), int(c["n_layers"]), int(c["n_heads"]),
+                     int(c["n_kv_heads"]), int(c["hidden_dim"]), float(c["rope_theta"]), float(c["norm_eps"]),
+                     int(c["seq_len"]), int(c["batch_size"]), int(c["rank"]), float(c["alpha"]), a.quick,
+                     tuple(c.get("targets", ALL_TARGETS)))
+        except (KeyError, ValueError, TypeError) as e:
+            row("torch_cpu_lora_step", error=f"--shape {a.shape!r}: {e!r}")
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--configs", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "configs"))
     ap.add_argument("--presets", default="gpt2-124m,llama-1b")
-    ap.add_argument("--only", default="gemm,copy,nf4,lora")
+    ap.add_argument("--shape", default="{}", help="CPU: the model and step shape as JSON")
+    ap.add_argument("--threads", type=int, default=0, help="CPU: torch.set_num_threads (0: torch's default)")
+    ap.add_argument("--only", default=None)
     a = ap.parse_args()
+    if a.device == "cpu":
+        a.only = a.only or "lora"
+        return main_cpu(a)
+    a.only = a.only or "gemm,copy,nf4,lora"
     if not torch.cuda.is_available():
         print("torch_peers: torch sees no CUDA device", file=sys.stderr)
         return 2

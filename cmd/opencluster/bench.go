@@ -14,6 +14,7 @@ import (
 	"github.com/opencluster/opencluster/train"
 	"github.com/opencluster/opencluster/train/backend/sgemm"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 var benchCmd = &cobra.Command{
@@ -51,6 +52,8 @@ func init() {
 	f.String("peer-coretype", bench.PeerCoreAuto, "OpenBLAS kernels for the peer: auto (when the library's own choice is older than this CPU, force the newest core the CPU runs), keep, or a core name such as SkylakeX")
 	f.String("out", "", "also write the JSON rows to this file (atomically)")
 	f.Bool("no-steps", false, "skip the training-step rows")
+	f.String("torch-python", bench.DefaultTorchPython, "the Python whose torch is the QLoRA rows' peer (PyTorch's fp32 LoRA step of the same shape, on the CPU)")
+	f.Bool("no-torch", false, "skip the PyTorch peer of the QLoRA rows")
 	f.String("only", "", "measure only these rows: qlora (full-size QLoRA steps of --model, with peak RSS) or secagg (secure aggregation: upload bytes per worker at cohorts 10, 100, 1000 and the coordinator's time at 1000 with 30% dropouts)")
 	f.String("model", "llama-1b", "with --only qlora: the model presets to train, comma-separated (e.g. llama-1b,llama-7b)")
 	f.Int("seq-len", 0, "with --only qlora: tokens per sequence (0: the preset's train.seq_len)")
@@ -153,6 +156,7 @@ func runBench(cmd *cobra.Command, _ []string) error {
 			PeakGFLOPS: bench.DescribeMachine().PeakGFLOPS(),
 			Child:      stepChild(threads),
 			SaveChild:  saveChild(threads),
+			Torch:      torchPeer(f, threads, quick),
 		})
 		opt.StepPresets = bench.DefaultStepNames
 		if !quick {
@@ -271,6 +275,15 @@ func stepChild(threads int) func(ctx context.Context, preset, base string) *exec
 		return exec.CommandContext(ctx, exe, "bench", "--device", "cpu", "--threads", strconv.Itoa(threads),
 			"--step-child", preset, "--step-base", base)
 	}
+}
+
+// torchPeer is the PyTorch CPU peer the flags ask for (nil: --no-torch).
+func torchPeer(f *pflag.FlagSet, threads int, quick bool) *bench.TorchPeer {
+	if off, _ := f.GetBool("no-torch"); off {
+		return nil
+	}
+	py, _ := f.GetString("torch-python")
+	return &bench.TorchPeer{Python: py, Threads: threads, Quick: quick}
 }
 
 // savePreset is the model shape of the pretrain_save row (with the
