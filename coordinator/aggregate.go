@@ -156,6 +156,12 @@ const (
 type aggOutcome struct {
 	// Bound is the L2 norm bound applied to every delta.
 	Bound float64
+	// Reference is the running reference norm the adaptive bound counted
+	// (OptState.NormRef before the round; 0: none yet).
+	Reference float64
+	// Median is the lower median of the kept deltas' norms after the
+	// bound: the next round's reference.
+	Median float64
 	// Clipped counts the deltas scaled down to the bound.
 	Clipped int
 	// Dropped maps a contribution's index to why it was left out.
@@ -166,22 +172,42 @@ type aggOutcome struct {
 // norm_bound when set, else norm_bound_factor times their median (the
 // lower median: with two updates, the smaller norm), so a bound follows
 // the scale of honest updates without being configured and one hostile
-// update cannot raise it.
-func (c *Config) normBound(norms []float64) float64 {
+// update cannot raise it. The median counts ref, the accepted median norm
+// of the rounds before (0: none yet), as one more norm: a round's only
+// update cannot set its own bound. norm_bound_max, when set, caps the
+// adaptive bound, which covers the first round too.
+func (c *Config) normBound(norms []float64, ref float64) float64 {
 	if c.NormBound > 0 || len(norms) == 0 {
 		return c.NormBound
 	}
 	s := slices.Clone(norms)
+	if ref > 0 {
+		s = append(s, ref)
+	}
 	slices.Sort(s)
-	return c.NormBoundFactor * s[(len(s)-1)/2]
+	b := c.NormBoundFactor * s[(len(s)-1)/2]
+	if c.NormBoundMax > 0 {
+		b = min(b, c.NormBoundMax)
+	}
+	return b
+}
+
+// lowerMedian is the lower median of v (0 for none); v is sorted in place.
+func lowerMedian(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	slices.Sort(v)
+	return v[(len(v)-1)/2]
 }
 
 // combine is the aggregation rule: bound every delta's L2 norm (clip it
-// to the bound, or drop it under norm_policy reject), then combine what is
-// left with the configured aggregator. Errors wrapping ErrCannotAggregate
-// mean the round's updates give nothing usable.
-func (c *Config) combine(n int, cs []Contribution) ([]float32, aggOutcome, error) {
-	out := aggOutcome{Dropped: map[int]string{}}
+// to the bound, or drop it under norm_policy reject; ref is the running
+// reference norm, see normBound), then combine what is left with the
+// configured aggregator. Errors wrapping ErrCannotAggregate mean the
+// round's updates give nothing usable.
+func (c *Config) combine(n int, cs []Contribution, ref float64) ([]float32, aggOutcome, error) {
+	out := aggOutcome{Dropped: map[int]string{}, Reference: ref}
 	if err := checkContributions(n, cs); err != nil {
 		return nil, out, fmt.Errorf("%w: %v", ErrCannotAggregate, err)
 	}
@@ -189,9 +215,9 @@ func (c *Config) combine(n int, cs []Contribution) ([]float32, aggOutcome, error
 	for i, ct := range cs {
 		norms[i] = L2Norm(ct.Delta)
 	}
-	out.Bound = c.normBound(norms)
+	out.Bound = c.normBound(norms, ref)
 	var kept []Contribution
-	var scale []float64
+	var scale, keptNorms []float64
 	for i, ct := range cs {
 		nm := norms[i]
 		switch {
@@ -208,7 +234,9 @@ func (c *Config) combine(n int, cs []Contribution) ([]float32, aggOutcome, error
 			out.Clipped++
 		}
 		kept = append(kept, ct)
+		keptNorms = append(keptNorms, nm*scale[len(scale)-1])
 	}
+	out.Median = lowerMedian(keptNorms)
 	if len(kept) == 0 {
 		return nil, out, fmt.Errorf("%w: all %d updates are over the norm bound %.6g", ErrCannotAggregate, len(cs), out.Bound)
 	}
@@ -355,10 +383,20 @@ func (o ServerOptimizer) Validate() error {
 }
 
 // OptState is the server optimizer's memory, kept between rounds (and on
-// disk, so a restarted coordinator continues the same trajectory).
+// disk, so a restarted coordinator continues the same trajectory), with
+// the adaptive norm bound's running reference.
 type OptState struct {
 	Steps uint64
 	M, V  []float32 // first and second moments; nil until used
+	// NormRef is the lower median of the bounded update norms of the last
+	// plain round that aggregated (0: none yet); the next round's adaptive
+	// bound counts it as one more norm (Config.normBound).
+	NormRef float64
+}
+
+// clone is a deep copy of s.
+func (s *OptState) clone() OptState {
+	return OptState{Steps: s.Steps, M: slices.Clone(s.M), V: slices.Clone(s.V), NormRef: s.NormRef}
 }
 
 // Step applies one server step: theta moves by the averaged delta avg.
@@ -420,9 +458,9 @@ func (o ServerOptimizer) Step(theta, avg []float32, st *OptState) error {
 }
 
 // Optimizer state file layout, little-endian: magic "OCOS", uint16 version
-// 1, uint64 steps, uint64 n, uint8 flags (bit 0: M present, bit 1: V
-// present), then n float32 for each present moment, then CRC-32C of
-// everything before it.
+// (2; 1 is still read), uint64 steps, uint64 n, uint8 flags (bit 0: M
+// present, bit 1: V present), in version 2 the float64 NormRef, then n
+// float32 for each present moment, then CRC-32C of everything before it.
 const optMagic = "OCOS"
 
 // MarshalBinary encodes the state.
@@ -441,12 +479,16 @@ func (s *OptState) MarshalBinary() ([]byte, error) {
 	if s.V != nil {
 		flags |= 2
 	}
-	b := make([]byte, 0, 4+2+8+8+1+8*n+4)
+	if math.IsNaN(s.NormRef) || math.IsInf(s.NormRef, 0) || s.NormRef < 0 {
+		return nil, fmt.Errorf("coordinator: optimizer state: norm reference %v", s.NormRef)
+	}
+	b := make([]byte, 0, 4+2+8+8+1+8+8*n+4)
 	b = append(b, optMagic...)
-	b = binary.LittleEndian.AppendUint16(b, 1)
+	b = binary.LittleEndian.AppendUint16(b, 2)
 	b = binary.LittleEndian.AppendUint64(b, s.Steps)
 	b = binary.LittleEndian.AppendUint64(b, uint64(n))
 	b = append(b, flags)
+	b = binary.LittleEndian.AppendUint64(b, math.Float64bits(s.NormRef))
 	for _, v := range [][]float32{s.M, s.V} {
 		for _, x := range v {
 			b = binary.LittleEndian.AppendUint32(b, math.Float32bits(x))
@@ -460,7 +502,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // UnmarshalBinary decodes what MarshalBinary wrote, refusing truncation,
 // a bad checksum or non-finite values.
 func (s *OptState) UnmarshalBinary(b []byte) error {
-	const head = 4 + 2 + 8 + 8 + 1
+	head := 4 + 2 + 8 + 8 + 1
 	if len(b) < head+4 || string(b[:4]) != optMagic {
 		return errors.New("coordinator: optimizer state: not an OCOS file or truncated")
 	}
@@ -468,17 +510,28 @@ func (s *OptState) UnmarshalBinary(b []byte) error {
 	if crc32.Checksum(body, castagnoli) != sum {
 		return errors.New("coordinator: optimizer state: checksum mismatch")
 	}
-	if v := binary.LittleEndian.Uint16(b[4:]); v != 1 {
-		return fmt.Errorf("coordinator: optimizer state: version %d, want 1", v)
+	v := binary.LittleEndian.Uint16(b[4:])
+	if v != 1 && v != 2 {
+		return fmt.Errorf("coordinator: optimizer state: version %d, want 1 or 2", v)
 	}
 	steps := binary.LittleEndian.Uint64(b[6:])
 	n := binary.LittleEndian.Uint64(b[14:])
 	flags := b[22]
+	out := OptState{Steps: steps}
+	if v == 2 {
+		if len(body) < head+8 {
+			return errors.New("coordinator: optimizer state: truncated")
+		}
+		out.NormRef = math.Float64frombits(binary.LittleEndian.Uint64(b[head:]))
+		head += 8
+		if math.IsNaN(out.NormRef) || math.IsInf(out.NormRef, 0) || out.NormRef < 0 {
+			return fmt.Errorf("coordinator: optimizer state: norm reference %v", out.NormRef)
+		}
+	}
 	count := uint64(flags&1) + uint64(flags>>1&1)
 	if flags > 3 || n > compress.MaxN || uint64(len(body)-head) != 4*n*count {
 		return fmt.Errorf("coordinator: optimizer state: %d bytes of moments for n=%d flags=%d", len(body)-head, n, flags)
 	}
-	out := OptState{Steps: steps}
 	p := body[head:]
 	read := func() ([]float32, error) {
 		v := make([]float32, n)

@@ -1,6 +1,8 @@
 package coordinator
 
 import (
+	"encoding/binary"
+	"hash/crc32"
 	"math"
 	"testing"
 
@@ -133,7 +135,7 @@ func TestServerOptimizerValidate(t *testing.T) {
 }
 
 func TestOptStateRoundTrip(t *testing.T) {
-	st := OptState{Steps: 7, M: []float32{1, -2, 3}, V: []float32{0.5, 0.25, 0}}
+	st := OptState{Steps: 7, M: []float32{1, -2, 3}, V: []float32{0.5, 0.25, 0}, NormRef: 2.5}
 	b, err := st.MarshalBinary()
 	if err != nil {
 		t.Fatal(err)
@@ -142,11 +144,26 @@ func TestOptStateRoundTrip(t *testing.T) {
 	if err := got.UnmarshalBinary(b); err != nil {
 		t.Fatal(err)
 	}
-	if got.Steps != 7 {
-		t.Errorf("steps %d", got.Steps)
+	if got.Steps != 7 || got.NormRef != 2.5 {
+		t.Errorf("steps %d, norm reference %v", got.Steps, got.NormRef)
 	}
 	near(t, "M", got.M, st.M)
 	near(t, "V", got.V, st.V)
+	// Version 1 (before the norm reference) still reads, with none.
+	v1 := binary.LittleEndian.AppendUint16([]byte("OCOS"), 1)
+	v1 = binary.LittleEndian.AppendUint64(v1, 3)
+	v1 = binary.LittleEndian.AppendUint64(v1, 2)
+	v1 = append(v1, 1)
+	v1 = binary.LittleEndian.AppendUint32(v1, math.Float32bits(0.5))
+	v1 = binary.LittleEndian.AppendUint32(v1, math.Float32bits(-1))
+	v1 = binary.LittleEndian.AppendUint32(v1, crc32.Checksum(v1, crc32.MakeTable(crc32.Castagnoli)))
+	if err := got.UnmarshalBinary(v1); err != nil || got.Steps != 3 || got.NormRef != 0 || got.V != nil {
+		t.Fatalf("version 1 state: %v, %+v", err, got)
+	}
+	near(t, "v1 M", got.M, []float32{0.5, -1})
+	if _, err := (&OptState{NormRef: math.Inf(1)}).MarshalBinary(); err == nil {
+		t.Error("an infinite norm reference: no error")
+	}
 	for _, cut := range []int{0, 5, len(b) - 1} {
 		if err := got.UnmarshalBinary(b[:cut]); err == nil {
 			t.Errorf("truncated to %d: no error", cut)

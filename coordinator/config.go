@@ -86,11 +86,16 @@ type Config struct {
 	LateGrace  time.Duration `mapstructure:"late_grace" json:"late_grace"`
 	// NormBound is a fixed per-update L2 norm bound; 0 (the default) makes
 	// the bound adaptive: NormBoundFactor times the median L2 norm of the
-	// round's updates. There is no unbounded setting. NormPolicy is
-	// NormClip or NormReject.
+	// round's updates and the previous rounds' reference (normBound).
+	// There is no unbounded setting. NormPolicy is NormClip or NormReject.
 	NormBound       float64 `mapstructure:"norm_bound" json:"norm_bound"`
 	NormBoundFactor float64 `mapstructure:"norm_bound_factor" json:"norm_bound_factor"`
 	NormPolicy      string  `mapstructure:"norm_policy" json:"norm_policy"`
+	// NormBoundMax caps the adaptive bound (0: no cap). The adaptive
+	// bound counts the previous rounds' accepted median norm as one more
+	// norm, so a round's only update cannot set its own bound; the cap
+	// also covers the first round, which has no reference yet.
+	NormBoundMax float64 `mapstructure:"norm_bound_max" json:"norm_bound_max"`
 	// Aggregator combines the bounded deltas: AggFedAvg, AggTrimmedMean
 	// (dropping TrimFraction of the values at each end, per coordinate)
 	// or AggMedian.

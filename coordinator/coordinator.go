@@ -671,8 +671,8 @@ func (c *Coordinator) publish(ctx context.Context, theta []float32, opt *OptStat
 	if adapter, err = c.putBlob(ctx, BlobAdapter, EncodeAdapter(theta)); err != nil {
 		return "", "", err
 	}
-	if c.cfg.Optimizer.Kind == OptFedAvg {
-		return adapter, "", nil
+	if c.cfg.Optimizer.Kind == OptFedAvg && opt.NormRef == 0 {
+		return adapter, "", nil // nothing to remember
 	}
 	ob, err := opt.MarshalBinary()
 	if err != nil {
@@ -746,7 +746,7 @@ func (c *Coordinator) aggregate(ctx context.Context, why string) error {
 		bytesIn += u.Bytes
 	}
 	theta := slices.Clone(c.adapter)
-	opt := OptState{Steps: c.opt.Steps, M: slices.Clone(c.opt.M), V: slices.Clone(c.opt.V)}
+	opt := c.opt.clone()
 	out, aerr := c.cfg.applyRound(theta, cs, &opt)
 	for i, why := range out.Dropped {
 		entries[at[i]].Accepted, entries[at[i]].Reason = false, ledgerReason(why)
@@ -771,7 +771,7 @@ func (c *Coordinator) aggregate(ctx context.Context, why string) error {
 		}
 	}
 	return c.closeRound(ctx, r, closing{why: why, result: result, newHash: newHash, optHash: optHash, theta: theta, opt: opt,
-		agg: c.cfg.aggregation(c.optHash, optHash, out, result), entries: entries, ups: ups, started: started},
+		agg: c.cfg.aggregation(c.optHash, optHash, out, opt.NormRef, result), entries: entries, ups: ups, started: started},
 		"updates", len(cs), "clipped", out.Clipped, "dropped", len(out.Dropped), "norm_bound", out.Bound, "bytes", bytesIn)
 }
 
@@ -1319,27 +1319,31 @@ func (c *Config) weight(tokens uint64, late bool) float64 {
 
 // applyRound is the whole aggregation step, shared by the coordinator and
 // Recompute: the aggregation rule (bound, then combine) and the server
-// optimizer, in place on theta and st. Errors wrapping ErrCannotAggregate
-// mean the round fails; theta and st are then garbage.
+// optimizer, in place on theta and st, whose norm reference moves to the
+// round's accepted median. Errors wrapping ErrCannotAggregate mean the
+// round fails; theta and st are then garbage.
 func (c *Config) applyRound(theta []float32, cs []Contribution, st *OptState) (aggOutcome, error) {
-	avg, out, err := c.combine(len(theta), cs)
+	avg, out, err := c.combine(len(theta), cs, st.NormRef)
 	if err != nil {
 		return out, err
 	}
 	if err := c.Optimizer.Step(theta, avg, st); err != nil {
 		return out, fmt.Errorf("%w: %v", ErrCannotAggregate, err)
 	}
+	st.NormRef = out.Median
 	return out, nil
 }
 
 // aggregation is the ledger's description of applyRound's settings and
-// of what it did: the bound it applied and the result ("ok", or
-// "failed: why" for a round that closed with its adapter unchanged).
-func (c *Config) aggregation(optBefore, optAfter string, out aggOutcome, result string) ledger.Aggregation {
+// of what it did: the bound it applied, the norm reference before and
+// after (refAfter) and the result ("ok", or "failed: why" for a round
+// that closed with its adapter unchanged).
+func (c *Config) aggregation(optBefore, optAfter string, out aggOutcome, refAfter float64, result string) ledger.Aggregation {
 	o := c.Optimizer
 	return c.putPolicy(ledger.Aggregation{Method: c.Aggregator + "+" + o.Kind,
 		Params: map[string]float64{"lr": o.LR, "momentum": o.Momentum, "beta1": o.Beta1, "beta2": o.Beta2, "eps": o.Eps,
 			"norm_bound": c.NormBound, "norm_bound_factor": c.NormBoundFactor, "norm_bound_applied": out.Bound, "trim_fraction": c.TrimFraction,
+			"norm_bound_max": c.NormBoundMax, "norm_reference": out.Reference, "norm_reference_after": refAfter,
 			"late_weight": c.LateWeight, "max_tokens": float64(c.Recipe.MaxTokens)},
 		Options: map[string]string{"weighting": "tokens", "norm_policy": c.NormPolicy, "codec": c.Recipe.Codec, "aggregator": c.Aggregator,
 			"opt_state_before": optBefore, "opt_state_after": optAfter, "result": result}})
@@ -1453,7 +1457,13 @@ func Recompute(dir string, cfg Config) func(ledger.Record) (string, error) {
 			cs = append(cs, Contribution{Delta: u.Delta, Weight: pc.weight(u.Tokens, strings.HasPrefix(e.Reason, LatePrefix))})
 			entry = append(entry, e)
 		}
+		if ref, ok := rec.Aggregation.Params["norm_reference"]; ok && ref != st.NormRef {
+			return "", fmt.Errorf("the record's norm_reference %v is not the one in its optimizer state before the round (%v)", ref, st.NormRef)
+		}
 		out, err := pc.applyRound(theta, cs, &st)
+		if ref, ok := rec.Aggregation.Params["norm_reference_after"]; ok && err == nil && ref != st.NormRef {
+			return "", fmt.Errorf("the record's norm_reference_after %v is not the recomputed %v", ref, st.NormRef)
+		}
 		for i, e := range entry {
 			if _, dropped := out.Dropped[i]; dropped == e.Accepted {
 				return "", fmt.Errorf("update %s (worker %q): the record has accepted=%v, recomputing the norm bound %.6g gives the opposite", e.UpdateHash, e.WorkerID, e.Accepted, out.Bound)

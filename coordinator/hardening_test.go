@@ -7,6 +7,7 @@ import (
 	"database/sql"
 	"encoding/base64"
 	"encoding/json"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net/http"
@@ -710,5 +711,93 @@ func TestMetricsSurviveRestart(t *testing.T) {
 		if !strings.Contains(string(after), want) {
 			t.Errorf("after a restart the metrics lack %q", want)
 		}
+	}
+}
+
+// A round whose only update is poisoned (values of 1e30 in a cohort of
+// one) is bounded by the running reference, the accepted median norm of
+// the rounds before, which survives a restart of the coordinator. (Before,
+// the adaptive bound was three times that update's own norm: the adapter
+// moved by ~1e31.)
+func TestOnlyUpdateOfARoundIsBoundedByTheReference(t *testing.T) {
+	dir := t.TempDir()
+	clock := &fakeClock{t: time.Unix(1_750_000_000, 0)}
+	cfg := testConfig()
+	cfg.CohortSize, cfg.MinWorkers, cfg.MinUpdates, cfg.Quorum = 1, 1, 1, 1
+	e := newEnv(t, dir, cfg, clock, nil)
+	ws, info := e.startRound(1)
+	n := cfg.N()
+	honest := seqDelta(n, 0.02)
+	for round := 1; round <= 2; round++ {
+		body, _ := makeUpdate(t, ws[0], info, honest, 10)
+		if status, msg := e.upload(body); status != 200 {
+			t.Fatalf("round %d: %d %s", round, status, msg)
+		}
+		e.step()
+		var status int
+		if info, status = e.poll(ws[0], "0s"); status != 200 {
+			t.Fatalf("poll after round %d: %d", round, status)
+		}
+	}
+	e.close() // the reference is kept in the optimizer state across a restart
+	e = newEnv(t, dir, cfg, clock, nil)
+	info, _ = e.poll(ws[0], "0s")
+	before, _ := e.c.Adapter()
+	body, _ := makeUpdate(t, ws[0], info, constDelta(n, 1e30), 10)
+	if status, msg := e.upload(body); status != 200 {
+		t.Fatalf("poisoned upload: %d %s", status, msg)
+	}
+	e.step()
+	after, _ := e.c.Adapter()
+	move := make([]float32, n)
+	for i := range move {
+		move[i] = after[i] - before[i]
+	}
+	ref := l2(honest)
+	if got, limit := l2(move), 3*ref*1.0001; !finite(after) || got > limit {
+		t.Fatalf("the round's only update, poisoned, moved the adapter by L2 %.4g; the reference %.4g allows %.4g", got, ref, limit)
+	}
+	recs := e.verifyLedger()
+	p := recs[2].Aggregation.Params
+	if math.Abs(p["norm_reference"]-ref) > 1e-6*ref || math.Abs(p["norm_bound_applied"]-3*ref) > 1e-5*ref || math.Abs(p["norm_reference_after"]-3*ref) > 1e-5*ref {
+		t.Errorf("round 3's record: norm_reference %v, norm_bound_applied %v, norm_reference_after %v; want %v, %v, %v",
+			p["norm_reference"], p["norm_bound_applied"], p["norm_reference_after"], ref, 3*ref, 3*ref)
+	}
+	// A record whose norm reference does not match the optimizer state it
+	// names is refused by recomputation.
+	bad := recs[2]
+	bad.Aggregation.Params = maps.Clone(p)
+	bad.Aggregation.Params["norm_reference"] = 1e30
+	if _, err := Recompute(dir, cfg)(bad); err == nil || !strings.Contains(err.Error(), "norm_reference") {
+		t.Errorf("recompute with a wrong norm_reference: %v", err)
+	}
+}
+
+// norm_bound_max caps the adaptive bound, so even the first round, which
+// has no reference yet, cannot be taken over by its only update.
+func TestNormBoundMaxCapsTheFirstRound(t *testing.T) {
+	cfg := testConfig()
+	cfg.CohortSize, cfg.MinWorkers, cfg.MinUpdates, cfg.Quorum = 1, 1, 1, 1
+	cfg.NormBoundMax = 0.5
+	e := newEnv(t, t.TempDir(), cfg, &fakeClock{t: time.Unix(1_750_000_000, 0)}, nil)
+	ws, info := e.startRound(1)
+	before, _ := e.c.Adapter()
+	body, _ := makeUpdate(t, ws[0], info, constDelta(cfg.N(), 1e30), 10)
+	if status, msg := e.upload(body); status != 200 {
+		t.Fatalf("upload: %d %s", status, msg)
+	}
+	e.step()
+	after, _ := e.c.Adapter()
+	var ss float64
+	for i := range after {
+		d := float64(after[i] - before[i])
+		ss += d * d
+	}
+	if got := math.Sqrt(ss); got > 0.5*1.0001 {
+		t.Fatalf("the first round's only update moved the adapter by L2 %.4g, over norm_bound_max 0.5", got)
+	}
+	recs := e.verifyLedger()
+	if p := recs[0].Aggregation.Params; p["norm_bound_max"] != 0.5 || p["norm_bound_applied"] != 0.5 {
+		t.Errorf("record: norm_bound_max %v, norm_bound_applied %v", p["norm_bound_max"], p["norm_bound_applied"])
 	}
 }

@@ -57,6 +57,7 @@ func (c Config) policyFor(rec ledger.Record) (roundPolicy, error) {
 	switch a.Options["policy"] {
 	case PolicyRecorded:
 	case "":
+		pol.cfg.NormBoundMax = 0 // older records had no cap
 		return pol, nil
 	default:
 		return pol, fmt.Errorf("aggregation policy %q: this build knows %q (or none, for older records)", a.Options["policy"], PolicyRecorded)
@@ -107,6 +108,7 @@ func (c Config) policyFor(rec ledger.Record) (roundPolicy, error) {
 	} else {
 		p.Aggregator, p.NormPolicy = a.Options["aggregator"], a.Options["norm_policy"]
 		p.NormBound, p.NormBoundFactor, p.TrimFraction, p.LateWeight = num("norm_bound"), num("norm_bound_factor"), num("trim_fraction"), num("late_weight")
+		p.NormBoundMax = num("norm_bound_max") // absent (0) in records from before the cap existed
 		mt, err := whole("max_tokens", 0, math.MaxInt64/2)
 		if err != nil {
 			return pol, err
@@ -137,6 +139,9 @@ func (c *Config) checkAggregation() error {
 	}
 	if c.NormBound == 0 && (math.IsNaN(c.NormBoundFactor) || c.NormBoundFactor < 1 || c.NormBoundFactor > 1000) {
 		return bad("norm_bound_factor", c.NormBoundFactor, "in [1, 1000] (with norm_bound 0 the bound is this times the round's median update norm)")
+	}
+	if math.IsNaN(c.NormBoundMax) || math.IsInf(c.NormBoundMax, 0) || c.NormBoundMax < 0 {
+		return bad("norm_bound_max", c.NormBoundMax, "a finite cap > 0 on the adaptive bound, or 0 for none")
 	}
 	switch c.Aggregator {
 	case AggFedAvg, AggTrimmedMean, AggMedian:

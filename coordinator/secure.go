@@ -289,7 +289,7 @@ func (c *Coordinator) aggregateSecure(ctx context.Context, note string) error {
 		return fmt.Errorf("coordinator: round %d: %w", r.ID, err)
 	}
 	theta := slices.Clone(c.adapter)
-	opt := OptState{Steps: c.opt.Steps, M: slices.Clone(c.opt.M), V: slices.Clone(c.opt.V)}
+	opt := c.opt.clone()
 	result, newHash, optHash := "ok", r.BaseAdapter, c.optHash
 	if err := c.cfg.Optimizer.Step(theta, res.mean, &opt); err != nil {
 		result = ledgerReason("failed: " + err.Error())
