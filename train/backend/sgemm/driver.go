@@ -146,12 +146,26 @@ func (p *blocked) run(t int) {
 				if i0 < i1 && j0 < j1 {
 					p.macro(i0, i1, sl.pc, sl.kc, buf[plo*pf:], j0, j1, beta, abuf)
 				}
-				done[u].Store(int32(s + 1))
+				markDone(&done[u], int32(s+1))
 				sl.unitDone.Add(1)
 				prog.done()
 			}
 		}
 	})
+}
+
+// markDone raises *d to s unless it is already past it. Rectangle u of the
+// first slice of a new column block need not wait for rectangle u of the
+// previous block's last slice (they write different columns), so the two
+// can finish in either order; a plain store could then lower the count
+// and leave the next slice waiting forever.
+func markDone(d *atomic.Int32, s int32) {
+	for {
+		old := d.Load()
+		if old >= s || d.CompareAndSwap(old, s) {
+			return
+		}
+	}
 }
 
 // rectangles cuts an m x nc block of C into bands of rows times groups of

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // kinds lists the kernel families this machine can run, narrowest first.
@@ -379,5 +380,33 @@ func TestSetImplementation(t *testing.T) {
 	SetImplementation("auto")
 	if Implementation() != kindName(archBest()) {
 		t.Errorf("auto gives %s, want %s", Implementation(), kindName(archBest()))
+	}
+}
+
+// TestColumnBlocksFinishInAnyOrder: a short, wide, shallow product (LoRA's
+// dA of a 8192-wide down_proj: 16 x 8192 x 512, two column blocks of two
+// slices each) on two threads, repeated. The first slice of the second
+// column block does not wait for the first block's last slice, so a
+// rectangle of each may finish in either order; the completion count used
+// to be lowered by the late one, and the next slice then waited forever
+// (it hung a llama-1b QLoRA step). Each product is also checked.
+func TestColumnBlocksFinishInAnyOrder(t *testing.T) {
+	rng := rand.New(rand.NewPCG(21, 22))
+	p := newProblem(rng, true, false, 16, 8192, 512, 0, 1, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 40; i++ {
+			got := append([]float32(nil), p.c...)
+			run(archBest(), 2, true, false, 16, 8192, 512, p.alpha, p.a, p.lda, p.b, p.ldb, p.beta, got, p.ldc)
+			if i%10 == 0 {
+				p.check(t, fmt.Sprintf("repeat %d", i), got, p.c)
+			}
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("a 16x8192x512 product on two threads never finished: the scheduler deadlocked")
 	}
 }
