@@ -205,8 +205,10 @@ type progress struct {
 	waiters atomic.Int32
 }
 
-// waitSpins bounds the busy wait: a few tens of microseconds of loads.
-const waitSpins = 20000
+// waitSpins bounds the busy wait: about a tenth of a millisecond of loads,
+// longer than the waits of an unloaded machine (a packing chunk, the other
+// thread's last rectangle), so a waiter rarely gives up its core there.
+const waitSpins = 1 << 17
 
 func newProgress() *progress {
 	p := &progress{}
@@ -254,8 +256,8 @@ type barrier struct {
 	cond  *sync.Cond
 }
 
-// barrierSpins bounds the busy wait: about 100 us of atomic loads.
-const barrierSpins = 100000
+// barrierSpins bounds the busy wait: about a tenth of a millisecond.
+const barrierSpins = 1 << 17
 
 func newBarrier(n int) *barrier {
 	b := &barrier{n: int32(n)}

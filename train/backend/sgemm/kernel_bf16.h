@@ -227,14 +227,11 @@ static void oc_kernel_bf16(int kcp, const uint32_t *restrict a, const uint32_t *
 		acc[r][0] = _mm512_setzero_ps();
 		acc[r][1] = _mm512_setzero_ps();
 	}
-	for (int r = 0; r < OC_MRB; r++) {
-		_mm_prefetch((const char *)(c + r * ldc), _MM_HINT_T0);
-		_mm_prefetch((const char *)(c + r * ldc + 16), _MM_HINT_T0);
-	}
 	for (int p = 0; p < kcp; p++) {
 		__m512bh b0 = (__m512bh)_mm512_load_si512((const void *)b);
 		__m512bh b1 = (__m512bh)_mm512_load_si512((const void *)(b + 16));
 		_mm_prefetch((const char *)(a + 8 * OC_MRB), _MM_HINT_T0);
+		oc_prefetch_c(c, ldc, p, kcp);
 #pragma GCC unroll 12
 		for (int r = 0; r < OC_MRB; r++) {
 			__m512bh av = (__m512bh)_mm512_set1_epi32((int)a[r]);
