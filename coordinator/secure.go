@@ -298,10 +298,7 @@ func (c *Coordinator) aggregateSecure(ctx context.Context, note string) error {
 	} else if newHash, optHash, err = c.publish(ctx, theta, &opt); err != nil {
 		return err
 	}
-	entries, err := c.secureEntries(ctx, res.tr)
-	if err != nil {
-		return err
-	}
+	entries := c.secureEntries(res)
 	agg := c.cfg.secureAggregation(c.optHash, optHash, hash, res, result)
 	if c.cfg.SecureAgg.NoiseMultiplier > 0 {
 		avail := 0
@@ -327,7 +324,7 @@ func (c *Coordinator) aggregateSecure(ctx context.Context, note string) error {
 			continue
 		}
 		u := UpdateRecord{Round: r.ID, Applied: r.ID, WorkerID: e.WorkerID, SHA256: e.UpdateHash, Nonce: e.UpdateHash, Bytes: e.Bytes,
-			Weight: 1, Accepted: true, Received: c.clock.Now(), Signature: e.Signature}
+			Tokens: e.Tokens, FLOPs: e.FLOPs, EnergyWh: e.EnergyWh, Weight: 1, Accepted: true, Received: c.clock.Now(), Signature: e.Signature}
 		if err := c.store.AddUpdate(ctx, u); err != nil && !errors.Is(err, ErrDuplicate) && !errors.Is(err, ErrReplay) {
 			return err
 		}
@@ -345,6 +342,9 @@ type unmasked struct {
 	count  int
 	stages [secagg.NumStages][32]byte
 	mean   []float32 // dense: the survivors' mean on the positions
+	// claims are each survivor's claims from its signed masked input, by
+	// cohort index.
+	claims map[int]secagg.Claims
 }
 
 // unmaskTranscript replays a stored transcript (secagg.Recompute) and
@@ -376,7 +376,10 @@ func unmaskTranscript(b []byte, n, length int) (*unmasked, error) {
 	if err != nil {
 		return nil, err
 	}
-	u := &unmasked{tr: &tr, sum: sum, count: count, mean: make([]float32, n)}
+	u := &unmasked{tr: &tr, sum: sum, count: count, mean: make([]float32, n), claims: map[int]secagg.Claims{}}
+	for _, i := range srv.Survivors() {
+		u.claims[i], _ = srv.Claims(i)
+	}
 	for st := range u.stages {
 		u.stages[st] = srv.Transcript(st + 1)
 	}
@@ -416,9 +419,41 @@ func (c *Config) secureAggregation(optBefore, optAfter, transcript string, u *un
 
 // secureEntries lists every cohort member on the record: the survivors'
 // masked vectors as accepted entries (hash, size and signature of the
-// signed stage-3 message: the worker's proof of what it sent), and those
-// that dropped out with the last stage they completed.
-func (c *Coordinator) secureEntries(ctx context.Context, tr *secagg.Transcript) ([]ledger.UpdateEntry, error) {
+// signed stage-3 message: the worker's proof of what it sent, and the
+// tokens, FLOPs and energy it claims in it), and those that dropped out
+// with the last stage they completed.
+func (c *Coordinator) secureEntries(u *unmasked) []ledger.UpdateEntry {
+	var out []ledger.UpdateEntry
+	for _, e := range transcriptEntries(u) {
+		i := e.index
+		id := ""
+		if c.sec != nil && i < len(c.sec.ids) {
+			id = c.sec.ids[i]
+		} else if i < len(c.cur.Cohort) {
+			id = c.cur.Cohort[i]
+		}
+		if id == "" {
+			continue
+		}
+		e.WorkerID = id
+		out = append(out, e.UpdateEntry)
+	}
+	return out
+}
+
+// indexedEntry is a ledger entry (without its worker id) for the cohort
+// member at index.
+type indexedEntry struct {
+	ledger.UpdateEntry
+	index int
+}
+
+// transcriptEntries derives, from a replayed transcript, the ledger entry
+// of every cohort member that advertised, in cohort order: a survivor's
+// is its masked-input message with its claims, accepted; a dropout's is
+// its last message, with the stage it reached.
+func transcriptEntries(u *unmasked) []indexedEntry {
+	tr := u.tr
 	last := map[int][]byte{}
 	stage := map[int]int{}
 	for st, msgs := range tr.Stages {
@@ -427,38 +462,50 @@ func (c *Coordinator) secureEntries(ctx context.Context, tr *secagg.Transcript) 
 			last[i], stage[i] = m, st+1
 		}
 	}
-	var out []ledger.UpdateEntry
+	masked := map[int][]byte{}
+	for _, m := range tr.Stages[secagg.StageMasked-1] {
+		_, i, _ := secagg.MessageInfo(m)
+		masked[i] = m
+	}
+	var out []indexedEntry
 	for i, key := range tr.Params.Keys {
-		id := ""
-		if c.sec != nil && i < len(c.sec.ids) {
-			id = c.sec.ids[i]
-		} else if i < len(c.cur.Cohort) {
-			id = c.cur.Cohort[i]
-		}
 		m, ok := last[i]
-		if !ok || id == "" {
+		if !ok {
 			continue // never advertised: not part of the attempt's record
 		}
-		e := ledger.UpdateEntry{WorkerID: id, WorkerKey: encodeKey(key), Bytes: int64(len(m)),
-			Signature: base64.StdEncoding.EncodeToString(m[len(m)-ed25519.SignatureSize:])}
-		switch {
-		case stage[i] >= secagg.StageMasked:
-			mm := tr.Stages[secagg.StageMasked-1]
-			for _, x := range mm {
-				if _, j, _ := secagg.MessageInfo(x); j == i {
-					m = x
-				}
-			}
-			e.UpdateHash, e.Bytes = sha256Hex(m), int64(len(m))
-			e.Signature = base64.StdEncoding.EncodeToString(m[len(m)-ed25519.SignatureSize:])
+		e := ledger.UpdateEntry{WorkerKey: encodeKey(key)}
+		if stage[i] >= secagg.StageMasked {
+			m = masked[i]
 			e.Accepted = true
-		default:
-			e.UpdateHash = sha256Hex(m)
+			cl := u.claims[i]
+			e.Tokens, e.FLOPs, e.EnergyWh = cl.Tokens, cl.FLOPs, cl.EnergyWh
+		} else {
 			e.Reason = fmt.Sprintf("dropped out after secure stage %d; its masks were removed", stage[i])
 		}
-		out = append(out, e)
+		e.UpdateHash, e.Bytes = sha256Hex(m), int64(len(m))
+		e.Signature = base64.StdEncoding.EncodeToString(m[len(m)-ed25519.SignatureSize:])
+		out = append(out, indexedEntry{e, i})
 	}
-	return out, nil
+	return out
+}
+
+// checkSecureEntries compares a secure record's entries with the ones its
+// transcript gives: the same members, messages, signatures, keys and
+// claims, in the same order. Worker ids are the record's (the transcript
+// knows keys only).
+func checkSecureEntries(rec ledger.Record, u *unmasked) error {
+	want := transcriptEntries(u)
+	if len(want) != len(rec.Updates) {
+		return fmt.Errorf("the record lists %d cohort members, the transcript %d", len(rec.Updates), len(want))
+	}
+	for k, w := range want {
+		got := rec.Updates[k]
+		w.WorkerID = got.WorkerID
+		if got != w.UpdateEntry {
+			return fmt.Errorf("entry %d (worker %q): the record says %+v, the signed transcript gives %+v", k, got.WorkerID, got, w.UpdateEntry)
+		}
+	}
+	return nil
 }
 
 // roundDP is one round's differential-privacy mechanism, as recorded.
@@ -648,6 +695,9 @@ func (c Config) recomputeSecure(rec ledger.Record, pol roundPolicy, theta []floa
 	}
 	if u.tr.Params.Round != rec.Round {
 		return "", fmt.Errorf("stored transcript is for round %d", u.tr.Params.Round)
+	}
+	if err := checkSecureEntries(rec, u); err != nil {
+		return "", err
 	}
 	if err := c.Optimizer.Step(theta, u.mean, st); err != nil {
 		if strings.HasPrefix(o["result"], "failed") {

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencluster/opencluster/coordinator/ledger"
 	"github.com/opencluster/opencluster/protocol"
 	"github.com/opencluster/opencluster/secagg"
 )
@@ -115,7 +116,7 @@ func (e *env) secureRound(ws []*worker, inputs [][]float32, drop map[int][]int) 
 					e.t.Fatal(eerr)
 				}
 				enc[k] = v
-				msg, err = m.c.MaskedInput(routed, v)
+				msg, err = m.c.MaskedInput(routed, v, secagg.Claims{Tokens: uint64(100 * (k + 1)), FLOPs: 1e9 * float64(k+1), EnergyWh: 0.5 * float64(k+1)})
 			case 4:
 				surv, derr := secagg.DecodeSurvivors(in, len(p.Keys))
 				if derr != nil {
@@ -309,3 +310,61 @@ func TestSecureConfigValidation(t *testing.T) {
 }
 
 func ed25519Sign(w *worker, msg []byte) []byte { return ed25519.Sign(w.priv, msg) }
+
+// A secure round's survivors report what their round cost as plain ones
+// do: the tokens, FLOPs and energy each claims in its signed masked-input
+// message are on its ledger entry and summed in the dashboard's round
+// event, and `ledger verify --coordinator-dir` checks them against the
+// signed transcript. (Before, secure entries carried zeros.)
+func TestSecureRoundCarriesClaims(t *testing.T) {
+	dir := t.TempDir()
+	rec := &recorder{}
+	e := newEnv(t, dir, secureConfig(0, 0), &fakeClock{t: time.Unix(1_750_000_000, 0)}, nil, func(o *Options) { o.Events = rec })
+	ws := make([]*worker, 4)
+	index := map[string]int{}
+	for i := range ws {
+		ws[i] = e.register("s" + strconv.Itoa(i))
+		index[ws[i].id] = i
+	}
+	e.step()
+	inputs := [][]float32{seqDelta(8, 0.1), seqDelta(8, -0.2), seqDelta(8, 0.3), seqDelta(8, 0.05)}
+	e.secureRound(ws, inputs, map[int][]int{3: {3}}) // worker 3 drops before its masked input
+	r, _ := e.led.Last()
+	var flops, energyWh float64
+	for _, u := range r.Updates {
+		k := index[u.WorkerID]
+		want := [3]float64{float64(100 * (k + 1)), 1e9 * float64(k+1), 0.5 * float64(k+1)}
+		got := [3]float64{float64(u.Tokens), u.FLOPs, u.EnergyWh}
+		if !u.Accepted {
+			want = [3]float64{}
+		}
+		if got != want {
+			t.Errorf("worker %d's entry (accepted %v) claims %v, want %v", k, u.Accepted, got, want)
+		}
+		flops += got[1]
+		energyWh += got[2]
+	}
+	if flops != 6e9 || energyWh != 3 {
+		t.Fatalf("the survivors claim %g FLOPs and %g Wh, want 6e9 and 3", flops, energyWh)
+	}
+	var summary *protocol.RoundSummary
+	for _, ev := range rec.take() {
+		if ev.Type == protocol.EventRound {
+			summary = ev.Round
+		}
+	}
+	if summary == nil || summary.FLOPs != flops || math.Abs(summary.EnergyKWh-energyWh/1000) > 1e-12 || summary.Completed != 3 {
+		t.Fatalf("round event %+v, want %g FLOPs, %g kWh from 3 survivors", summary, flops, energyWh/1000)
+	}
+	re := Recompute(dir, e.cfg)
+	if _, err := re(r); err != nil {
+		t.Fatalf("recompute: %v", err)
+	}
+	// A claim on the record that the signed message does not make fails.
+	bad := r
+	bad.Updates = append([]ledger.UpdateEntry(nil), r.Updates...)
+	bad.Updates[0].EnergyWh *= 10
+	if _, err := re(bad); err == nil || !strings.Contains(err.Error(), "signed transcript") {
+		t.Fatalf("recompute with an inflated energy claim: %v", err)
+	}
+}

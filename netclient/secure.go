@@ -128,7 +128,8 @@ func (w *Worker) doSecure(ctx context.Context, info protocol.RoundInfo, up0, dow
 	if err != nil {
 		return err
 	}
-	if m, err = client.MaskedInput(routed, enc); err != nil {
+	claims := secagg.Claims{Tokens: uint64(tr.res.Tokens), FLOPs: tr.res.FLOPs, EnergyWh: tr.energyJ / 3600}
+	if m, err = client.MaskedInput(routed, enc, claims); err != nil {
 		return err
 	}
 	w.report(Event{Phase: PhaseUpload, Round: info.Round, UpdateBytes: len(m)})

@@ -197,14 +197,18 @@ func shareAD(hash [32]byte, from, to int) []byte {
 // MaskedInput is stage 3. shares are the encrypted shares addressed to this
 // client (from the neighbours that completed stage 2); each is decrypted
 // and authenticated now, so a tampered share is refused before anything
-// is sent. x is this client's encoded input (Encode). It returns the signed
-// masked vector.
-func (c *Client) MaskedInput(shares []Routed, x []uint32) ([]byte, error) {
+// is sent. x is this client's encoded input (Encode), claims what its
+// round cost. It returns the signed message: the claims and the masked
+// vector.
+func (c *Client) MaskedInput(shares []Routed, x []uint32, claims Claims) ([]byte, error) {
 	if err := c.advance(StageMasked); err != nil {
 		return nil, err
 	}
 	if len(x) != c.p.Length {
 		return nil, fmt.Errorf("secagg: client %d: input of %d values, the round masks %d: %w", c.index, len(x), c.p.Length, ErrParams)
+	}
+	if err := claims.check(); err != nil {
+		return nil, fmt.Errorf("secagg: client %d: %v: %w", c.index, err, ErrParams)
 	}
 	c.held = make(map[int][2]group.Scalar, len(shares))
 	for _, r := range shares {
@@ -240,6 +244,7 @@ func (c *Client) MaskedInput(shares []Routed, x []uint32) ([]byte, error) {
 	}
 	c.held[c.index] = c.own
 	b := appendHeader(nil, StageMasked, c.p, c.hash, c.index)
+	b = appendClaims(b, claims)
 	b = pack(b, y, c.p.Bits)
 	return sign(c.priv, b), nil
 }

@@ -18,6 +18,7 @@ func FuzzServerReceive(f *testing.F) {
 		srv, _ := NewServer(p)
 		_ = srv.Receive(b)
 		_, _, _ = openMessage(p, srv.hash, StageAdvertise, b)
+		_, _, _ = parseMasked(b, p)
 	})
 }
 

@@ -20,7 +20,7 @@ type RoundCost struct {
 	UploadTotal float64
 	// Unmasked is the same client's upload without secure aggregation but
 	// with the same encoding: the packed Bits-bit vector with a message
-	// header and a signature.
+	// header, the claims and a signature.
 	Unmasked int
 	// ServerTime is the time the server spent in its own calls (verifying,
 	// routing, closing stages, unmasking), measured on one goroutine.
@@ -70,7 +70,8 @@ func MeasureRound(n, length int, quantBits uint, dropout, dropAfterMasking float
 		drop[i*n/max(1, int(dropAfterMasking*float64(n)))] = true // spread over the ring
 	}
 	cost := RoundCost{Cohort: n, Degree: p.Degree, Threshold: p.Threshold, Length: length, Bits: p.Bits,
-		Unmasked: headerSize + packedSize(length, p.Bits) + ed25519.SignatureSize}
+		Unmasked: headerSize + claimsSize + packedSize(length, p.Bits) + ed25519.SignatureSize}
+	claims := Claims{Tokens: 20480, FLOPs: 1e12, EnergyWh: 0.5} // what a round's message carries besides the vector
 	var serverTime time.Duration
 	timed := func(f func() error) error {
 		t0 := time.Now()
@@ -125,7 +126,7 @@ func MeasureRound(n, length int, quantBits uint, dropout, dropAfterMasking float
 						}
 						errs[i] = err
 					case StageMasked:
-						msgs[i], errs[i] = c.MaskedInput(routed[i], input)
+						msgs[i], errs[i] = c.MaskedInput(routed[i], input, claims)
 					case StageConfirm:
 						if !drop[i] {
 							msgs[i], errs[i] = c.Confirm(survivors)

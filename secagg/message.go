@@ -4,6 +4,7 @@ import (
 	"crypto/ed25519"
 	"encoding/binary"
 	"fmt"
+	"math"
 )
 
 // Stage numbers, as they appear in message headers.
@@ -212,9 +213,55 @@ func unpack(b []byte, n int, bits uint) ([]uint32, error) {
 	return out, nil
 }
 
-// parseMasked reads a stage-3 body: the packed vector.
-func parseMasked(body []byte, p *Params) ([]uint32, error) {
-	return unpack(body, p.Length, p.Bits)
+// Claims are what a worker says its round cost: tokens trained, FLOPs and
+// energy. They travel in its signed masked-input message beside the masked
+// vector, as a plain update carries them in its header: the signature
+// proves who made them, not that they are true, and they say nothing
+// about the update's values (the same for any update of the round's
+// recipe; docs/privacy.md).
+type Claims struct {
+	Tokens   uint64
+	FLOPs    float64
+	EnergyWh float64
+}
+
+// claimsSize is the claims' encoding: tokens (u64), FLOPs (f64), energy
+// in Wh (f64), little-endian.
+const claimsSize = 24
+
+func (c Claims) check() error {
+	for _, v := range []struct {
+		name string
+		x    float64
+	}{{"FLOPs", c.FLOPs}, {"energy", c.EnergyWh}} {
+		if math.IsNaN(v.x) || math.IsInf(v.x, 0) || v.x < 0 {
+			return fmt.Errorf("claimed %s %v: want a finite number >= 0", v.name, v.x)
+		}
+	}
+	return nil
+}
+
+func appendClaims(b []byte, c Claims) []byte {
+	b = binary.LittleEndian.AppendUint64(b, c.Tokens)
+	b = binary.LittleEndian.AppendUint64(b, math.Float64bits(c.FLOPs))
+	return binary.LittleEndian.AppendUint64(b, math.Float64bits(c.EnergyWh))
+}
+
+// parseMasked reads a stage-3 body: the claims and the packed vector. A
+// body of the packed vector alone (a worker from before claims) has none.
+func parseMasked(body []byte, p *Params) (Claims, []uint32, error) {
+	var c Claims
+	if len(body) == claimsSize+packedSize(p.Length, p.Bits) {
+		c = Claims{Tokens: binary.LittleEndian.Uint64(body),
+			FLOPs:    math.Float64frombits(binary.LittleEndian.Uint64(body[8:])),
+			EnergyWh: math.Float64frombits(binary.LittleEndian.Uint64(body[16:]))}
+		if err := c.check(); err != nil {
+			return Claims{}, nil, err
+		}
+		body = body[claimsSize:]
+	}
+	v, err := unpack(body, p.Length, p.Bits)
+	return c, v, err
 }
 
 // revealed is one share sent in the unmask stage.

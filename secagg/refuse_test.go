@@ -1,7 +1,9 @@
 package secagg
 
 import (
+	"encoding/binary"
 	"errors"
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -28,7 +30,7 @@ func stepTo(t *testing.T, st int) (*Params, *Server, []*Client, [][]byte) {
 			case 2:
 				msgs[i], err = c.ShareKeys(srv.AdvertsFor(i))
 			case 3:
-				msgs[i], err = c.MaskedInput(srv.SharesFor(i), in[i])
+				msgs[i], err = c.MaskedInput(srv.SharesFor(i), in[i], Claims{})
 			case 4:
 				msgs[i], err = c.Confirm(srv.Survivors())
 			case 5:
@@ -53,12 +55,12 @@ func TestTamperedShareRefused(t *testing.T) {
 	shares := srv.SharesFor(0)
 	shares[0].Ciphertext = slices.Clone(shares[0].Ciphertext)
 	shares[0].Ciphertext[5] ^= 1
-	_, err := cs[0].MaskedInput(shares, make([]uint32, 32))
+	_, err := cs[0].MaskedInput(shares, make([]uint32, 32), Claims{})
 	if !errors.Is(err, ErrMessage) || !strings.Contains(err.Error(), "does not authenticate") {
 		t.Fatalf("tampered share: got %v", err)
 	}
 	// A share addressed to someone else, passed off as for client 1.
-	_, err = cs[1].MaskedInput(srv.SharesFor(2)[:1], make([]uint32, 32))
+	_, err = cs[1].MaskedInput(srv.SharesFor(2)[:1], make([]uint32, 32), Claims{})
 	if !errors.Is(err, ErrMessage) {
 		t.Fatalf("misrouted share: got %v", err)
 	}
@@ -187,4 +189,46 @@ func TestEquivocatingServerCaught(t *testing.T) {
 	if err := srv.Receive(liar); !errors.Is(err, ErrMessage) {
 		t.Fatalf("confirmation of another list: got %v", err)
 	}
+}
+
+// The claims in a masked-input message must be finite and non-negative:
+// the client refuses to send others, the server to take them (here a
+// client's own key signs a message with a NaN energy claim). A message
+// without claims (a worker from before them) is taken with zero claims.
+func TestMaskedInputClaims(t *testing.T) {
+	p, srv, cs, _ := stepTo(t, 3)
+	if _, err := cs[0].MaskedInput(srv.SharesFor(0), make([]uint32, 32), Claims{FLOPs: math.Inf(1)}); !errors.Is(err, ErrParams) {
+		t.Fatalf("infinite FLOPs claim: got %v", err)
+	}
+	_, privs := cohort(t, 6, 32, 8, 0)
+	m, err := cs[1].MaskedInput(srv.SharesFor(1), make([]uint32, 32), Claims{Tokens: 7, FLOPs: 2, EnergyWh: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := slices.Clone(m[:len(m)-64])
+	binary.LittleEndian.PutUint64(body[headerSize+16:], math.Float64bits(math.NaN()))
+	if err := srv.Receive(sign(privs[1], body)); !errors.Is(err, ErrMessage) || !strings.Contains(err.Error(), "energy") {
+		t.Fatalf("NaN energy claim: got %v", err)
+	}
+	if err := srv.Receive(m); err != nil {
+		t.Fatal(err)
+	}
+	if c, ok := srv.Claims(1); !ok || c != (Claims{Tokens: 7, FLOPs: 2, EnergyWh: 3}) {
+		t.Fatalf("claims of client 1: %+v %v", c, ok)
+	}
+	m, err = cs[2].MaskedInput(srv.SharesFor(2), make([]uint32, 32), Claims{Tokens: 9})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := append(slices.Clone(m[:headerSize]), m[headerSize+claimsSize:len(m)-64]...)
+	if err := srv.Receive(sign(privs[2], old)); err != nil {
+		t.Fatalf("masked input without claims: %v", err)
+	}
+	if c, ok := srv.Claims(2); !ok || c != (Claims{}) {
+		t.Fatalf("claims of a message without them: %+v %v", c, ok)
+	}
+	if _, ok := srv.Claims(3); ok {
+		t.Fatal("claims of a client whose masked input did not arrive")
+	}
+	_ = p
 }

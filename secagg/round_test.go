@@ -106,7 +106,7 @@ func round(t testing.TB, p *Params, privs []ed25519.PrivateKey, inputs [][]uint3
 		if !slices.Contains(srv.Completed(StageShareKeys), i) {
 			continue
 		}
-		m, err := clients[i].MaskedInput(srv.SharesFor(i), inputs[i])
+		m, err := clients[i].MaskedInput(srv.SharesFor(i), inputs[i], testClaims(i))
 		send(i, m, err)
 	}
 	if err := srv.Close(); err != nil {
@@ -134,6 +134,11 @@ func round(t testing.TB, p *Params, privs []ed25519.PrivateKey, inputs [][]uint3
 	}
 	sum, count, err := srv.Finish()
 	return srv, sum, count, err
+}
+
+// testClaims is what client i claims in the test rounds.
+func testClaims(i int) Claims {
+	return Claims{Tokens: uint64(1000 + i), FLOPs: 1e9 * float64(i+1), EnergyWh: 0.25 * float64(i)}
 }
 
 func randomInputs(p *Params, seed uint64) [][]uint32 {
@@ -174,6 +179,11 @@ func TestRoundSumIsExact(t *testing.T) {
 		}
 		if count != n || !slices.Equal(sum, plainSum(p, in, all)) {
 			t.Fatalf("n=%d: unmasked sum differs from the plain sum of inputs (count %d)", n, count)
+		}
+		for i := range n {
+			if c, ok := srv.Claims(i); !ok || c != testClaims(i) {
+				t.Fatalf("n=%d: client %d's claims read back as %+v (%v), sent %+v", n, i, c, ok, testClaims(i))
+			}
 		}
 		// Recompute from the stored transcript gives the same sum.
 		var stages [NumStages][][]byte
@@ -308,7 +318,7 @@ func TestMaskedVectorsLookUniform(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, m := range srv.Messages(StageMasked) {
-		y, err := unpack(m[headerSize:len(m)-ed25519.SignatureSize], p.Length, p.Bits)
+		_, y, err := parseMasked(m[headerSize:len(m)-ed25519.SignatureSize], p)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -31,6 +31,7 @@ type Server struct {
 	adverts map[int]advert
 	shares  map[int]map[int][]byte // sender -> recipient -> ciphertext
 	masked  map[int][]uint32
+	claims  map[int]Claims
 	reveals map[int][]revealed
 }
 
@@ -45,7 +46,7 @@ func NewServer(p *Params) (*Server, error) {
 	}
 	s := &Server{p: p, hash: p.Hash(), neigh: g, stage: StageAdvertise,
 		adverts: map[int]advert{}, shares: map[int]map[int][]byte{},
-		masked: map[int][]uint32{}, reveals: map[int][]revealed{}}
+		masked: map[int][]uint32{}, claims: map[int]Claims{}, reveals: map[int][]revealed{}}
 	for i := range s.msgs {
 		s.msgs[i] = map[int][]byte{}
 	}
@@ -111,11 +112,11 @@ func (s *Server) Receive(msg []byte) error {
 		}
 		s.shares[u] = sh
 	case StageMasked:
-		y, err := parseMasked(body, s.p)
+		c, y, err := parseMasked(body, s.p)
 		if err != nil {
 			return bad("%v", err)
 		}
-		s.masked[u] = y
+		s.masked[u], s.claims[u] = y, c
 	case StageConfirm:
 		// The client confirms exactly the survivor list this server sent.
 		if !bytes.Equal(body, survivorHash(s.Survivors())) {
@@ -221,6 +222,14 @@ func (s *Server) SharesFor(u int) []Routed {
 		out = append(out, Routed{From: v, Ciphertext: s.shares[v][u]})
 	}
 	return out
+}
+
+// Claims returns what client u claimed in its masked-input message
+// (tokens, FLOPs, energy), and whether that message arrived. The claims of
+// a message from before claims existed are zero.
+func (s *Server) Claims(u int) (Claims, bool) {
+	_, ok := s.masked[u]
+	return s.claims[u], ok
 }
 
 // Survivors is what every client needs for stage 4: the clients whose

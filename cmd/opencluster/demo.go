@@ -114,7 +114,8 @@ type demoRound struct {
 	WireRatio        float64 `json:"wire_ratio"`        // dense fp32 delta / whole signed update (header, shapes digest, signature)
 	TrainLoss        float64 `json:"loss"`              // the workers' mean training loss
 	ValLoss          float64 `json:"val_loss"`
-	EnergyJ          float64 `json:"energy_j"`
+	EnergyJ          float64 `json:"energy_j"` // the accepted updates' claims (secure rounds: from the masked inputs)
+	FLOPs            float64 `json:"flops"`    // the same for FLOPs
 	EnergyMeasured   bool    `json:"energy_measured"`
 	ElapsedS         float64 `json:"elapsed_s"`
 	SecureAgg        bool    `json:"secure_agg"`
@@ -394,6 +395,7 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 					r.Participants++
 					r.BytesUp += u.Bytes
 					r.EnergyJ += u.EnergyWh * 3600
+					r.FLOPs += u.FLOPs
 				}
 			}
 			for _, e := range evs {
@@ -419,8 +421,8 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 				if r.EnergyMeasured {
 					est = "measured"
 				}
-				fmt.Fprintf(out, "   round %d: participants %d, up %s, down %s, compression_ratio %.1fx (%.1fx with headers), train_loss %.4f, val_loss %.4f, energy %.0f J (%s), %.0fs\n",
-					r.Round, r.Participants, human(r.BytesUp), human(r.BytesDown), r.CompressionRatio, r.WireRatio, r.TrainLoss, r.ValLoss, r.EnergyJ, est, r.ElapsedS)
+				fmt.Fprintf(out, "   round %d: participants %d, up %s, down %s, compression_ratio %.1fx (%.1fx with headers), train_loss %.4f, val_loss %.4f, %.3g FLOPs, energy %.0f J (%s), %.0fs\n",
+					r.Round, r.Participants, human(r.BytesUp), human(r.BytesDown), r.CompressionRatio, r.WireRatio, r.TrainLoss, r.ValLoss, r.FLOPs, r.EnergyJ, est, r.ElapsedS)
 				if r.Epsilon > 0 {
 					fmt.Fprintf(out, "      privacy spent so far: epsilon %.3g at delta 1e-5 (client level)\n", r.Epsilon)
 				}
