@@ -291,6 +291,7 @@ def lora_one(name, V, d, L, nh, nkv, hidden, theta, eps, T, B, r, alpha, quick, 
             "targets": ",".join(targets_), "threads": torch.get_num_threads(), "precision": "fp32",
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", ""),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
             "peer": "plain-torch fp32 Llama blocks + LoRA (frozen fp32 base), torch " + torch.__version__})
         return
     peak = torch.cuda.max_memory_allocated()
