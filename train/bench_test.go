@@ -17,8 +17,14 @@ var (
 
 // benchStep times one optimizer step (forward, backward, clip, AdamW) and
 // reports training tokens per second.
-func benchStep(b *testing.B, cfg ModelConfig, B, T, rank int, qlora bool) {
-	m, err := NewModel(cfg, backend.NewCPU(0), 1)
+func benchStep(b *testing.B, cfg ModelConfig, B, T, rank int, qlora bool, dtype ...string) {
+	be := backend.NewCPU(0)
+	if len(dtype) > 0 {
+		if _, err := backend.ApplyComputeDType(be, dtype[0]); err != nil {
+			b.Skip(err)
+		}
+	}
+	m, err := NewModel(cfg, be, 1)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -54,6 +60,7 @@ func BenchmarkTrainStepTiny(b *testing.B) {
 func BenchmarkTrainStepSmall(b *testing.B) {
 	b.Run("pretrain", func(b *testing.B) { benchStep(b, benchSmall, 8, 256, 16, false) })
 	b.Run("qlora", func(b *testing.B) { benchStep(b, benchSmall, 8, 256, 16, true) })
+	b.Run("qlora-bf16", func(b *testing.B) { benchStep(b, benchSmall, 8, 256, 16, true, backend.ComputeBF16) })
 }
 
 // bench1B is configs/llama-1b.yaml's model: the Llama 3.2 1B shape.

@@ -8,6 +8,7 @@ import (
 
 	"github.com/opencluster/opencluster/quant"
 	"github.com/opencluster/opencluster/train/backend/sgemm"
+	"github.com/opencluster/opencluster/train/backend/vecmath"
 )
 
 // NewCPU returns the CPU reference backend using threads workers for the
@@ -138,16 +139,9 @@ func (c *cpu) parallel(n int, f func(part, lo, hi int)) {
 		f(0, 0, n)
 		return
 	}
-	var wg sync.WaitGroup
-	for p := 0; p < parts; p++ {
-		lo, hi := p*n/parts, (p+1)*n/parts
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			f(p, lo, hi)
-		}()
-	}
-	wg.Wait()
+	sgemm.Parallel(parts, func(p int) {
+		f(p, p*n/parts, (p+1)*n/parts)
+	})
 }
 
 func (c *cpu) parts(n int) int {
@@ -379,7 +373,7 @@ func (c *cpu) AttentionForward(out, att, q, k, v Buf, B, T, H, KVH, hd int) {
 	}
 	c.parallel(B*H*T, func(_, lo, hi int) {
 		for r := lo; r < hi; r++ {
-			causalSoftmax(a[r*T:(r+1)*T], r%T)
+			vecmath.CausalSoftmax(a[r*T:(r+1)*T], r%T)
 		}
 	})
 	for bh := 0; bh < B*H; bh++ {
@@ -387,26 +381,6 @@ func (c *cpu) AttentionForward(out, att, q, k, v Buf, B, T, H, KVH, hd int) {
 		kh := h / grp
 		sgemm.Sgemm(false, false, T, hd, T, 1, a[bh*T*T:(bh+1)*T*T], T, vs[b*T*KC+kh*hd:], KC, 0, o[b*T*C+h*hd:], C)
 	}
-}
-
-// causalSoftmax turns the scores row[0..t] of query position t into
-// probabilities (in float32, as the reference) and zeroes row[t+1:].
-func causalSoftmax(row []float32, t int) {
-	maxv := float32(math.Inf(-1))
-	for _, x := range row[:t+1] {
-		maxv = max(maxv, x)
-	}
-	var sum float32
-	for i, x := range row[:t+1] {
-		e := float32(math.Exp(float64(x - maxv)))
-		row[i] = e
-		sum += e
-	}
-	inv := 1 / sum
-	for i := range row[:t+1] {
-		row[i] *= inv
-	}
-	clear(row[t+1:])
 }
 
 // AttentionBackward is the reference's backward as products per (batch,
@@ -476,13 +450,13 @@ func (c *cpu) elementwise(n int, f func(lo, hi int)) {
 
 func (c *cpu) SwiGLUForward(out, gate, up Buf) {
 	o, g, u := s(out), s(gate), s(up)
-	c.elementwise(len(o), func(lo, hi int) { SwiGLUForward(o[lo:hi], g[lo:hi], u[lo:hi]) })
+	c.elementwise(len(o), func(lo, hi int) { vecmath.SwiGLUForward(o[lo:hi], g[lo:hi], u[lo:hi]) })
 }
 
 func (c *cpu) SwiGLUBackward(dgate, dup, dout, gate, up Buf) {
 	dg, du, d, g, u := s(dgate), s(dup), s(dout), s(gate), s(up)
 	c.elementwise(len(g), func(lo, hi int) {
-		SwiGLUBackward(dg[lo:hi], du[lo:hi], d[lo:hi], g[lo:hi], u[lo:hi])
+		vecmath.SwiGLUBackward(dg[lo:hi], du[lo:hi], d[lo:hi], g[lo:hi], u[lo:hi])
 	})
 }
 

@@ -95,6 +95,13 @@ func putHelpers(hs []*helper) {
 	poolMu.Unlock()
 }
 
+// Parallel runs f(0) .. f(t-1) at once on the calling goroutine and t-1
+// pool helpers and returns when all are done. The CPU backend runs its
+// row-parallel loops on it too, so the helpers that spin between products
+// pick that work up at once instead of competing with fresh goroutines for
+// the cores.
+func Parallel(t int, f func(i int)) { parallel(max(t, 1), f) }
+
 // parallel runs f(0) .. f(t-1) at once, f(0) on the calling goroutine and
 // the rest on pool helpers, and returns when all are done.
 func parallel(t int, f func(i int)) {
