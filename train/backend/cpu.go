@@ -354,34 +354,60 @@ func (c *cpu) RoPEBackward(dx, cos, sin Buf, N, T, nh, hd int) {
 }
 
 // AttentionForward runs the reference's arithmetic as matrix products, one
-// (batch, head) at a time: S = scale·Q·Kᵀ into att with sgemm.Sgemm (strided
-// views of q and k, no copies), the causal softmax row by row in parallel,
-// then out = P·V. The products cover the full T x T square (the masked half
-// is computed and then zeroed): twice the causal work, but at sgemm's speed
-// rather than a scalar loop's. Sgemm splits each product across its own
-// threads, so the (batch, head) pairs run in order and every sum has a fixed
-// order: results repeat bit for bit whatever the thread count.
+// (batch, head) at a time: S = scale·Q·Kᵀ into att (strided views of q and
+// k, no copies), the causal softmax row by row, then out = P·V. The
+// products cover the full T x T square (the masked half is computed and
+// then zeroed): twice the causal work, but at sgemm's speed rather than a
+// scalar loop's. With at least two (batch, kv head) groups per thread the
+// threads take whole groups, each running its products on one thread (no
+// synchronisation inside a product of a few hundred microseconds);
+// otherwise the pairs run in order and Sgemm splits each product. A
+// product's result does not depend on how many threads ran it, so every
+// sum has a fixed order either way: results repeat bit for bit.
 func (c *cpu) AttentionForward(out, att, q, k, v Buf, B, T, H, KVH, hd int) {
 	o, a, qs, ks, vs := s(out), s(att), s(q), s(k), s(v)
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	C, KC, grp := H*hd, KVH*hd, H/KVH
-	for bh := 0; bh < B*H; bh++ {
+	head := func(gemm gemmFunc, rows func(int, func(lo, hi int)), bh int) {
 		b, h := bh/H, bh%H
 		kh := h / grp
-		qo, ko, p := b*T*C+h*hd, b*T*KC+kh*hd, a[bh*T*T:(bh+1)*T*T]
-		sgemm.Sgemm(false, true, T, T, hd, scale, qs[qo:], C, ks[ko:], KC, 0, p, T)
+		p := a[bh*T*T : (bh+1)*T*T]
+		gemm(false, true, T, T, hd, scale, qs[b*T*C+h*hd:], C, ks[b*T*KC+kh*hd:], KC, 0, p, T)
+		rows(T, func(lo, hi int) {
+			for t := lo; t < hi; t++ {
+				vecmath.CausalSoftmax(p[t*T:(t+1)*T], t)
+			}
+		})
+		gemm(false, false, T, hd, T, 1, p, T, vs[b*T*KC+kh*hd:], KC, 0, o[b*T*C+h*hd:], C)
 	}
-	c.parallel(B*H*T, func(_, lo, hi int) {
-		for r := lo; r < hi; r++ {
-			vecmath.CausalSoftmax(a[r*T:(r+1)*T], r%T)
-		}
-	})
+	if c.byGroups(B * KVH) {
+		c.parallel(B*KVH, func(_, lo, hi int) {
+			for g := lo; g < hi; g++ {
+				b, kh := g/KVH, g%KVH
+				for h := kh * grp; h < (kh+1)*grp; h++ {
+					head(sgemm.Serial, serialRows, b*H+h)
+				}
+			}
+		})
+		return
+	}
 	for bh := 0; bh < B*H; bh++ {
-		b, h := bh/H, bh%H
-		kh := h / grp
-		sgemm.Sgemm(false, false, T, hd, T, 1, a[bh*T*T:(bh+1)*T*T], T, vs[b*T*KC+kh*hd:], KC, 0, o[b*T*C+h*hd:], C)
+		head(sgemm.Sgemm, c.rows, bh)
 	}
 }
+
+// serialRows runs f over [0,n) on the calling goroutine; rows runs it in
+// parallel chunks.
+func serialRows(n int, f func(lo, hi int)) { f(0, n) }
+
+func (c *cpu) rows(n int, f func(lo, hi int)) { c.parallel(n, func(_, lo, hi int) { f(lo, hi) }) }
+
+// gemmFunc is sgemm.Sgemm's signature (or sgemm.Serial's).
+type gemmFunc func(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int)
+
+// byGroups reports whether attention's (batch, kv head) groups are enough
+// to share between the threads whole: two per thread at least.
+func (c *cpu) byGroups(groups int) bool { return c.threads > 1 && groups >= 2*c.threads }
 
 // AttentionBackward is the reference's backward as products per (batch,
 // head), accumulating into dq, dk, dv (beta 1) in a fixed order:
@@ -390,32 +416,57 @@ func (c *cpu) AttentionForward(out, att, q, k, v Buf, B, T, H, KVH, hd int) {
 //	dQ += dS·K, dK += dSᵀ·Q.
 //
 // Query heads that share a kv head add into the same dk and dv one after
-// another, so the sums repeat bit for bit.
+// another, in head order, so the sums repeat bit for bit; the threads take
+// whole (batch, kv head) groups as in AttentionForward.
 func (c *cpu) AttentionBackward(dq, dk, dv, dout, att, q, k, v Buf, B, T, H, KVH, hd int) {
 	dqs, dks, dvs, do, a, qs, ks, vs := s(dq), s(dk), s(dv), s(dout), s(att), s(q), s(k), s(v)
 	scale := float32(1 / math.Sqrt(float64(hd)))
 	C, KC, grp := H*hd, KVH*hd, H/KVH
+	groups := byGroupsParts(c, B*KVH)
 	c.attMu.Lock()
 	defer c.attMu.Unlock()
-	if cap(c.attDS) < T*T {
-		c.attDS = make([]float32, T*T)
+	if cap(c.attDS) < groups*T*T {
+		c.attDS = make([]float32, groups*T*T)
 	}
-	ds := c.attDS[:T*T]
-	for bh := 0; bh < B*H; bh++ {
+	head := func(gemm gemmFunc, rows func(int, func(lo, hi int)), bh int, ds []float32) {
 		b, h := bh/H, bh%H
 		kh := h / grp
 		qo, ko := b*T*C+h*hd, b*T*KC+kh*hd
 		p := a[bh*T*T : (bh+1)*T*T]
-		sgemm.Sgemm(false, true, T, T, hd, 1, do[qo:], C, vs[ko:], KC, 0, ds, T)
-		sgemm.Sgemm(true, false, T, hd, T, 1, p, T, do[qo:], C, 1, dvs[ko:], KC)
-		c.parallel(T, func(_, lo, hi int) {
+		gemm(false, true, T, T, hd, 1, do[qo:], C, vs[ko:], KC, 0, ds, T)
+		gemm(true, false, T, hd, T, 1, p, T, do[qo:], C, 1, dvs[ko:], KC)
+		rows(T, func(lo, hi int) {
 			for t := lo; t < hi; t++ {
 				softmaxBackwardRow(ds[t*T:(t+1)*T], p[t*T:(t+1)*T], t, scale)
 			}
 		})
-		sgemm.Sgemm(false, false, T, hd, T, 1, ds, T, ks[ko:], KC, 1, dqs[qo:], C)
-		sgemm.Sgemm(true, false, T, hd, T, 1, ds, T, qs[qo:], C, 1, dks[ko:], KC)
+		gemm(false, false, T, hd, T, 1, ds, T, ks[ko:], KC, 1, dqs[qo:], C)
+		gemm(true, false, T, hd, T, 1, ds, T, qs[qo:], C, 1, dks[ko:], KC)
 	}
+	if groups > 1 {
+		c.parallel(B*KVH, func(part, lo, hi int) {
+			ds := c.attDS[part*T*T : (part+1)*T*T]
+			for g := lo; g < hi; g++ {
+				b, kh := g/KVH, g%KVH
+				for h := kh * grp; h < (kh+1)*grp; h++ {
+					head(sgemm.Serial, serialRows, b*H+h, ds)
+				}
+			}
+		})
+		return
+	}
+	for bh := 0; bh < B*H; bh++ {
+		head(sgemm.Sgemm, c.rows, bh, c.attDS[:T*T])
+	}
+}
+
+// byGroupsParts is how many workers attention's backward uses: the
+// threads when they take whole groups, else 1 (Sgemm splits each product).
+func byGroupsParts(c *cpu, groups int) int {
+	if c.byGroups(groups) {
+		return c.parts(groups)
+	}
+	return 1
 }
 
 // AttentionDecode runs the reference a range of query heads per worker.

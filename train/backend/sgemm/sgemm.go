@@ -47,6 +47,23 @@ func Sgemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int
 	run(int(impl.Load()), threadsFor(m, n, k), transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 }
 
+// Serial is Sgemm on the calling goroutine alone, for callers that run
+// independent products side by side on their own threads (attention's
+// heads). Its results are Sgemm's, bit for bit.
+func Serial(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
+	if err := Check(transA, transB, m, n, k, len(a), lda, len(b), ldb, len(c), ldc); err != nil {
+		panic(err)
+	}
+	if trivial(m, n, k, alpha, beta, c, ldc) {
+		return
+	}
+	if m*n*k <= tinyWork {
+		small(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+		return
+	}
+	run(int(impl.Load()), 1, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+}
+
 // trivial finishes a product with no multiply-adds to do (an empty C, or
 // k or alpha zero: C = beta*C) and reports whether it did.
 func trivial(m, n, k int, alpha, beta float32, c []float32, ldc int) bool {
