@@ -2,6 +2,9 @@ package netclient
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -18,6 +21,13 @@ import (
 // hfBase writes a Hugging Face folder (a model with a trained BPE
 // tokenizer) and puts its files on the fake coordinator.
 func hfBase(t *testing.T, dir string, f *fakeCoordinator) (*tokenizer.Tokenizer, train.ModelConfig) {
+	t.Helper()
+	return hfBaseWith(t, dir, f, nil)
+}
+
+// hfBaseWith is hfBase with the files edited by edit (name, content) before
+// they are served.
+func hfBaseWith(t *testing.T, dir string, f *fakeCoordinator, edit func(string, []byte) []byte) (*tokenizer.Tokenizer, train.ModelConfig) {
 	t.Helper()
 	tok, raw, err := tokenizer.Train([]string{strings.Repeat("func f(x int) int { return x*7 + 3 }\n", 20)}, 300)
 	if err != nil {
@@ -40,6 +50,9 @@ func hfBase(t *testing.T, dir string, f *fakeCoordinator) (*tokenizer.Tokenizer,
 		b, err := os.ReadFile(filepath.Join(model, name))
 		if err != nil {
 			t.Fatal(err)
+		}
+		if edit != nil {
+			b = edit(name, b)
 		}
 		sha := f.put(b)
 		f.baseFiles = append(f.baseFiles, protocol.BaseFile{Name: name, SHA256: sha, Bytes: int64(len(b))})
@@ -114,5 +127,51 @@ func TestWorkerRefusesBadBaseFolders(t *testing.T) {
 				t.Error("a base folder was assembled for a refused round")
 			}
 		})
+	}
+}
+
+// A coordinator serving a base folder whose chat template would take the
+// worker's memory (a string doubled forty times): the worker renders it in
+// its sandbox, refuses the template with an error that says so, and stays
+// up; nothing is uploaded.
+func TestWorkerRefusesAHostileChatTemplate(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig()
+	fake := newFake(t, []byte("unused"), nil, "dense")
+	hostile := `{% set s = 'ab' %}{% for i in range(40) %}{% set s = s ~ s %}{% endfor %}{{ s }}`
+	_, mc := hfBaseWith(t, dir, fake, func(name string, b []byte) []byte {
+		if name != "tokenizer_config.json" {
+			return b
+		}
+		var c map[string]any
+		if err := json.Unmarshal(b, &c); err != nil {
+			t.Fatal(err)
+		}
+		c["chat_template"] = hostile
+		out, _ := json.Marshal(c)
+		return out
+	})
+	fake.shapes = AdapterShapes(mc, cfg.LoRA)
+	fake.n = ShapesLen(fake.shapes)
+	fake.adapter = fake.put(EncodeAdapter(make([]float32, fake.n)))
+	fake.maxRounds = 1
+	srv := httptest.NewServer(fake)
+	defer srv.Close()
+	data := writeData(t, dir)
+	var chats strings.Builder
+	for i := range 20 {
+		fmt.Fprintf(&chats, `{"messages": [{"role": "user", "content": "q%d"}, {"role": "assistant", "content": "a%d"}]}`+"\n", i, i)
+	}
+	if err := os.WriteFile(filepath.Join(data, "chat.jsonl"), []byte(chats.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w := startWorker(t, srv, filepath.Join(dir, "state"), data, &fakeClock{now: time.Unix(0, 0)}, nil)
+	w.o.MaxRounds = 1
+	err := w.Run(context.Background())
+	if !errors.Is(err, tokenizer.ErrTemplateRefused) || !strings.Contains(err.Error(), "memory") {
+		t.Fatalf("worker run with a hostile chat template: %v; want the template refused for its memory", err)
+	}
+	if len(fake.updates) != 0 {
+		t.Errorf("%d updates uploaded", len(fake.updates))
 	}
 }

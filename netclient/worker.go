@@ -27,6 +27,7 @@ import (
 	"github.com/opencluster/opencluster/train"
 	"github.com/opencluster/opencluster/train/backend"
 	"github.com/opencluster/opencluster/train/data"
+	"github.com/opencluster/opencluster/train/tokenizer"
 )
 
 // Options configures a worker.
@@ -237,8 +238,10 @@ func (w *Worker) Register(ctx context.Context) error {
 
 // Run registers and then works rounds until ctx ends, MaxRounds rounds are
 // done, or IdleExit passes without work. Errors inside a round are
-// reported and the worker goes back to waiting; only a failed registration
-// or a cancelled ctx ends Run with an error.
+// reported and the worker goes back to waiting; only a failed registration,
+// a chat template the sandbox refused (the coordinator's base model ships
+// code that broke its limits: every round would try it again) or a
+// cancelled ctx ends Run with an error.
 func (w *Worker) Run(ctx context.Context) error {
 	if err := w.Register(ctx); err != nil {
 		return err
@@ -296,6 +299,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		if err := w.DoRound(ctx, info); err != nil {
 			if ctx.Err() != nil {
 				break
+			}
+			if errors.Is(err, tokenizer.ErrTemplateRefused) {
+				return fmt.Errorf("round %d: this coordinator's base model has a chat template this worker refuses to run: %w", info.Round, err)
 			}
 			w.log.Error("round failed", "round", info.Round, "error", err)
 			w.report(Event{Phase: PhaseRetry, Round: info.Round, Message: err.Error()})

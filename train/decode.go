@@ -149,6 +149,7 @@ func ChatPrompt(tok *tokenizer.Tokenizer, system, user string) ([]int32, error) 
 	if err != nil {
 		return nil, err
 	}
+	defer tmpl.Close()
 	var msgs []tokenizer.Message
 	if system != "" {
 		msgs = append(msgs, tokenizer.Message{"role": "system", "content": system})

@@ -12,13 +12,14 @@ import (
 // on a name the code uses that is in neither place, and the warning below
 // would cry wolf about it.
 var otherEnv = map[string]string{
-	"OPENCLUSTER_DEVICE":            "set by device dispatch for the CUDA build it execs",
-	"OPENCLUSTER_JOIN_TOKEN":        "worker: the join token (a worker config key, listed for clarity)",
-	"OPENCLUSTER_TOKENIZERS":        "tests: the tokenizer files scripts/fetch-tokenizers.sh fetched",
-	"OPENCLUSTER_BIN":               "browser tests: the built binary",
-	"OPENCLUSTER_DEMO_BASE":         "browser tests: make demo's pretrained base",
-	"OPENCLUSTER_UPDATE_SCREENSHOT": "browser tests: rewrite the reference screenshot",
-	"OPENCLUSTER_CALIBRATE_DEMO":    "make test: run sim/demotest's timing of the real demo (alone, after the other packages)",
+	"OPENCLUSTER_DEVICE":              "set by device dispatch for the CUDA build it execs",
+	"OPENCLUSTER_JOIN_TOKEN":          "worker: the join token (a worker config key, listed for clarity)",
+	"OPENCLUSTER_TOKENIZERS":          "tests: the tokenizer files scripts/fetch-tokenizers.sh fetched",
+	"OPENCLUSTER_BIN":                 "browser tests: the built binary",
+	"OPENCLUSTER_DEMO_BASE":           "browser tests: make demo's pretrained base",
+	"OPENCLUSTER_UPDATE_SCREENSHOT":   "browser tests: rewrite the reference screenshot",
+	"OPENCLUSTER_CALIBRATE_DEMO":      "make test: run sim/demotest's timing of the real demo (alone, after the other packages)",
+	"OPENCLUSTER_CHAT_TEMPLATE_CHILD": "set by train/tokenizer for the sandboxed chat-template renderer it starts (this binary, rendering for its parent)",
 }
 
 // otherEnvPrefixes are families of non-config variables: test hooks

@@ -76,6 +76,13 @@ func newEncoder(tok *tokenizer.Tokenizer) *encoder {
 	return e
 }
 
+// close stops the chat template's renderers, if it started any; later
+// conversations fail.
+func (e *encoder) close() {
+	e.chatOnce.Do(func() { e.chatErr = errors.New("data: tokenizing stopped") })
+	e.chat.Close()
+}
+
 // text encodes a piece of a document: the post-processor's leading special
 // tokens (BOS) before the first piece; its trailing ones and EOS after the
 // last.
@@ -150,6 +157,7 @@ func (d *Dataset) openTokens(found []indexed) error {
 	}
 	d.opts = o
 	enc := newEncoder(o.Tokenizer)
+	defer enc.close()
 	key, err := cacheKey(d.root, found, o)
 	if err != nil {
 		return err
@@ -380,9 +388,14 @@ func (d *Dataset) tokenize(enc *encoder, bin, idx string) ([]example, int, error
 		<-j.done
 		err := j.err
 		if err != nil && j.line > 0 {
-			if !d.opts.SkipBadLines {
+			switch {
+			case errors.Is(err, tokenizer.ErrTemplateRefused):
+				// Not the line's fault: the chat template broke the
+				// sandbox's limits, and fails every line.
+				err = fmt.Errorf("data: %s:%d: %w", j.path, j.line, err)
+			case !d.opts.SkipBadLines:
 				err = fmt.Errorf("data: %s:%d: %w (use --skip-bad-lines to skip such lines)", j.path, j.line, err)
-			} else {
+			default:
 				if bad < 5 {
 					d.opts.Logger.Warn("skipping bad line", "file", j.path, "line", j.line, "error", err)
 				}

@@ -3,6 +3,7 @@ package data
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -394,5 +395,25 @@ func TestPackedRowsAlwaysLearnSomething(t *testing.T) {
 		if n == 0 {
 			t.Fatalf("validation batch %d has no target", i)
 		}
+	}
+}
+
+// A chat template is someone else's code (it comes with the model): one
+// that would fill the machine's memory is stopped by the sandbox and fails
+// the whole Open, naming the refusal, even with SkipBadLines (it is not
+// any line's fault, and trying it on every line would cost each time).
+func TestHostileChatTemplateIsRefused(t *testing.T) {
+	tok, _, err := tokenizer.Train([]string{string(prose(3, 4000))}, 300)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok.SetChatTemplate(`{% set s = 'ab' %}{% for i in range(40) %}{% set s = s ~ s %}{% endfor %}{% for m in messages %}{{ s }}{% endfor %}`)
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "chat.jsonl"), chatLines(30))
+	o := tokOpts(t, filepath.Join(dir, "chat.jsonl"))
+	o.Tokenizer, o.SkipBadLines = tok, true
+	_, err = Open(o)
+	if !errors.Is(err, tokenizer.ErrTemplateRefused) || !strings.Contains(err.Error(), "chat.jsonl:1:") || !strings.Contains(err.Error(), "memory") {
+		t.Fatalf("Open with a template that doubles a string 40 times: %v; want the template refused for its memory, naming chat.jsonl:1", err)
 	}
 }

@@ -19,14 +19,19 @@ func (m Message) Role() string {
 }
 
 // ChatTemplate is a compiled Jinja chat template (tokenizer_config.json's
-// chat_template) with the special tokens it may refer to.
+// chat_template) with the special tokens it may refer to. It renders in
+// this process (NewChatTemplate) or in sandboxed child processes
+// (SandboxChatTemplate, which CompileChatTemplate uses).
 type ChatTemplate struct {
-	tmpl     *jinja.Template
-	bos, eos string
+	tmpl      *jinja.Template // in-process
+	box       *renderers      // sandboxed
+	bos, eos  string
+	maxOutput int // in-process: bytes one rendering may produce (0: no limit)
 }
 
-// NewChatTemplate compiles src. bos and eos are the values of bos_token and
-// eos_token inside the template.
+// NewChatTemplate compiles src to render in this process, without limits:
+// for templates you trust (the sandbox's renderers use it). bos and eos
+// are the values of bos_token and eos_token inside the template.
 func NewChatTemplate(src, bos, eos string) (*ChatTemplate, error) {
 	t, err := jinja.Compile(src)
 	if err != nil {
@@ -35,18 +40,24 @@ func NewChatTemplate(src, bos, eos string) (*ChatTemplate, error) {
 	return &ChatTemplate{tmpl: t, bos: bos, eos: eos}, nil
 }
 
-// CompileChatTemplate compiles the tokenizer's chat template with its BOS and EOS
-// tokens; a tokenizer without one is an error.
+// CompileChatTemplate prepares the tokenizer's chat template, with its BOS
+// and EOS tokens, to render within DefaultSandbox's limits (the template
+// came with a model: it is someone else's code). A tokenizer without one
+// is an error. Close the template when done with it.
 func (t *Tokenizer) CompileChatTemplate() (*ChatTemplate, error) {
 	if t.chatTemplate == "" {
 		return nil, errors.New("tokenizer has no chat_template (tokenizer_config.json); chat data needs one")
 	}
-	return NewChatTemplate(t.chatTemplate, t.bos, t.eos)
+	return SandboxChatTemplate(t.chatTemplate, t.bos, t.eos, DefaultSandbox)
 }
 
 // Render renders a conversation as transformers' apply_chat_template does
 // (bos_token, eos_token and add_generation_prompt are set).
 func (c *ChatTemplate) Render(msgs []Message, addGenerationPrompt bool) (string, error) {
+	if c.box != nil {
+		text, _, err := c.box.render(renderRequest{Messages: msgs, AddGenerationPrompt: addGenerationPrompt})
+		return text, err
+	}
 	list := make([]any, len(msgs))
 	for i, m := range msgs {
 		list[i] = map[string]any(m)
@@ -59,6 +70,9 @@ func (c *ChatTemplate) Render(msgs []Message, addGenerationPrompt bool) (string,
 	})
 	if err != nil {
 		return "", fmt.Errorf("chat template: %w", err)
+	}
+	if c.maxOutput > 0 && len(out) > c.maxOutput {
+		return "", fmt.Errorf("chat template: a rendering of %d bytes is over %w of %d bytes", len(out), errOutputLimit, c.maxOutput)
 	}
 	return out, nil
 }
@@ -75,6 +89,9 @@ type Span struct{ Start, End int }
 // handled too), else it is an error naming the turn (Qwen3's, which adds an
 // empty think block to the last turn only, is such a template).
 func (c *ChatTemplate) AssistantSpans(msgs []Message) (string, []Span, error) {
+	if c.box != nil {
+		return c.box.render(renderRequest{Messages: msgs, Spans: true})
+	}
 	full, err := c.Render(msgs, false)
 	if err != nil {
 		return "", nil, err

@@ -2,6 +2,7 @@ package tokenizer
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -52,17 +53,43 @@ func loadTemplate(t *testing.T, dir, name string) *ChatTemplate {
 	return c
 }
 
+// loadSandboxed is loadTemplate rendering in the sandbox, as
+// CompileChatTemplate does.
+func loadSandboxed(t *testing.T, dir, name string) *ChatTemplate {
+	t.Helper()
+	src, err := os.ReadFile(filepath.Join(dir, "templates", name+".jinja"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := SandboxChatTemplate(string(src), "<s>", "</s>", DefaultSandbox)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
 // TestChatTemplatesMatchReference renders every conversation of
 // testdata/chats.json with the real Llama 3, Llama 3.1, Qwen2 (ChatML),
-// Qwen2.5, Qwen3, Mistral, Llama 2, TinyLlama and SmolLM2 templates and
-// compares with @huggingface/jinja: the same text, or an error where it
-// raises one.
+// Qwen2.5, Qwen3, Mistral, Llama 2, TinyLlama and SmolLM2 templates, in
+// process and in the sandbox, and compares with @huggingface/jinja: the
+// same text, or an error where it raises one.
 func TestChatTemplatesMatchReference(t *testing.T) {
+	for _, sandboxed := range []bool{false, true} {
+		t.Run(fmt.Sprintf("sandboxed=%v", sandboxed), func(t *testing.T) { testChatTemplatesMatchReference(t, sandboxed) })
+	}
+}
+
+func testChatTemplatesMatchReference(t *testing.T, sandboxed bool) {
 	dir, exp := loadChatExpected(t)
 	t.Logf("reference: %s", exp.Reference)
 	chats := map[string]chatCase{}
 	for _, c := range exp.Chats {
 		chats[c.Name] = c
+	}
+	load := loadTemplate
+	if sandboxed {
+		load = loadSandboxed
 	}
 	templates := map[string]*ChatTemplate{}
 	for _, r := range exp.Renderings {
@@ -75,7 +102,7 @@ func TestChatTemplatesMatchReference(t *testing.T) {
 		}
 		c, ok := templates[r.Template]
 		if !ok {
-			c = loadTemplate(t, dir, r.Template)
+			c = load(t, dir, r.Template)
 			templates[r.Template] = c
 		}
 		got, err := c.Render(chats[r.Chat].Messages, r.AddGenerationPrompt)
@@ -128,7 +155,7 @@ func TestAssistantSpans(t *testing.T) {
 	dir, exp := loadChatExpected(t)
 	ends := map[string]string{"llama3": "<|eot_id|>", "qwen2-chatml": "<|im_end|>", "mistral-instruct": "</s>", "llama3-config": "<|eot_id|>"}
 	for name, end := range ends {
-		c := loadTemplate(t, dir, name)
+		c := loadSandboxed(t, dir, name)
 		for _, chat := range exp.Chats {
 			text, spans, err := c.AssistantSpans(chat.Messages)
 			if err != nil {
@@ -178,7 +205,7 @@ func TestEncodeChatMasks(t *testing.T) {
 		{"sentencepiece-bpe", "mistral-instruct", "</s>"},
 	} {
 		tok := loadOnce(t, filepath.Join(dir, "models", c.model))
-		tmpl := loadTemplate(t, dir, c.template)
+		tmpl := loadSandboxed(t, dir, c.template)
 		for _, chat := range exp.Chats[:4] {
 			if c.template == "mistral-instruct" && chat.Name == "system prompt" {
 				continue // Mistral's template refuses a system turn
