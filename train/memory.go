@@ -290,7 +290,7 @@ func sgemmWorkspaces(j MemoryJob) int64 {
 }
 
 // cpuTileElems is the CPU backend's frozen-weight tile (backend tileElems).
-const cpuTileElems = 1 << 16
+const cpuTileElems = 1 << 20
 
 // bf16TileRows is how many rows of a frozen bf16 weight of width C the CUDA
 // backend widens at a time (kernels' bf16TileElems = 1<<24).

@@ -218,10 +218,13 @@ func (c *cpu) MatmulBackward(dinp, dw, dout, inp, w Buf, N, C, OC int, alpha flo
 	}
 }
 
-// tileElems bounds the widened scratch tile (rows of a frozen weight): 256
-// KiB, a few rows of the widest linears, so the tile stays in L2 while the
-// product streams the activations past it.
-const tileElems = 1 << 16
+// tileElems bounds the widened scratch tile (rows of a frozen weight): 4
+// MiB, 512 rows of a 2048-wide lm_head. The product packs the tile into
+// cache-sized panels itself; what the tile's size decides is how many
+// products a frozen weight takes, and every product has a fixed cost in
+// time and in garbage (a 128k-vocabulary lm_head in 256 KiB tiles was 4,000
+// products per chunk of rows, a few hundred MiB of garbage a step).
+const tileElems = 1 << 20
 
 // frozenTiles widens a frozen weight [OC,C] a tile of rows at a time into a
 // small scratch buffer (widen(dst, off) fills dst from element off) and

@@ -124,7 +124,7 @@ func toF32(x []float64) []float32 {
 func TestMatmulQ4MatchesDequantized(t *testing.T) {
 	be := NewCPU(2)
 	rng := rand.New(rand.NewPCG(2, 2))
-	for _, sh := range []struct{ N, C, OC int }{{3, 64, 5}, {4, 1 << 12, 37}, {2, 96, 1500}} {
+	for _, sh := range []struct{ N, C, OC int }{{3, 64, 5}, {4, 1 << 12, 37}, {2, 96, 1500}, {2, 1 << 12, 600}} {
 		w := randF32(rng, sh.OC*sh.C)
 		q, err := quant.Quantize4(w, []int{sh.OC, sh.C}, quant.NF4, 64, true)
 		if err != nil {
@@ -150,7 +150,7 @@ func TestMatmulQ4MatchesDequantized(t *testing.T) {
 func TestBF16OpsMatchWidened(t *testing.T) {
 	be := NewCPU(2)
 	rng := rand.New(rand.NewPCG(4, 4))
-	for _, sh := range []struct{ N, C, OC int }{{3, 64, 5}, {4, 1 << 12, 37}, {2, 96, 1500}} {
+	for _, sh := range []struct{ N, C, OC int }{{3, 64, 5}, {4, 1 << 12, 37}, {2, 96, 1500}, {2, 1 << 12, 600}} {
 		w := randF32(rng, sh.OC*sh.C)
 		h := make([]uint16, len(w))
 		quant.NarrowBF16(h, w)
