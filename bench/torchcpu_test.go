@@ -40,14 +40,14 @@ func TestTorchPeerRunsOncePerPreset(t *testing.T) {
 	}
 
 	row := Row{Extra: map[string]any{"tokens_per_s": 2469.0}}
-	attachTorchPeer(context.Background(), &row, "tiny", cfg, tp, 1e6, true)
+	attachTorchPeer(context.Background(), &row, "tiny", cfg, tp, 1e6)
 	if row.Ratio != 2 || row.PeerKernel != "fp32 OpenBLAS SkylakeX" || row.PeerGFLOPS != 1234.5e6/1e9 {
 		t.Errorf("row %+v", row)
 	}
 
 	missing := &TorchPeer{Python: filepath.Join(dir, "no-such-python")}
 	row = Row{Extra: map[string]any{"tokens_per_s": 1.0}}
-	attachTorchPeer(context.Background(), &row, "tiny", cfg, missing, 1, false)
+	attachTorchPeer(context.Background(), &row, "tiny", cfg, missing, 1)
 	if why, _ := row.Extra["peer_missing"].(string); !strings.Contains(why, "install-bench-deps") || row.Ratio != 0 {
 		t.Errorf("a missing interpreter: %+v", row)
 	}

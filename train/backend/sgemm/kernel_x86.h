@@ -144,10 +144,29 @@ static void oc_pack_bt512(const float *b, long ldb, int k0, int kc, int j0, int 
 
 // oc_pack_a packs rows [i0, i0+mc) and depth [k0, k0+kc) of op(A) into
 // MR-tall panels: panel r holds, for each p, the MR values A(i0+r*MR.., k0+p).
+// oc_pack_at512 is oc_pack_a for the AVX-512 tile with A transposed: each
+// p of a panel is a contiguous run of 12 values, moved with one masked
+// load and store (a memcpy call per 48 bytes cost more than the copy).
+__attribute__((target("avx512f")))
+static void oc_pack_at512(const float *a, long lda, int i0, int mc, int k0, int kc, float *dst) {
+	__mmask16 m12 = (1u << OC_MR512) - 1;
+	for (int ir = 0; ir < mc; ir += OC_MR512) {
+		int mr = mc - ir < OC_MR512 ? mc - ir : OC_MR512;
+		__mmask16 m = (__mmask16)((1u << mr) - 1);
+		float *d = dst + (long)ir * kc;
+		const float *s = a + (long)k0 * lda + i0 + ir;
+		for (int p = 0; p < kc; p++)
+			_mm512_mask_storeu_ps(d + (long)p * OC_MR512, m12, _mm512_maskz_loadu_ps(m, s + (long)p * lda));
+	}
+}
+
 static void oc_pack_a(int mr_tile, int trans, const float *a, long lda,
                       int i0, int mc, int k0, int kc, float *dst) {
-	if (mr_tile == OC_MR512 && !trans) {
-		oc_pack_a512(a, lda, i0, mc, k0, kc, dst);
+	if (mr_tile == OC_MR512) {
+		if (trans)
+			oc_pack_at512(a, lda, i0, mc, k0, kc, dst);
+		else
+			oc_pack_a512(a, lda, i0, mc, k0, kc, dst);
 		return;
 	}
 	for (int ir = 0; ir < mc; ir += mr_tile) {
@@ -181,10 +200,31 @@ static void oc_pack_a(int mr_tile, int trans, const float *a, long lda,
 
 // oc_pack_b packs depth [k0, k0+kc) and columns [j0, j0+nc) of op(B) into
 // NR-wide panels: panel c holds, for each p, the NR values B(k0+p, j0+c*NR..).
+// oc_pack_bn512 is oc_pack_b for the AVX-512 tile with B not transposed:
+// each p of a panel is a run of up to 32 values, two masked loads and
+// stores (a memcpy call per 128 bytes cost more than the copy).
+__attribute__((target("avx512f")))
+static void oc_pack_bn512(const float *b, long ldb, int k0, int kc, int j0, int nc, float *dst) {
+	for (int jr = 0; jr < nc; jr += OC_NR512) {
+		int nr = nc - jr < OC_NR512 ? nc - jr : OC_NR512;
+		__mmask16 m0 = nr >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+		__mmask16 m1 = nr >= 32 ? (__mmask16)0xffff : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
+		float *d = dst + (long)jr * kc;
+		const float *s = b + (long)k0 * ldb + j0 + jr;
+		for (int p = 0; p < kc; p++) {
+			_mm512_store_ps(d + (long)p * OC_NR512, _mm512_maskz_loadu_ps(m0, s + (long)p * ldb));
+			_mm512_store_ps(d + (long)p * OC_NR512 + 16, _mm512_maskz_loadu_ps(m1, s + (long)p * ldb + 16));
+		}
+	}
+}
+
 static void oc_pack_b(int nr_tile, int trans, const float *b, long ldb,
                       int k0, int kc, int j0, int nc, float *dst) {
-	if (nr_tile == OC_NR512 && trans) {
-		oc_pack_bt512(b, ldb, k0, kc, j0, nc, dst);
+	if (nr_tile == OC_NR512) {
+		if (trans)
+			oc_pack_bt512(b, ldb, k0, kc, j0, nc, dst);
+		else
+			oc_pack_bn512(b, ldb, k0, kc, j0, nc, dst);
 		return;
 	}
 	for (int jr = 0; jr < nc; jr += nr_tile) {
@@ -344,6 +384,68 @@ static void oc_kernel256(int kc, const float *restrict a, const float *restrict 
 
 // oc_kernel runs one tile; an edge tile (mr < MR or nr < NR) goes through a
 // scratch tile so the kernel itself never reads or writes outside C.
+// oc_edge512 is oc_kernel512 for an edge tile (mr <= 12 rows, nr <= 32
+// columns): it computes the tile's rows (the packed panels are zero-padded)
+// with one zmm of accumulators per row when nr <= 16 (a LoRA product's
+// rank-16 side wastes no multiply-adds), two otherwise, and stores only the
+// tile's part of C through masks. Each element's arithmetic is the full
+// tile's, so results do not depend on where tiles fall.
+__attribute__((target("avx512f,fma")))
+static void oc_edge512(int kc, const float *restrict a, const float *restrict b,
+                       float *c, long ldc, int mr, int nr, float alpha, float beta) {
+	__mmask16 m0 = nr >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << nr) - 1);
+	__mmask16 m1 = nr >= 32 ? (__mmask16)0xffff : nr > 16 ? (__mmask16)((1u << (nr - 16)) - 1) : 0;
+	__m512 va = _mm512_set1_ps(alpha), vb = _mm512_set1_ps(beta);
+	if (nr <= 16) {
+		__m512 acc[OC_MR512];
+#pragma GCC unroll 12
+		for (int r = 0; r < OC_MR512; r++)
+			acc[r] = _mm512_setzero_ps();
+		for (int p = 0; p < kc; p++) {
+			__m512 b0 = _mm512_load_ps(b);
+#pragma GCC unroll 12
+			for (int r = 0; r < OC_MR512; r++)
+				acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(a[r]), b0, acc[r]);
+			a += OC_MR512;
+			b += OC_NR512;
+		}
+		for (int r = 0; r < mr; r++) {
+			__m512 v = _mm512_mul_ps(va, acc[r]);
+			if (beta != 0)
+				v = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, c + r * ldc), v);
+			_mm512_mask_storeu_ps(c + r * ldc, m0, v);
+		}
+		return;
+	}
+	__m512 acc[OC_MR512][2];
+#pragma GCC unroll 12
+	for (int r = 0; r < OC_MR512; r++) {
+		acc[r][0] = _mm512_setzero_ps();
+		acc[r][1] = _mm512_setzero_ps();
+	}
+	for (int p = 0; p < kc; p++) {
+		__m512 b0 = _mm512_load_ps(b);
+		__m512 b1 = _mm512_load_ps(b + 16);
+#pragma GCC unroll 12
+		for (int r = 0; r < OC_MR512; r++) {
+			__m512 av = _mm512_set1_ps(a[r]);
+			acc[r][0] = _mm512_fmadd_ps(av, b0, acc[r][0]);
+			acc[r][1] = _mm512_fmadd_ps(av, b1, acc[r][1]);
+		}
+		a += OC_MR512;
+		b += OC_NR512;
+	}
+	for (int r = 0; r < mr; r++) {
+		__m512 v0 = _mm512_mul_ps(va, acc[r][0]), v1 = _mm512_mul_ps(va, acc[r][1]);
+		if (beta != 0) {
+			v0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, c + r * ldc), v0);
+			v1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, c + r * ldc + 16), v1);
+		}
+		_mm512_mask_storeu_ps(c + r * ldc, m0, v0);
+		_mm512_mask_storeu_ps(c + r * ldc + 16, m1, v1);
+	}
+}
+
 static void oc_kernel(int isa, int kc, const float *a, const float *b, float *c, long ldc,
                       int mr, int nr, float alpha, float beta) {
 	int MR = oc_mr(isa), NR = oc_nr(isa);
@@ -352,6 +454,10 @@ static void oc_kernel(int isa, int kc, const float *a, const float *b, float *c,
 			oc_kernel512(kc, a, b, c, ldc, alpha, beta);
 		else
 			oc_kernel256(kc, a, b, c, ldc, alpha, beta);
+		return;
+	}
+	if (isa == OC_ISA_AVX512) {
+		oc_edge512(kc, a, b, c, ldc, mr, nr, alpha, beta);
 		return;
 	}
 	float t[OC_MR512 * OC_NR512] __attribute__((aligned(64)));
