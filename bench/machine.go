@@ -48,6 +48,7 @@ func (m Machine) Row() Row {
 			"sgemm_kernel":    m.Kernel,
 			"sgemm_threads":   sgemm.Threads(),
 			"goos_goarch":     runtime.GOOS + "/" + runtime.GOARCH,
+			"loadavg_start":   LoadAverage(),
 		},
 	}
 }

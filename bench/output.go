@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"github.com/opencluster/opencluster/internal/atomicfile"
 	"io"
+	"os"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -13,7 +14,23 @@ import (
 // RSSRow reports the process's peak resident memory so far.
 func RSSRow() Row {
 	b := PeakRSS()
-	return Row{Name: "peak_rss", Extra: map[string]any{"bytes": b, "mib": float64(b) / (1 << 20)}}
+	return Row{Name: "peak_rss", Extra: map[string]any{"bytes": b, "mib": float64(b) / (1 << 20), "loadavg_end": LoadAverage()}}
+}
+
+// LoadAverage is /proc/loadavg's first three fields ("1.52 1.20 0.98": the
+// 1, 5 and 15 minute load), or "" where there is none: other processes'
+// work on a shared machine shows up in every timing, so the rows say how
+// busy it was.
+func LoadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
 }
 
 // WriteJSON writes r as one JSON object on one line.
@@ -47,7 +64,7 @@ func (t *Table) Row(r Row) {
 		t.notes = append(t.notes, "machine: "+machineLine(r))
 		return
 	case "peak_rss":
-		t.notes = append(t.notes, fmt.Sprintf("peak RSS: %.0f MiB", r.Extra["mib"]))
+		t.notes = append(t.notes, fmt.Sprintf("peak RSS: %.0f MiB; load average at the end: %v", r.Extra["mib"], r.Extra["loadavg_end"]))
 		return
 	case "peer":
 		if r.Peer == "" {
@@ -122,7 +139,7 @@ func num(v float64, format string) string {
 
 func machineLine(r Row) string {
 	e := r.Extra
-	s := fmt.Sprintf("%v, %v cores, sgemm kernel %v", e["cpu_model"], e["cores"], e["sgemm_kernel"])
+	s := fmt.Sprintf("%v, %v cores, sgemm kernel %v, load average at the start %v", e["cpu_model"], e["cores"], e["sgemm_kernel"], e["loadavg_start"])
 	if r.PeakGFLOPS > 0 {
 		s += fmt.Sprintf("; peak %.0f GFLOPS = %v cores x %.2f GHz x %v FLOP/cycle (%v; clock from %v)",
 			r.PeakGFLOPS, e["cores"], e["ghz"], e["flops_per_cycle"], e["isa"], e["clock_source"])
