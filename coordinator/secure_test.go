@@ -363,7 +363,14 @@ func TestSecureRoundCarriesClaims(t *testing.T) {
 	// A claim on the record that the signed message does not make fails.
 	bad := r
 	bad.Updates = append([]ledger.UpdateEntry(nil), r.Updates...)
-	bad.Updates[0].EnergyWh *= 10
+	// The first survivor's: the cohort's order is random, and a dropout's
+	// zero claim would stay zero.
+	for i := range bad.Updates {
+		if bad.Updates[i].Accepted {
+			bad.Updates[i].EnergyWh *= 10
+			break
+		}
+	}
 	if _, err := re(bad); err == nil || !strings.Contains(err.Error(), "signed transcript") {
 		t.Fatalf("recompute with an inflated energy claim: %v", err)
 	}
