@@ -17,6 +17,7 @@ import (
 //	values:
 //	  fp32   k × float32
 //	  int8   ceil(k/B) × float32 scale, then k × int8 code in [-127, 127]
+//	  int16  ceil(k/B) × float32 scale, then k × int16 code in [-32767, 32767]
 //	  q4     ceil(k/B) × float32 scale, then ceil(k/2) bytes of nibbles q+8,
 //	         first value in the high nibble, odd padding nibble 0
 //
@@ -75,6 +76,8 @@ func (c Codec) valueBytes(k int) int {
 	switch c.Quantizer {
 	case Int8:
 		return 4*((k+c.Block-1)/c.Block) + k
+	case Int16:
+		return 4*((k+c.Block-1)/c.Block) + 2*k
 	case Q4:
 		return 4*((k+c.Block-1)/c.Block) + (k+1)/2
 	}
@@ -170,10 +173,10 @@ func (c Codec) Encode(delta []float32, st *State, seed uint64) (*Payload, error)
 		for _, v := range vals {
 			out = binary.LittleEndian.AppendUint32(out, math.Float32bits(v))
 		}
-	case Int8, Q4:
+	case Int8, Int16, Q4:
 		nb := (k + c.Block - 1) / c.Block
 		scales := make([]float32, nb)
-		codes := make([]int8, k)
+		codes := make([]int16, k)
 		deq = make([]float32, k)
 		r := newStream(seed, streamRounding)
 		if err := quantize(vals, c.Block, levels(c.Quantizer), &r, scales, codes, deq); err != nil {
@@ -182,11 +185,16 @@ func (c Codec) Encode(delta []float32, st *State, seed uint64) (*Payload, error)
 		for _, s := range scales {
 			out = binary.LittleEndian.AppendUint32(out, math.Float32bits(s))
 		}
-		if c.Quantizer == Int8 {
+		switch c.Quantizer {
+		case Int8:
 			for _, q := range codes {
 				out = append(out, byte(q))
 			}
-		} else {
+		case Int16:
+			for _, q := range codes {
+				out = binary.LittleEndian.AppendUint16(out, uint16(q))
+			}
+		default:
 			start := len(out)
 			out = out[:start+(k+1)/2]
 			packQ4(codes, out[start:])
@@ -306,7 +314,7 @@ func (c Codec) DecodeSparse(b []byte, n int) (*Sparse, error) {
 		for j := range vals {
 			vals[j] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*j:]))
 		}
-	case Int8, Q4:
+	case Int8, Int16, Q4:
 		nb := (k + c.Block - 1) / c.Block
 		scales := make([]float32, nb)
 		for j := range scales {
@@ -317,16 +325,27 @@ func (c Codec) DecodeSparse(b []byte, n int) (*Sparse, error) {
 			scales[j] = v
 		}
 		b = b[4*nb:]
-		codes := make([]int8, k)
-		if c.Quantizer == Int8 {
+		codes := make([]int16, k)
+		switch c.Quantizer {
+		case Int8:
 			for j := range codes {
 				if b[j] == 0x80 {
 					return bad("value %d: int8 code -128 is not valid", j)
 				}
-				codes[j] = int8(b[j])
+				codes[j] = int16(int8(b[j]))
 			}
-		} else if err := unpackQ4(b, codes); err != nil {
-			return bad("%v", err)
+		case Int16:
+			for j := range codes {
+				v := binary.LittleEndian.Uint16(b[2*j:])
+				if v == 0x8000 {
+					return bad("value %d: int16 code -32768 is not valid", j)
+				}
+				codes[j] = int16(v)
+			}
+		default:
+			if err := unpackQ4(b, codes); err != nil {
+				return bad("%v", err)
+			}
 		}
 		dequantize(codes, scales, c.Block, vals)
 	}

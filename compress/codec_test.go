@@ -112,6 +112,7 @@ var allSpecs = []string{
 	"dense", "int8:64", "int8:256", "q4:64", "q4:128",
 	"topk:0.05", "topk:0.05+int8:128", "topk:0.05+q4:64",
 	"randk:0.05", "randk:0.05+int8:64", "randk:0.05+q4:256", "randk:0.05:scaled+int8:64",
+	"int16:64", "randk:0.05+int16:256",
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -173,13 +174,13 @@ func TestRoundTrip(t *testing.T) {
 // TestQuantizeErrorBound checks the per-block bound |q*s - x| < s exactly,
 // block by block.
 func TestQuantizeErrorBound(t *testing.T) {
-	for _, q := range []Quantizer{Int8, Q4} {
+	for _, q := range []Quantizer{Int8, Int16, Q4} {
 		x := randVec(1000, 9)
 		x[5] = 1000 // one outlier makes its block's step large, not others'
 		const B = 64
 		L := levels(q)
 		scales := make([]float32, (len(x)+B-1)/B)
-		codes := make([]int8, len(x))
+		codes := make([]int16, len(x))
 		deq := make([]float32, len(x))
 		r := newStream(1, streamRounding)
 		if err := quantize(x, B, L, &r, scales, codes, deq); err != nil {
@@ -380,6 +381,8 @@ func TestDecodeRejects(t *testing.T) {
 		{"nan scale", "int8:64", 1, cat(one, le32(float32(math.NaN())), []byte{1})},
 		{"inf scale", "q4:64", 1, cat(one, le32(float32(math.Inf(1))), []byte{0x90})},
 		{"int8 -128", "int8:64", 1, cat(one, le32(1), []byte{0x80})},
+		{"int16 -32768", "int16:64", 1, cat(one, le32(1), []byte{0x00, 0x80})},
+		{"int16 truncated", "int16:64", 1, cat(one, le32(1), []byte{0x01})},
 		{"q4 nibble 0", "q4:64", 2, cat([]byte{2}, le32(1), []byte{0x09})},
 		{"q4 padding", "q4:64", 1, cat(one, le32(1), []byte{0x91})},
 		{"overflow after scale", "int8:64", 1, cat(one, le32(math.MaxFloat32), []byte{127})},
@@ -433,6 +436,8 @@ var goldenHashes = map[string]string{
 	"randk:0.05+int8:64":        "39a54ae552caf3ef",
 	"randk:0.05+q4:256":         "6fdf322d35464285",
 	"randk:0.05:scaled+int8:64": "39a54ae552caf3ef", // scaling happens on decode
+	"int16:64":                  "52546d9a31e27c7b",
+	"randk:0.05+int16:256":      "9720276341b7882d",
 }
 
 func TestRatio(t *testing.T) {
@@ -453,12 +458,46 @@ func TestRatio(t *testing.T) {
 		{"topk:0.001+int8:256", 1200, 1500},
 		{"randk:0.01+int8:256", 370, 410},
 		{"randk:0.02+q4:64", 330, 370},
+		// 2 bytes a value plus a scale per 256: 4 / (2 + 4/256) = 1.98 per
+		// travelling entry.
+		{"int16:256", 1.97, 1.99},
+		{"randk:0.01+int16:256", 190, 205},
 	} {
 		p := mustEncode(t, MustParse(tt.spec), x, nil, 1)
 		if r := p.Ratio(); r < tt.min || r > tt.max {
 			t.Errorf("%s: ratio %.2f, want [%g, %g]", tt.spec, r, tt.min, tt.max)
 		} else {
 			t.Logf("%s: %d bytes, ratio %.1f", tt.spec, len(p.Bytes), r)
+		}
+	}
+}
+
+// The int16 layout, written by hand: count, one fp32 scale, then
+// little-endian codes; value = code * scale.
+func TestInt16Layout(t *testing.T) {
+	b := []byte{3}
+	b = binary.LittleEndian.AppendUint32(b, math.Float32bits(0.5))
+	b = append(b, 100, 0, 0xfd, 0xff, 0xff, 0x7f) // 100, -3, 32767
+	got, err := MustParse("int16:64").Decode(b, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []float32{50, -1.5, 16383.5}; got[0] != want[0] || got[1] != want[1] || got[2] != want[2] {
+		t.Fatalf("decoded %v, want %v", got, want)
+	}
+	// Encoding keeps 15 bits of each value's magnitude relative to its
+	// block's largest: far finer than int8's 7.
+	x := randVec(4096, 3)
+	for _, spec := range []string{"int8:256", "int16:256"} {
+		p := mustEncode(t, MustParse(spec), x, nil, 1)
+		y, _ := MustParse(spec).Decode(p.Bytes, len(x))
+		var worst float64
+		for i := range x {
+			worst = max(worst, math.Abs(float64(y[i]-x[i])))
+		}
+		t.Logf("%s: %d bytes, largest error %.3g", spec, len(p.Bytes), worst)
+		if spec == "int16:256" && worst > 1e-3 {
+			t.Errorf("int16: largest error %g", worst)
 		}
 	}
 }

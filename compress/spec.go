@@ -10,6 +10,8 @@
 //	randk:0.02+q4:64      2% of the entries drawn from the seed (indices do
 //	                      not travel), values in 4 bits, one scale per 64
 //	int8:128              every entry, int8 with one scale per 128
+//	randk:0.05+int16:256  5% drawn from the seed, values in 16 bits (nearly
+//	                      lossless), one scale per 256
 //
 // The first stage (the sparsifier) picks which entries travel; the second
 // (the quantizer) codes their values. Top-k is meant to be used with error
@@ -52,15 +54,19 @@ const (
 type Quantizer uint8
 
 const (
-	FP32 Quantizer = iota // 4 bytes per value, exact
-	Int8                  // stochastic rounding to -127..127, fp32 scale per block
-	Q4                    // stochastic rounding to -7..7 in a nibble, fp32 scale per block
+	FP32  Quantizer = iota // 4 bytes per value, exact
+	Int8                   // stochastic rounding to -127..127, fp32 scale per block
+	Q4                     // stochastic rounding to -7..7 in a nibble, fp32 scale per block
+	Int16                  // stochastic rounding to -32767..32767, fp32 scale per block
 )
 
 // Default block sizes when a spec names a quantizer without one.
 const (
 	DefaultInt8Block = 256
-	DefaultQ4Block   = 64
+	// DefaultInt16Block is int16's: a scale per 256 values costs 0.125
+	// bits each, as for int8.
+	DefaultInt16Block = 256
+	DefaultQ4Block    = 64
 )
 
 // Codec describes a pipeline. The zero value is "dense" (plain fp32).
@@ -74,7 +80,7 @@ type Codec struct {
 	// combined with error feedback, which already accounts for every entry.
 	Scaled bool
 	// Quantizer codes the values; Block is the number of values sharing
-	// one fp32 scale (a power of two in [16, 4096]) for Int8 and Q4.
+	// one fp32 scale (a power of two in [16, 4096]) for Int8, Int16 and Q4.
 	Quantizer Quantizer
 	Block     int
 }
@@ -131,7 +137,7 @@ func Parse(spec string) (Codec, error) {
 				}
 				c.Scaled = true
 			}
-		case "fp32", "int8", "q4":
+		case "fp32", "int8", "int16", "q4":
 			if sawQuant {
 				return bad("more than one quantizer")
 			}
@@ -144,6 +150,8 @@ func Parse(spec string) (Codec, error) {
 				continue
 			case "int8":
 				c.Quantizer, c.Block = Int8, DefaultInt8Block
+			case "int16":
+				c.Quantizer, c.Block = Int16, DefaultInt16Block
 			case "q4":
 				c.Quantizer, c.Block = Q4, DefaultQ4Block
 			}
@@ -158,7 +166,7 @@ func Parse(spec string) (Codec, error) {
 				c.Block = b
 			}
 		default:
-			return bad("unknown stage %q (want dense, topk, randk, fp32, int8 or q4)", name)
+			return bad("unknown stage %q (want dense, topk, randk, fp32, int8, int16 or q4)", name)
 		}
 	}
 	return c, nil
@@ -200,7 +208,7 @@ func (c Codec) Validate() error {
 		if c.Block != 0 {
 			return bad("fp32 takes no block size")
 		}
-	case Int8, Q4:
+	case Int8, Int16, Q4:
 		if !validBlock(c.Block) {
 			return bad("block %d: want a power of two in [16, 4096]", c.Block)
 		}
@@ -226,6 +234,8 @@ func (c Codec) String() string {
 	switch c.Quantizer {
 	case Int8:
 		q = "int8:" + strconv.Itoa(c.Block)
+	case Int16:
+		q = "int16:" + strconv.Itoa(c.Block)
 	case Q4:
 		q = "q4:" + strconv.Itoa(c.Block)
 	}

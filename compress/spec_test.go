@@ -16,6 +16,8 @@ func TestParseCanonical(t *testing.T) {
 		{"int8", "int8:256", Codec{Quantizer: Int8, Block: 256}},
 		{"dense+int8:128", "int8:128", Codec{Quantizer: Int8, Block: 128}},
 		{"q4", "q4:64", Codec{Quantizer: Q4, Block: 64}},
+		{"int16", "int16:256", Codec{Quantizer: Int16, Block: 256}},
+		{"randk:0.05+int16:128", "randk:0.05+int16:128", Codec{Sparsifier: RandK, Fraction: 0.05, Quantizer: Int16, Block: 128}},
 		{"topk:0.01", "topk:0.01", Codec{Sparsifier: TopK, Fraction: 0.01}},
 		{"topk:0.01+int8:256", "topk:0.01+int8:256", Codec{Sparsifier: TopK, Fraction: 0.01, Quantizer: Int8, Block: 256}},
 		{"randk:0.02+q4:64", "randk:0.02+q4:64", Codec{Sparsifier: RandK, Fraction: 0.02, Quantizer: Q4, Block: 64}},
@@ -47,7 +49,7 @@ func TestParseErrors(t *testing.T) {
 	for _, spec := range []string{
 		"", "topk", "topk:", "topk:0", "topk:-0.1", "topk:1.5", "topk:NaN", "topk:inf",
 		"topk:abc", "topk:0.1:scaled", "randk:0.1:unbiased", "randk:0.1:scaled:x",
-		"int8:100", "int8:8", "int8:8192", "int8:x", "int8:64:1", "q4:0", "fp32:1",
+		"int8:100", "int8:8", "int8:8192", "int8:x", "int8:64:1", "q4:0", "fp32:1", "int16:100", "int16+int8",
 		"dense:1", "int8+topk:0.1", "topk:0.1+randk:0.1", "int8+q4", "topk:0.1+int8+q4",
 		"zstd", "topk:0.1++int8", "+", "TOPK:0.1", " topk:0.1",
 	} {

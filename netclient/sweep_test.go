@@ -212,8 +212,10 @@ func TestSecureSweep(t *testing.T) {
 	runs := []run{
 		{"dense fp32 (no compression, no masking)", "dense", nil},
 		{"`randk:0.05+int8:256`, unmasked", "randk:0.05+int8:256", nil},
+		{"`randk:0.05+int16:256`, unmasked", "randk:0.05+int16:256", nil},
 		{"secure: random-k 0.05, 8-bit values, clip 1", "", &netclient.SimSecure{Fraction: 0.05, Clip: 1, QuantBits: 8}},
 		{"secure: random-k 0.05, 8-bit values, clip 10", "", &netclient.SimSecure{Fraction: 0.05, Clip: 10, QuantBits: 8}},
+		{"secure: random-k 0.05, 16-bit values, clip 10", "", &netclient.SimSecure{Fraction: 0.05, Clip: 10, QuantBits: 16}},
 		{"secure: random-k 0.05, 4-bit values, clip 10", "", &netclient.SimSecure{Fraction: 0.05, Clip: 10, QuantBits: 4}},
 		{"secure + DP (z = 1): random-k 0.05, 8-bit values, clip 10", "", &netclient.SimSecure{Fraction: 0.05, Clip: 10, QuantBits: 8, Noise: 1}},
 	}
