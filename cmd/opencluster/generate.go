@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 
@@ -24,10 +25,11 @@ costs one position), samples with --temperature, --top-k and --top-p from
 --seed, and stops at the model's end-of-sequence tokens (config.json,
 generation_config.json and the tokenizer's EOS). With --chat the prompt is
 the user's turn of a conversation rendered with the tokenizer's chat
-template, and only the reply is printed. With --adapter, the base is
-quantized as in training (the quant section of --config, unless the base is
-already 4-bit) and the PEFT adapter is applied. Control characters and bytes
-that are not valid UTF-8 are printed as \xNN escapes.`,
+template, and only the reply is printed. Text is printed as it is sampled
+(a character split over several tokens once it is whole). With --adapter,
+the base is quantized as in training (the quant section of --config, unless
+the base is already 4-bit) and the PEFT adapter is applied. Control
+characters and bytes that are not valid UTF-8 are printed as \xNN escapes.`,
 		Args: cobra.NoArgs,
 		RunE: runGenerate,
 	}
@@ -123,20 +125,35 @@ func runGenerate(cmd *cobra.Command, args []string) error {
 			return err
 		}
 	}
-	ids, err := train.Sample(cmd.Context(), m, promptIDs, train.SampleOptions{
+	// Print each piece of text as soon as it is final; a decoding error
+	// (an id the tokenizer lacks) stops sampling.
+	w := cmd.OutOrStdout()
+	stream := data.NewTextStream(tok)
+	if !chat {
+		fmt.Fprint(w, stream.Text([]byte(prompt)))
+	}
+	ctx, stop := context.WithCancel(cmd.Context())
+	defer stop()
+	var decodeErr error
+	_, err = train.Sample(ctx, m, promptIDs, train.SampleOptions{
 		MaxTokens: maxTokens, Temperature: temperature, TopK: topK, TopP: topP, Seed: seed,
 		Stop: m.StopTokens(hf),
+		OnToken: func(id int32) {
+			text, err := stream.Add(id)
+			if err != nil {
+				decodeErr = err
+				stop()
+				return
+			}
+			if text != "" {
+				fmt.Fprint(w, text)
+			}
+		},
 	})
-	if err != nil {
-		return err
+	rest, ferr := stream.Flush()
+	fmt.Fprintln(w, rest)
+	if decodeErr != nil {
+		return decodeErr
 	}
-	text, err := tok.Decode(ids)
-	if err != nil {
-		return err
-	}
-	if !chat {
-		text = append([]byte(prompt), text...)
-	}
-	fmt.Fprintln(cmd.OutOrStdout(), data.Printable(text))
-	return nil
+	return errors.Join(err, ferr)
 }

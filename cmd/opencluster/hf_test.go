@@ -11,7 +11,6 @@ import (
 	"github.com/opencluster/opencluster/netclient"
 	"github.com/opencluster/opencluster/train"
 	"github.com/opencluster/opencluster/train/backend"
-	"github.com/opencluster/opencluster/train/tokenizer"
 	"github.com/spf13/pflag"
 )
 
@@ -115,23 +114,7 @@ func TestHuggingFaceFolderFlow(t *testing.T) {
 }
 
 func TestGenerateChat(t *testing.T) {
-	dir := t.TempDir()
-	tok, raw, err := tokenizer.Train([]string{"the worker trains the adapter.", "a volunteer keeps its data."}, 300)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tokDir, model := filepath.Join(dir, "tok"), filepath.Join(dir, "model")
-	if err := tokenizer.WriteFolder(tokDir, raw); err != nil {
-		t.Fatal(err)
-	}
-	m, err := train.NewModel(train.ModelConfig{VocabSize: tok.VocabSize(), Dim: 32, Layers: 1, Heads: 2, KVHeads: 1,
-		HiddenDim: 64, MaxSeqLen: 64, RopeTheta: 10000, NormEps: 1e-5, TiedEmbeddings: true}, backend.NewCPU(1), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.SaveHF(model, train.SaveOptions{TokenizerDir: tokDir}); err != nil {
-		t.Fatal(err)
-	}
+	model, _ := untrainedModel(t, []string{"the worker trains the adapter.", "a volunteer keeps its data."}, 300, 1)
 	args := []string{"generate", "--base", model, "--chat", "--system", "be brief", "--prompt", "hello", "--max-tokens", "12", "--seed", "4"}
 	a, _, err := execute(t, args...)
 	if err != nil {

@@ -99,3 +99,88 @@ func Printable(b []byte) string {
 	}
 	return sb.String()
 }
+
+// TextStream turns generated ids into printable text as they are sampled:
+// the concatenation of what Text, Add and Flush return is Printable of the
+// given bytes followed by the decoded ids. A character split over several
+// tokens (byte-fallback or byte-level pieces of one UTF-8 sequence) is held
+// back until it is complete, so it is never printed as escapes of its
+// halves.
+type TextStream struct {
+	add     func(id int32) ([]byte, error)
+	flush   func() ([]byte, error)
+	pending []byte // the end of the bytes, inside a UTF-8 sequence
+}
+
+// NewTextStream starts a stream for ids of tok. A Hugging Face tokenizer
+// decodes as it goes (special tokens left out, as HFTokenizer.Decode does);
+// the byte tokenizer passes bytes on; another tokenizer decodes every id at
+// Flush.
+func NewTextStream(tok Tokenizer) *TextStream {
+	switch t := tok.(type) {
+	case HFTokenizer:
+		st := t.T.NewStream(true)
+		return &TextStream{
+			add: func(id int32) ([]byte, error) {
+				s, err := st.Add(id)
+				return []byte(s), err
+			},
+			flush: func() ([]byte, error) {
+				s, err := st.Flush()
+				return []byte(s), err
+			},
+		}
+	case ByteTokenizer:
+		return &TextStream{add: func(id int32) ([]byte, error) {
+			if id < 0 || id > 255 {
+				return nil, fmt.Errorf("decode: token %d is outside the byte vocabulary [0,256)", id)
+			}
+			return []byte{byte(id)}, nil
+		}}
+	}
+	var ids []int32
+	return &TextStream{
+		add:   func(id int32) ([]byte, error) { ids = append(ids, id); return nil, nil },
+		flush: func() ([]byte, error) { return tok.Decode(ids) },
+	}
+}
+
+// Text passes bytes that are not token ids (the prompt) through the same
+// printable stage and returns what can be printed now.
+func (s *TextStream) Text(b []byte) string {
+	s.pending = append(s.pending, b...)
+	n := len(s.pending)
+	if !tokenizer.CompleteUTF8(s.pending) {
+		// Hold the unfinished sequence from its first byte on: no
+		// decoder reads a first byte as part of what came before.
+		for n--; !utf8.RuneStart(s.pending[n]); n-- {
+		}
+	}
+	out := Printable(s.pending[:n])
+	s.pending = append(s.pending[:0], s.pending[n:]...)
+	return out
+}
+
+// Add takes the next generated id and returns the text it completes.
+func (s *TextStream) Add(id int32) (string, error) {
+	b, err := s.add(id)
+	if err != nil {
+		return "", err
+	}
+	return s.Text(b), nil
+}
+
+// Flush returns the rest of the text; bytes of an unfinished sequence are
+// escaped, as Printable escapes them.
+func (s *TextStream) Flush() (string, error) {
+	var b []byte
+	if s.flush != nil {
+		var err error
+		if b, err = s.flush(); err != nil {
+			return "", err
+		}
+	}
+	out := Printable(append(s.pending, b...))
+	s.pending = nil
+	return out, nil
+}

@@ -28,21 +28,23 @@ type byteLevelDec struct{}
 func (byteLevelDec) decode(tokens []string) []string {
 	var buf []byte
 	for _, t := range tokens {
-		start := len(buf)
-		ok := true
-		for _, r := range t {
-			b, found := runeToByte[r]
-			if !found {
-				ok = false
-				break
-			}
-			buf = append(buf, b)
-		}
-		if !ok {
-			buf = append(buf[:start], t...)
-		}
+		buf = appendByteLevel(buf, t)
 	}
 	return []string{lossyUTF8(buf)}
+}
+
+// appendByteLevel appends the bytes token t stands for: each character
+// through GPT-2's table, or t's own UTF-8 when a character is not in it.
+func appendByteLevel(buf []byte, t string) []byte {
+	start := len(buf)
+	for _, r := range t {
+		b, found := runeToByte[r]
+		if !found {
+			return append(buf[:start], t...)
+		}
+		buf = append(buf, b)
+	}
+	return buf
 }
 
 // byteFallbackDec turns runs of <0xXX> tokens into the text they spell, or

@@ -264,8 +264,14 @@ func (t *Tokenizer) Decode(ids []int32, skipSpecialTokens bool) (string, error) 
 		}
 		tokens = append(tokens, s)
 	}
+	return t.decodeStrings(tokens), nil
+}
+
+// decodeStrings runs the decoder chain over token strings (which it may
+// overwrite) and joins the pieces.
+func (t *Tokenizer) decodeStrings(tokens []string) string {
 	if t.decoder == nil {
-		return strings.Join(tokens, " "), nil // as the tokenizers library does
+		return strings.Join(tokens, " ") // as the tokenizers library does
 	}
-	return strings.Join(t.decoder.decode(tokens), ""), nil
+	return strings.Join(t.decoder.decode(tokens), "")
 }
