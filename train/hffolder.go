@@ -28,6 +28,11 @@ type SaveOptions struct {
 	// TokenizerDir is a folder whose tokenizer files are copied beside the
 	// weights; "" copies them from the folder the model was loaded from.
 	TokenizerDir string
+	// ChatTemplate, when set, replaces the tokenizer's chat template: it is
+	// written as chat_template.jinja, as transformers saves one, and the
+	// chat_template key of the copied tokenizer_config.json is dropped, so
+	// the folder holds one template.
+	ChatTemplate string
 	// MaxShardBytes splits the weights into model-0000k-of-0000n files
 	// with an index once they outgrow it; 0 means DefaultMaxShardBytes.
 	MaxShardBytes int64
@@ -125,6 +130,11 @@ func (m *Model) prepareHF(dir string, o SaveOptions) (func() (staged, error), er
 		if err := copyTokenizerFiles(src, tmp); err != nil {
 			return nil, fmt.Errorf("train: SaveHF %s: %w", dir, err)
 		}
+		if o.ChatTemplate != "" {
+			if err := writeChatTemplate(tmp, o.ChatTemplate); err != nil {
+				return nil, fmt.Errorf("train: SaveHF %s: %w", dir, err)
+			}
+		}
 		return staged{stagedDir{tmp: tmp, dir: dir}}, nil
 	}, nil
 }
@@ -194,6 +204,39 @@ func copyTokenizerFiles(src, dst string) error {
 		}
 	}
 	return nil
+}
+
+// writeChatTemplate writes src as dir/chat_template.jinja and removes the
+// other places a template could come from: tokenizer_config.json's
+// chat_template key and a processor's chat_template.json.
+func writeChatTemplate(dir, src string) error {
+	if err := atomicfile.WriteFile(filepath.Join(dir, "chat_template.jinja"), []byte(src), 0o644); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(dir, "chat_template.json")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	path := filepath.Join(dir, "tokenizer_config.json")
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var cfg map[string]json.RawMessage
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if _, ok := cfg["chat_template"]; !ok {
+		return nil
+	}
+	delete(cfg, "chat_template")
+	out, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(path, append(out, '\n'), 0o644)
 }
 
 // writeShards writes the tensors in order, a shard of at most maxBytes at

@@ -280,3 +280,37 @@ func TestBaseName(t *testing.T) {
 		t.Errorf("explicit: %q", got)
 	}
 }
+
+// SaveOptions.ChatTemplate replaces the template the copied tokenizer files
+// carry: chat_template.jinja holds it, tokenizer_config.json keeps its other
+// keys, and no processor chat_template.json is left to contradict it.
+func TestSaveHFChatTemplate(t *testing.T) {
+	tokDir := t.TempDir()
+	for name, body := range map[string]string{
+		"tokenizer_config.json": `{"eos_token": "</s>", "chat_template": "old", "model_max_length": 64}`,
+		"chat_template.json":    `{"chat_template": "older"}`,
+		"chat_template.jinja":   "oldest",
+	} {
+		if err := os.WriteFile(filepath.Join(tokDir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err := NewModel(ModelConfig{VocabSize: 16, Dim: 8, Layers: 1, Heads: 2, KVHeads: 1, HiddenDim: 16, MaxSeqLen: 8,
+		RopeTheta: 10000, NormEps: 1e-5}, backend.NewCPU(1), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "model")
+	if err := m.SaveHF(out, SaveOptions{TokenizerDir: tokDir, ChatTemplate: "{{ messages }}"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(out, "chat_template.jinja")); string(got) != "{{ messages }}" {
+		t.Errorf("chat_template.jinja = %q", got)
+	}
+	if cfg := readJSON(t, filepath.Join(out, "tokenizer_config.json")); !reflect.DeepEqual(cfg, map[string]any{"eos_token": "</s>", "model_max_length": 64.0}) {
+		t.Errorf("tokenizer_config.json = %v, want its keys but chat_template", cfg)
+	}
+	if _, err := os.Stat(filepath.Join(out, "chat_template.json")); !os.IsNotExist(err) {
+		t.Errorf("chat_template.json was kept: %v", err)
+	}
+}

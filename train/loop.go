@@ -83,6 +83,10 @@ type RunOptions struct {
 	// TokenizerDir holds the tokenizer's files (tokenizer.json,
 	// tokenizer_config.json); a pretrain run copies them into its folder.
 	TokenizerDir string
+	// ChatTemplate is a template that replaced the tokenizer's own
+	// (--chat-template); a pretrain run writes it into its folder as
+	// chat_template.jinja. "" keeps the tokenizer's files as they are.
+	ChatTemplate string
 	// NoPack gives every tokenized example a row of its own (cut as
 	// Truncation says, padded) instead of packing examples into windows.
 	NoPack bool
@@ -746,7 +750,7 @@ func prepareOut(m *Model, opts RunOptions) (func() (staged, error), error) {
 			m.Info.EOS = []int32{id}
 		}
 	}
-	stage, err := m.prepareHF(opts.Out, SaveOptions{TokenizerDir: opts.TokenizerDir})
+	stage, err := m.prepareHF(opts.Out, SaveOptions{TokenizerDir: opts.TokenizerDir, ChatTemplate: opts.ChatTemplate})
 	if err != nil {
 		return nil, fmt.Errorf("write base %s: %w", opts.Out, err)
 	}

@@ -127,6 +127,31 @@ func TestChatFineTuneCommands(t *testing.T) {
 	if _, _, err := execute(t, append([]string{"train", "--base", base, "--out", filepath.Join(dir, "a2"), "--chat-template", custom}, noSkip...)...); err == nil || !strings.Contains(err.Error(), "chat.jsonl:1:") || !strings.Contains(err.Error(), "the custom template ran") {
 		t.Errorf("--chat-template: %v", err)
 	}
+	// pretrain --chat-template writes the template into its folder, where
+	// generate --chat finds it: this one refuses system turns, which the
+	// training data has none of.
+	systemless := filepath.Join(dir, "systemless.jinja")
+	tmpl := "{% if messages[0]['role'] == 'system' %}{{ raise_exception('the systemless template ran') }}{% endif %}" + tokenizer.TrainedChatTemplate
+	if err := os.WriteFile(systemless, []byte(tmpl), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	base2 := filepath.Join(dir, "base2")
+	if _, _, err := execute(t, append([]string{"pretrain", "--out", base2, "--chat-template", systemless}, common...)...); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(filepath.Join(base2, "chat_template.jinja")); string(got) != tmpl {
+		t.Errorf("chat_template.jinja in the pretrained folder holds %q, want the --chat-template file", got)
+	}
+	if cfg, _ := os.ReadFile(filepath.Join(base2, "tokenizer_config.json")); !strings.Contains(string(cfg), "eos_token") || strings.Contains(string(cfg), "chat_template") {
+		t.Errorf("tokenizer_config.json should keep its tokens and lose the replaced template:\n%s", cfg)
+	}
+	chat := []string{"generate", "--base", base2, "--chat", "--prompt", "what does worker 3 send?", "--max-tokens", "4", "--threads", "1"}
+	if _, _, err := execute(t, chat...); err != nil {
+		t.Errorf("generate --chat: %v", err)
+	}
+	if _, _, err := execute(t, append(chat, "--system", "be brief")...); err == nil || !strings.Contains(err.Error(), "the systemless template ran") {
+		t.Errorf("generate --chat --system on the pretrained folder: %v, want the --chat-template template to run", err)
+	}
 	out, _, err := execute(t, "generate", "--base", base, "--adapter", adapter, "--config", cfg, "--tokenizer", tokDir, "--prompt", "worker 3", "--max-tokens", "5", "--threads", "1")
 	if err != nil || !strings.HasPrefix(out, "worker 3") {
 		t.Fatalf("generate: %q, %v", out, err)

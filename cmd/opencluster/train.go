@@ -39,7 +39,7 @@ func addDataFlags(f *pflag.FlagSet) {
 	f.String("config", "tiny", "YAML config file or preset name ("+presetNames()+")")
 	f.String("data", "", "training data: a folder of text files (read recursively; binary files skipped) and/or .jsonl files of {\"text\"} or chat {\"messages\"}, or one such file")
 	f.String("tokenizer", "", "tokenizer.json or a folder holding it (default: the --base folder's tokenizer.json when it has one, else byte-level)")
-	f.String("chat-template", "", "a Jinja chat template file to use instead of the tokenizer's (for chat .jsonl data)")
+	f.String("chat-template", "", "a Jinja chat template file to use instead of the tokenizer's (for chat .jsonl data); pretrain writes it into --out as chat_template.jinja")
 	f.Bool("pack", true, "pack examples into full windows of seq-len tokens (documents end with EOS); --pack=false gives each example its own padded row")
 	f.String("truncation", "right", "with --pack=false, which end of a too-long example to keep: right keeps the beginning, left the end")
 	f.Bool("skip-bad-lines", false, "skip malformed JSONL lines (and count them) instead of stopping at the first")
@@ -74,6 +74,7 @@ func readDataFlags(f *pflag.FlagSet, base string, opts *train.RunOptions) error 
 			return fmt.Errorf("--chat-template: %w", err)
 		}
 		tok.SetChatTemplate(string(src))
+		opts.ChatTemplate = string(src)
 	}
 	opts.Tokenizer, opts.TokenizerDir = tok, tokPath
 	if st, err := os.Stat(tokPath); err == nil && !st.IsDir() {
@@ -195,7 +196,7 @@ func runTraining(cmd *cobra.Command, mode train.Mode) error {
 	res, err := train.Run(cmd.Context(), train.RunOptions{
 		Mode: mode, Config: cfg, DataDir: dataDir, Base: base, BaseName: baseName, Out: out, Backend: be, MaxMemory: maxMem,
 		Checkpoint: ckpt, Resume: resume, Governor: governor, Reporter: rep, Logger: slog.Default(),
-		Tokenizer: dataOpts.Tokenizer, TokenizerDir: dataOpts.TokenizerDir, NoPack: dataOpts.NoPack, Truncation: dataOpts.Truncation, SkipBadLines: dataOpts.SkipBadLines,
+		Tokenizer: dataOpts.Tokenizer, TokenizerDir: dataOpts.TokenizerDir, ChatTemplate: dataOpts.ChatTemplate, NoPack: dataOpts.NoPack, Truncation: dataOpts.Truncation, SkipBadLines: dataOpts.SkipBadLines,
 	})
 	if perr := stopProfiles(); perr != nil && err == nil {
 		err = perr
