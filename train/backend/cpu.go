@@ -283,10 +283,17 @@ func (c *cpu) frozenBackward(dinp, dout Buf, widen func([]float32, int), N, C, O
 // With the frozen products in bf16 (SetFrozenDType), a frozen weight goes
 // to sgemm.GemmBF16 as it is held (4-bit codes or bf16 bits), which turns
 // it into bf16 panels inside its packing; otherwise it is widened to fp32
-// a tile at a time for Sgemm.
+// a tile at a time for Sgemm. A forward product of a few rows (a decode
+// step of generation) goes to sgemm.Gemv instead, in either mode: it uses
+// each weight once per row, so reading the weight is the whole cost, and
+// Gemv reads it as held, once, with no tile.
 
 func (c *cpu) MatmulQ4Forward(out, inp Buf, w QBuf, N, C, OC int) {
 	widen := q4Widen(w, "MatmulQ4Forward", C*OC)
+	if N <= sgemm.GemvMaxRows {
+		sgemm.Gemv(N, s(inp), C, sgemm.WeightQ4(HostQ4(w), OC, C), s(out), OC)
+		return
+	}
 	if c.frozenBF16 {
 		c.bf16Forward(out, inp, sgemm.WeightQ4(HostQ4(w), OC, C), N, C, OC)
 		return
@@ -305,6 +312,10 @@ func (c *cpu) MatmulQ4Backward(dinp, dout Buf, w QBuf, N, C, OC int) {
 
 func (c *cpu) MatmulBF16Forward(out, inp Buf, w HBuf, N, C, OC int) {
 	widen := bf16Widen(w, "MatmulBF16Forward", C*OC)
+	if N <= sgemm.GemvMaxRows {
+		sgemm.Gemv(N, s(inp), C, sgemm.WeightBF16(bf16(w)[:OC*C], OC, C), s(out), OC)
+		return
+	}
 	if c.frozenBF16 {
 		c.bf16Forward(out, inp, sgemm.WeightBF16(bf16(w)[:OC*C], OC, C), N, C, OC)
 		return

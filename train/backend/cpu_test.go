@@ -120,11 +120,15 @@ func toF32(x []float64) []float32 {
 
 // TestMatmulQ4MatchesDequantized checks the tiled 4-bit matmul against an
 // fp32 matmul with the fully dequantized weight, for widths that split the
-// weight into several tiles with a ragged last one.
+// weight into several tiles with a ragged last one; forward products of up
+// to sgemm.GemvMaxRows rows take sgemm.Gemv.
 func TestMatmulQ4MatchesDequantized(t *testing.T) {
 	be := NewCPU(2)
 	rng := rand.New(rand.NewPCG(2, 2))
-	for _, sh := range []struct{ N, C, OC int }{{3, 64, 5}, {4, 1 << 12, 37}, {2, 96, 1500}, {2, 1 << 12, 600}} {
+	// N <= 4 goes to sgemm.Gemv; the wider products to the widened tiles
+	// (600 rows of 2048 or 4096: several tiles, the last one ragged).
+	for _, sh := range []struct{ N, C, OC int }{{3, 64, 5}, {4, 1 << 12, 37}, {2, 96, 1500}, {2, 1 << 12, 600}, {1, 200, 33},
+		{9, 64, 5}, {5, 1 << 12, 37}, {6, 96, 1500}, {6, 1 << 11, 600}} {
 		w := randF32(rng, sh.OC*sh.C)
 		q, err := quant.Quantize4(w, []int{sh.OC, sh.C}, quant.NF4, 64, true)
 		if err != nil {
@@ -150,7 +154,10 @@ func TestMatmulQ4MatchesDequantized(t *testing.T) {
 func TestBF16OpsMatchWidened(t *testing.T) {
 	be := NewCPU(2)
 	rng := rand.New(rand.NewPCG(4, 4))
-	for _, sh := range []struct{ N, C, OC int }{{3, 64, 5}, {4, 1 << 12, 37}, {2, 96, 1500}, {2, 1 << 12, 600}} {
+	// N <= 4 goes to sgemm.Gemv; the wider products to the widened tiles
+	// (600 rows of 2048 or 4096: several tiles, the last one ragged).
+	for _, sh := range []struct{ N, C, OC int }{{3, 64, 5}, {4, 1 << 12, 37}, {2, 96, 1500}, {2, 1 << 12, 600}, {1, 200, 33},
+		{9, 64, 5}, {5, 1 << 12, 37}, {6, 96, 1500}, {6, 1 << 11, 600}} {
 		w := randF32(rng, sh.OC*sh.C)
 		h := make([]uint16, len(w))
 		quant.NarrowBF16(h, w)
