@@ -212,6 +212,9 @@ func TestDispatchCommandWithoutGPU(t *testing.T) {
 		{"pretrain", "cuda", "no usable GPU: NVML unavailable: library not found"},
 		{"generate", "cuda:1", "--device cuda:1"},
 		{"devices", "cuda", ""}, // not a model command: devices reports for itself
+		// The federated worker (what the demo starts): auto trains on the CPU, cuda stops.
+		{"worker", "auto", ""},
+		{"worker", "cuda", "no usable GPU: NVML unavailable: library not found"},
 		{"train", "tpu", `--device "tpu"`},
 	}
 	for _, tc := range tests {
