@@ -177,11 +177,27 @@ func (t *Tokenizer) index() {
 	}
 	t.vocabSize = int(maxID) + 1
 	t.idToToken = make([]string, t.vocabSize)
+	t.present = make([]bool, t.vocabSize)
+	var shared []int32
 	for s, id := range t.model.vocab {
-		t.idToToken[id] = s
+		// Two tokens with one id: decode by the smaller string, so the
+		// result does not depend on map order (the library's depends on
+		// its hash map's).
+		if t.present[id] {
+			shared = append(shared, id)
+			if s > t.idToToken[id] {
+				continue
+			}
+		}
+		t.idToToken[id], t.present[id] = s, true
+	}
+	if len(shared) > 0 {
+		sort.Slice(shared, func(i, j int) bool { return shared[i] < shared[j] })
+		id := shared[0]
+		t.warnings = append(t.warnings, fmt.Sprintf("tokenizer.json: model.vocab: %d tokens share an id with another (the first: id %d, which decodes as %q)", len(shared), id, t.idToToken[id]))
 	}
 	for id, a := range t.added.byID {
-		t.idToToken[id] = a.content
+		t.idToToken[id], t.present[id] = a.content, true
 	}
 }
 

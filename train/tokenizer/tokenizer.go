@@ -39,6 +39,7 @@ type Tokenizer struct {
 	chatTemplate       string
 
 	warnings []string // what the files do that HF accepts with a warning
+	present  []bool   // ids some token has (a token may be the empty string)
 	hash     [32]byte // of the files read, for Fingerprint
 }
 
@@ -182,15 +183,7 @@ func (t *Tokenizer) Token(id int32) (string, bool) {
 	if id < 0 || int(id) >= len(t.idToToken) {
 		return "", false
 	}
-	s := t.idToToken[id]
-	return s, s != "" || t.hasEmptyToken(id)
-}
-
-func (t *Tokenizer) hasEmptyToken(id int32) bool {
-	if a, ok := t.added.byID[id]; ok {
-		return a.content == ""
-	}
-	return false
+	return t.idToToken[id], t.present[id]
 }
 
 // IsSpecial reports whether id is an added token marked special.

@@ -361,3 +361,27 @@ func TestChatTemplateFileWins(t *testing.T) {
 		t.Error("the fingerprint did not change with the chat template")
 	}
 }
+
+// A vocabulary may give one id to several tokens, or hold the empty
+// string: decoding is then the same on every run (the smaller string),
+// a warning says so, and the empty token decodes (it once read as "not
+// in the vocabulary", depending on map order; found by FuzzParse).
+func TestSharedIDsAndEmptyToken(t *testing.T) {
+	raw := []byte(`{"model":{"type":"BPE","vocab":{"":0,"b":1,"a":1,"c":2},"merges":[]}}`)
+	for range 20 {
+		tok, err := Parse(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := tok.Decode([]int32{0, 1, 2}, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s != " a c" {
+			t.Fatalf("decode = %q, want %q", s, " a c")
+		}
+		if w := tok.Warnings(); len(w) != 1 || !strings.Contains(w[0], "id 1") {
+			t.Fatalf("warnings %q, want one naming id 1", w)
+		}
+	}
+}
