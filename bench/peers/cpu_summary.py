@@ -69,20 +69,20 @@ def target_value(r, field):
 
 def print_targets(keys, rows):
     print()
-    print("| target | median (min - max) | met in |")
-    print("|---|---|---|")
+    print("| target | median (min - max) | met in | each run, in order |")
+    print("|---|---|---|---|")
     for name, size, field, op, bound, text in TARGETS:
         k = next((k for k in keys if k[0] == name and (size is None or k[1] == size)), None)
         vals = [] if k is None else [v for v in (target_value(r, field) for r in rows[k]) if v is not None]
         if not vals:
-            print(f"| {text} | not measured | - |")
+            print(f"| {text} | not measured | - | - |")
             continue
         met = sum(1 for v in vals if (v >= bound if op == ">=" else v <= bound))
         fmt = "{:.2f}x" if field in ("ratio", "peak_rss_over_sum") else "{:.2f} s"
         med = statistics.median(vals)
         verdict = "met" if (med >= bound if op == ">=" else med <= bound) else "NOT met"
         print(f"| {text} | {fmt.format(med)} ({fmt.format(min(vals))} - {fmt.format(max(vals))}): {verdict} at the median "
-              f"| {met} of {len(vals)} runs |")
+              f"| {met} of {len(vals)} runs | {' / '.join(fmt.format(v) for v in vals)} |")
 
 
 def peer_figure(r):
