@@ -77,7 +77,7 @@ func (c *cpu) SetFrozenDType(dtype string) error {
 		c.frozenBF16 = false
 	case ComputeBF16:
 		if !sgemm.BF16Supported() {
-			return fmt.Errorf("train.compute_dtype bf16: this CPU has no AVX512_BF16 (vdpbf16ps) or this build has no cgo kernels; use auto or fp32")
+			return fmt.Errorf("train.compute_dtype bf16: this CPU has no AVX512_BF16 (vdpbf16ps), this build has no cgo kernels, or sgemm is held to a narrower kernel family (--sgemm-kernel); use auto or fp32")
 		}
 		c.frozenBF16 = true
 	case ComputeFP16:

@@ -82,13 +82,16 @@ func RoundBF16(x float32) float32 {
 }
 
 // BF16Supported reports whether GemmBF16 can run here: a CPU with
-// AVX512_BF16 (vdpbf16ps) and a cgo build for x86-64.
-func BF16Supported() bool { return bf16OK }
+// AVX512_BF16 (vdpbf16ps), a cgo build for x86-64, and Sgemm on its AVX-512
+// kernels. SetImplementation("avx2") or ("go") turns the bf16 path off too,
+// so that a narrower kernel family measures everything the way a CPU without
+// AVX-512 runs it.
+func BF16Supported() bool { return bf16OK && int(impl.Load()) == implAVX512 }
 
 // BF16Implementation names GemmBF16's kernel ("avx512-bf16"), or "" when
 // BF16Supported is false.
 func BF16Implementation() string {
-	if bf16OK {
+	if BF16Supported() {
 		return "avx512-bf16"
 	}
 	return ""
@@ -107,8 +110,8 @@ func BF16Implementation() string {
 // It panics when BF16Supported is false or an argument is out of range,
 // like an index error: callers choose the bf16 path only where it runs.
 func GemmBF16(transW bool, m, n, k int, alpha float32, a []float32, lda int, w Weight, beta float32, c []float32, ldc int) {
-	if !bf16OK {
-		panic("sgemm: GemmBF16 needs a CPU with AVX512_BF16 (check BF16Supported)")
+	if !BF16Supported() {
+		panic("sgemm: GemmBF16 needs a CPU with AVX512_BF16 and Sgemm on its AVX-512 kernels (check BF16Supported)")
 	}
 	wr, wc := k, n
 	if transW {

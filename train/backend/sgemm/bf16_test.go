@@ -211,3 +211,42 @@ func benchBF16(b *testing.B, m, n, k int, transW bool) {
 // gradient.
 func BenchmarkGemmBF16Forward(b *testing.B)  { benchBF16(b, 512, 2048, 2048, true) }
 func BenchmarkGemmBF16Backward(b *testing.B) { benchBF16(b, 512, 2048, 2048, false) }
+
+// TestBF16FollowsImplementation: holding Sgemm to a narrower kernel family
+// (bench --sgemm-kernel avx2, to measure the path a CPU without AVX-512
+// takes) turns the bf16 products off too, and GemmBF16 refuses to run; auto
+// brings them back.
+func TestBF16FollowsImplementation(t *testing.T) {
+	needBF16(t)
+	defer SetImplementation("auto")
+	for _, k := range kinds() {
+		if err := SetImplementation(kindName(k)); err != nil {
+			t.Fatal(err)
+		}
+		want := k == implAVX512
+		if got := BF16Supported(); got != want {
+			t.Errorf("kernel %s: BF16Supported %v, want %v", kindName(k), got, want)
+		}
+		if got := BF16Implementation() != ""; got != want {
+			t.Errorf("kernel %s: BF16Implementation %q", kindName(k), BF16Implementation())
+		}
+	}
+	if err := SetImplementation("avx2"); err != nil {
+		t.Fatal(err)
+	}
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Error("GemmBF16 ran with Sgemm held to avx2")
+			}
+		}()
+		w := WeightF32(make([]float32, 4*4), 4, 4)
+		GemmBF16(true, 4, 4, 4, 1, make([]float32, 16), 4, w, 0, make([]float32, 16), 4)
+	}()
+	if err := SetImplementation("auto"); err != nil {
+		t.Fatal(err)
+	}
+	if !BF16Supported() || BF16Implementation() != "avx512-bf16" {
+		t.Errorf("auto: BF16Supported %v, %q", BF16Supported(), BF16Implementation())
+	}
+}

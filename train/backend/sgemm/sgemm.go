@@ -242,7 +242,8 @@ func Implementation() string { return implName(int(impl.Load())) }
 // SetImplementation makes Sgemm run the named kernel family ("avx512",
 // "avx2" or "go"), for measuring a narrower path on a wider CPU (the AVX2
 // kernels on an AVX-512 machine); "" or "auto" restores the best the CPU
-// supports. Asking for a wider family than the CPU has is an error.
+// supports. Asking for a wider family than the CPU has is an error. The bf16
+// products (GemmBF16) run only on the AVX-512 family (see BF16Supported).
 func SetImplementation(name string) error {
 	want := -1
 	switch name {
