@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http/httptest"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -63,5 +64,36 @@ func TestWorkerTrainsOnGivenBackend(t *testing.T) {
 	m := w.trainer.Model()
 	if m.Backend().Name() != "cuda:3" || m.MicroBatch() != 1 {
 		t.Errorf("the trainer runs on %q in micro-batches of %d, want cuda:3 and 1", m.Backend().Name(), m.MicroBatch())
+	}
+}
+
+// The worker's trainer runs the frozen base in train.compute_dtype, as
+// `train` does: before, it never applied the setting, so a worker trained
+// in fp32 where `train` used bf16 (and a bad value went unnoticed).
+func TestTrainerAppliesComputeDType(t *testing.T) {
+	dir := t.TempDir()
+	path, _ := writeBase(t, dir)
+	cfg := testConfig()
+	want, err := backend.ApplyComputeDType(backend.NewCPU(1), "auto")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ set, want string }{{"auto", want}, {"", want}, {"fp32", "fp32"}} {
+		be := backend.NewCPU(1)
+		if want == "bf16" && c.want == "fp32" {
+			be.(backend.FrozenDTyper).SetFrozenDType("bf16") // the setting must override what the backend had
+		}
+		cfg.Train.ComputeDType = c.set
+		tr, err := NewTrainerOn(cfg, path, be)
+		if err != nil {
+			t.Fatalf("compute_dtype %q: %v", c.set, err)
+		}
+		if got := be.(backend.FrozenDTyper).FrozenDType(); got != c.want || tr.ComputeDType() != c.want {
+			t.Errorf("compute_dtype %q: the backend runs %s (trainer says %s), want %s", c.set, got, tr.ComputeDType(), c.want)
+		}
+	}
+	cfg.Train.ComputeDType = "fp8"
+	if _, err := NewTrainerOn(cfg, path, backend.NewCPU(1)); err == nil || !strings.Contains(err.Error(), "compute_dtype") {
+		t.Fatalf("compute_dtype fp8: %v, want an error naming compute_dtype", err)
 	}
 }

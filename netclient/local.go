@@ -22,6 +22,7 @@ import (
 type Trainer struct {
 	cfg   train.Config
 	model *train.Model
+	dtype string // the frozen base's arithmetic (fp32, bf16, fp16)
 }
 
 // NewTrainer loads the base checkpoint at basePath on a CPU backend with
@@ -41,6 +42,13 @@ func NewTrainerOn(cfg train.Config, basePath string, be backend.Backend) (*Train
 	if err := cfg.Quant.Validate(); err != nil {
 		return nil, err
 	}
+	// The frozen base's products run in train.compute_dtype, as for
+	// `train` (auto: bf16 where the CPU has AVX512_BF16, tensor cores on a
+	// GPU). Without this the worker ran them in fp32.
+	dtype, err := backend.ApplyComputeDType(be, cfg.Train.ComputeDType)
+	if err != nil {
+		return nil, err
+	}
 	// Quantized as it streams in: the fp32 base is never in memory.
 	m, err := train.LoadQuantized(basePath, be, cfg.Quant)
 	if err != nil {
@@ -53,7 +61,7 @@ func NewTrainerOn(cfg train.Config, basePath string, be backend.Backend) (*Train
 	if cfg.Train.SeqLen <= 0 || cfg.Train.SeqLen > m.Config.MaxSeqLen {
 		return nil, fmt.Errorf("netclient: train.seq_len %d must be in [1, max_seq_len %d]", cfg.Train.SeqLen, m.Config.MaxSeqLen)
 	}
-	t := &Trainer{cfg: cfg, model: m}
+	t := &Trainer{cfg: cfg, model: m, dtype: dtype}
 	if got, want := m.NumTrainable(), ShapesLen(t.Shapes()); got != want {
 		return nil, fmt.Errorf("netclient: model has %d trainable values, adapter shapes sum to %d", got, want)
 	}
@@ -70,6 +78,9 @@ func (t *Trainer) ApplyPlan(p train.MemoryPlan) {
 
 // Free releases the model's memory on its backend (on a GPU, at once).
 func (t *Trainer) Free() { t.model.Free() }
+
+// ComputeDType is the arithmetic the frozen base's products run in.
+func (t *Trainer) ComputeDType() string { return t.dtype }
 
 // Config is the configuration the trainer runs with (model section filled
 // from the base checkpoint).

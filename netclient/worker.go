@@ -381,6 +381,7 @@ func (w *Worker) prepare(info protocol.RoundInfo, basePath string) error {
 			return err
 		}
 		w.trainer, w.trainerBase, w.trainerCfg = t, info.BaseSHA256, key
+		w.log.Info("trainer ready", "round", info.Round, "backend", w.backend().Name(), "frozen_products", t.ComputeDType())
 	}
 	if plan != nil {
 		w.trainer.ApplyPlan(*plan)
