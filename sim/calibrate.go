@@ -26,6 +26,10 @@ type Machine struct {
 // defaults, which scripts/demo.sh passes).
 type DemoOptions struct {
 	Workers, Rounds int
+	// EvalTokens is what the demo's own process scores after each round
+	// (the new adapter on its validation batches), on the same cores while
+	// the workers train the next round.
+	EvalTokens int
 }
 
 // DemoConfig is a population of demo workers shaped like this machine:
@@ -41,6 +45,14 @@ func DemoConfig(m Machine, job Job, o DemoOptions) (Config, error) {
 		return Config{}, fmt.Errorf("calibrate-demo: %d workers, %d rounds: want at least 1 of each", o.Workers, o.Rounds)
 	}
 	share := m.PeakFLOPS / float64(o.Workers)
+	if o.EvalTokens > 0 {
+		// The evaluation is a forward pass: about half a QLoRA step's FLOPs
+		// per token (4N: 2N forward, 2N for the input gradients). It takes
+		// its part of the cores from the workers.
+		train := float64(o.Workers*job.Steps*job.TokensPerStep) * job.FLOPsPerToken
+		eval := float64(o.EvalTokens) * job.FLOPsPerToken / 2
+		share *= train / (train + eval)
+	}
 	t := &Tables{
 		// The world's 2024 average (Ember): the demo runs wherever it runs.
 		Regions: []Region{{Code: "", Name: "this machine", PopulationM: 1, GridG: 472.94, GridYear: 2024}},

@@ -371,3 +371,37 @@ func TestStopsAtMaxVirtual(t *testing.T) {
 		t.Errorf("stopped %q after %d rounds", res.Stopped, res.Summary.Rounds)
 	}
 }
+
+// The demo's own evaluation of each round runs on the workers' cores: with
+// it, each worker's share of the machine shrinks by the evaluation's part
+// of the round's FLOPs (a forward pass: half a training step per token),
+// and the predicted round grows.
+func TestDemoEvaluationTakesItsShare(t *testing.T) {
+	job := testJob(t, "tiny", "topk:0.05+q4:64", 10)
+	m := Machine{CPU: "test", Cores: 2, PeakFLOPS: 100e9, Utilisation: 0.25}
+	plain, err := DemoConfig(m, job, DemoOptions{Workers: 4, Rounds: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eval := 8 * job.TokensPerStep
+	withEval, err := DemoConfig(m, job, DemoOptions{Workers: 4, Rounds: 3, EvalTokens: eval})
+	if err != nil {
+		t.Fatal(err)
+	}
+	train := float64(4 * job.Steps * job.TokensPerStep)
+	want := train / (train + float64(eval)/2)
+	if got := withEval.Tables.Hosts[0].GHz / plain.Tables.Hosts[0].GHz; math.Abs(got-want) > 1e-12 {
+		t.Fatalf("with the evaluation a worker gets %.4f of its share, want %.4f", got, want)
+	}
+	predict := func(cfg Config) float64 {
+		var rounds []protocol.RoundSummary
+		cfg.OnRound = func(r protocol.RoundSummary) { rounds = append(rounds, r) }
+		if _, err := Run(context.Background(), cfg); err != nil {
+			t.Fatal(err)
+		}
+		return MeanSteadyRound(rounds)
+	}
+	if pa, pb := predict(plain), predict(withEval); !(pb > pa) {
+		t.Fatalf("the predicted round is %.3f s with the evaluation and %.3f s without: it should grow", pb, pa)
+	}
+}

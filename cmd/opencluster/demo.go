@@ -47,6 +47,9 @@ const (
 	demoSecureFraction = 0.05
 	demoClip           = 10.0 // the measured cost of clip 1 on this model is in docs/compression.md
 	demoSecureBits     = 8
+	// demoValBatches is what the demo scores each round's adapter on (its
+	// own process, on the workers' cores: --calibrate-demo counts it).
+	demoValBatches = 8
 )
 
 func newDemoCmd() *cobra.Command {
@@ -221,7 +224,7 @@ func runDemo(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return err
 	}
-	val, err := netclient.ValBatches(corpus.Val, tc.Train.SeqLen, tc.Train.BatchSize, 8, 1, tok, tokens)
+	val, err := netclient.ValBatches(corpus.Val, tc.Train.SeqLen, tc.Train.BatchSize, demoValBatches, 1, tok, tokens)
 	if err != nil {
 		return err
 	}

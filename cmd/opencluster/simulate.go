@@ -289,7 +289,7 @@ func demoSimConfig(ctx context.Context, f *pflag.FlagSet) (sim.Config, sim.Machi
 		return sim.Config{}, sim.Machine{}, fmt.Errorf("calibrate-demo: measuring a tiny QLoRA step: %w", err)
 	}
 	machine := sim.Machine{CPU: m.CPUModel, Cores: m.Cores, PeakFLOPS: m.PeakGFLOPS() * 1e9, Utilisation: row.FractionOfPeak}
-	cfg, err := sim.DemoConfig(machine, job, sim.DemoOptions{Workers: workers, Rounds: rounds})
+	cfg, err := sim.DemoConfig(machine, job, sim.DemoOptions{Workers: workers, Rounds: rounds, EvalTokens: demoValBatches * tc.Train.BatchSize * tc.Train.SeqLen})
 	return cfg, machine, err
 }
 
