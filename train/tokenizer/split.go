@@ -1,6 +1,7 @@
 package tokenizer
 
 import (
+	"strings"
 	"unicode"
 	"unicode/utf8"
 )
@@ -97,6 +98,11 @@ func (sc scanner) contraction(i int, fold bool) int {
 			c += 'a' - 'A'
 		}
 		return c
+	}
+	// Under Unicode case folding, as regexp2's (?i) does it, the long s ſ
+	// matches s; no other non-ASCII letter folds into this set.
+	if fold && strings.HasPrefix(sc.s[i+1:], "ſ") {
+		return i + 1 + len("ſ")
 	}
 	switch lower(i + 1) {
 	case 's', 't', 'm', 'd':
