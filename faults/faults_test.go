@@ -29,8 +29,6 @@ import (
 	"github.com/opencluster/opencluster/internal/testbin"
 	"github.com/opencluster/opencluster/netclient"
 	"github.com/opencluster/opencluster/protocol"
-	"github.com/opencluster/opencluster/train"
-	"github.com/spf13/viper"
 )
 
 // bin is the opencluster binary TestMain builds (without -race: the
@@ -542,17 +540,8 @@ func (c *cluster) adapterBlob(hash string) []float32 {
 // shares 127.0.0.1), and the round keys in extra.
 func writeCoordinatorConfig(t *testing.T, path, base string, extra map[string]any) {
 	t.Helper()
-	b, err := configs.Preset("tiny")
+	tc, err := configs.TrainConfig("tiny")
 	if err != nil {
-		t.Fatal(err)
-	}
-	v := viper.New()
-	v.SetConfigType("yaml")
-	if err := v.ReadConfig(bytes.NewReader(b)); err != nil {
-		t.Fatal(err)
-	}
-	var tc train.Config
-	if err := v.Unmarshal(&tc); err != nil {
 		t.Fatal(err)
 	}
 	cfg := map[string]any{

@@ -1,7 +1,6 @@
 package netclient_test
 
 import (
-	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -18,7 +17,6 @@ import (
 	"github.com/opencluster/opencluster/coordinator"
 	"github.com/opencluster/opencluster/netclient"
 	"github.com/opencluster/opencluster/train"
-	"github.com/spf13/viper"
 )
 
 var (
@@ -28,17 +26,8 @@ var (
 
 // tinyConfig reads the embedded tiny preset.
 func tinyConfig(t testing.TB) train.Config {
-	b, err := configs.Preset("tiny")
+	c, err := configs.TrainConfig("tiny")
 	if err != nil {
-		t.Fatal(err)
-	}
-	v := viper.New()
-	v.SetConfigType("yaml")
-	if err := v.ReadConfig(bytes.NewReader(b)); err != nil {
-		t.Fatal(err)
-	}
-	var c train.Config
-	if err := v.Unmarshal(&c); err != nil {
 		t.Fatal(err)
 	}
 	return c

@@ -562,8 +562,7 @@ func (s *Sim) handle(e event) error {
 	case evDownOwn:
 		p.downOwn = t
 		r := p.round
-		done := math.Max(t, r.upFree+float64(s.cfg.Job.DownBytes)*8/(r.upMbps*1e6))
-		r.upFree = done
+		done := linkQueue(&r.upFree, t, s.cfg.Job.DownBytes, r.upMbps)
 		if done > t {
 			s.schedule(done, evDownDone, p.node, p.seq)
 			return nil
@@ -587,8 +586,7 @@ func (s *Sim) handle(e event) error {
 	case evUpOwn:
 		p.upOwn = t
 		r := p.round
-		done := math.Max(t, r.downFree+float64(s.cfg.Job.UpBytes)*8/(r.downMbps*1e6))
-		r.downFree = done
+		done := linkQueue(&r.downFree, t, s.cfg.Job.UpBytes, r.downMbps)
 		if done > t {
 			s.schedule(done, evArrive, p.node, p.seq)
 			return nil
@@ -1001,4 +999,12 @@ func (s *Sim) nextWindow() error {
 		}
 		s.traceUntil[i] = math.Max(s.traceUntil[i], fromTime(s.cfg.Start)+w.End)
 	}
+}
+
+// linkQueue books bytes on the organiser's link, busy until *free, for a
+// transfer the node's own link finished at t (FIFO): it returns when the
+// organiser's side is done too and moves *free there.
+func linkQueue(free *float64, t float64, bytes int64, mbps float64) float64 {
+	*free = math.Max(t, *free+float64(bytes)*8/(mbps*1e6))
+	return *free
 }

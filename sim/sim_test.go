@@ -1,7 +1,6 @@
 package sim
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"strings"
@@ -12,8 +11,6 @@ import (
 	"github.com/opencluster/opencluster/configs"
 	"github.com/opencluster/opencluster/netclient"
 	"github.com/opencluster/opencluster/protocol"
-	"github.com/opencluster/opencluster/train"
-	"github.com/spf13/viper"
 )
 
 // jobs caches testJob's results: sizing a big model's update encodes it.
@@ -27,17 +24,8 @@ func testJob(t testing.TB, preset, codec string, steps int) Job {
 	if j, ok := jobs.Load(key); ok {
 		return j.(Job)
 	}
-	b, err := configs.Preset(preset)
+	c, err := configs.TrainConfig(preset)
 	if err != nil {
-		t.Fatal(err)
-	}
-	v := viper.New()
-	v.SetConfigType("yaml")
-	if err := v.ReadConfig(bytes.NewReader(b)); err != nil {
-		t.Fatal(err)
-	}
-	var c train.Config
-	if err := v.Unmarshal(&c); err != nil {
 		t.Fatal(err)
 	}
 	tokens := c.Train.SeqLen * c.Train.BatchSize
