@@ -2,8 +2,10 @@ package netclient
 
 import (
 	"context"
+	"fmt"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -11,6 +13,7 @@ import (
 
 	"github.com/opencluster/opencluster/train"
 	"github.com/opencluster/opencluster/train/backend"
+	"github.com/opencluster/opencluster/train/data"
 )
 
 // namedBackend is the CPU backend under another name (a stand-in for the
@@ -95,5 +98,57 @@ func TestTrainerAppliesComputeDType(t *testing.T) {
 	cfg.Train.ComputeDType = "fp8"
 	if _, err := NewTrainerOn(cfg, path, backend.NewCPU(1)); err == nil || !strings.Contains(err.Error(), "compute_dtype") {
 		t.Fatalf("compute_dtype fp8: %v, want an error naming compute_dtype", err)
+	}
+}
+
+// Rounds on one trainer equal rounds on a fresh trainer each, bit for bit:
+// reusing the adapters' buffers and activations between rounds (instead
+// of re-enabling LoRA) must leave no state behind but the new adapter.
+func TestRoundsReuseTrainerExactly(t *testing.T) {
+	for _, host := range []bool{false, true} { // AdamW moments on the device, or in host memory
+		t.Run(fmt.Sprintf("host_adamw=%v", host), func(t *testing.T) { roundsReuseTrainer(t, host) })
+	}
+}
+
+func roundsReuseTrainer(t *testing.T, hostAdamW bool) {
+	dir := t.TempDir()
+	path, _ := writeBase(t, dir)
+	cfg := testConfig()
+	ds, err := data.Open(data.Options{Dir: writeData(t, dir), SeqLen: cfg.Train.SeqLen, BatchSize: cfg.Train.BatchSize,
+		ValFraction: cfg.Train.ValFraction, Seed: cfg.Train.Seed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ds.Close()
+	reused, err := NewTrainer(cfg, path, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	global, err := reused.InitialAdapter()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for round := uint64(1); round <= 3; round++ {
+		fresh, err := NewTrainer(cfg, path, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reused.Model().SetHostOptimizer(hostAdamW)
+		fresh.Model().SetHostOptimizer(hostAdamW)
+		opts := LocalOptions{Steps: 3, LR: 1e-2, Stream: round * 1000}
+		a, err := reused.TrainLocal(context.Background(), ds, global, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := fresh.TrainLocal(context.Background(), ds, global, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.Loss != b.Loss || !slices.Equal(a.Delta, b.Delta) {
+			t.Fatalf("round %d: the reused trainer's loss %v and delta differ from a fresh trainer's (%v)", round, a.Loss, b.Loss)
+		}
+		for i, d := range a.Delta {
+			global[i] += d / 2 // the next round starts from a moved adapter
+		}
 	}
 }

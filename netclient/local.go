@@ -177,10 +177,11 @@ func (t *Trainer) TrainLocal(ctx context.Context, ds *data.Dataset, global []flo
 	if !(opts.LR > 0) || math.IsInf(opts.LR, 0) {
 		return res, fmt.Errorf("netclient: recipe lr %v must be positive and finite", opts.LR)
 	}
-	// EnableLoRA resets the optimizer moments; the values come from global.
-	if err := t.model.EnableLoRA(t.cfg.LoRA, t.cfg.Train.Seed); err != nil {
-		return res, err
-	}
+	// The adapters take global's values and AdamW starts afresh; the
+	// buffers and activations of earlier rounds are reused (re-enabling
+	// LoRA each round reallocated them and drew A at random only to
+	// overwrite it).
+	t.model.ResetOptimizer()
 	if err := t.model.SetTrainableParams(global); err != nil {
 		return res, err
 	}

@@ -965,6 +965,17 @@ func (m *Model) SetHostOptimizer(on bool) {
 func (m *Model) HostOptimizer() bool { return m.hostAdam }
 
 // dropMoments frees the AdamW state; the next step starts it from zero.
+// ResetOptimizer starts AdamW afresh: the moments are zeroed where they
+// are, so a new run of steps (a federated round) keeps every buffer.
+func (m *Model) ResetOptimizer() {
+	if m.m != nil {
+		m.be.Zero(m.m)
+		m.be.Zero(m.v)
+	}
+	clear(m.mHost)
+	clear(m.vHost)
+}
+
 func (m *Model) dropMoments() {
 	if m.m != nil {
 		m.be.Free(m.m)
